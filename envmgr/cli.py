@@ -1,0 +1,145 @@
+"""The command line: parses arguments, calls one stage, renders the result.
+
+No logic lives here. Every EnvmgrError is caught once, in ``main``, and printed as one
+line (exit 2 for bad input, 1 for a failed check or stale lock); no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import EnvmgrError
+
+app = typer.Typer(
+    name="envmgr",
+    help="Reproducible PyTorch/CUDA environments: profiles -> hashed PEP 751 locks -> venvs and OCI images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"envmgr {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Exit codes: 0 ok; 1 a check failed or a lock is stale; 2 usage or input error."""
+
+
+def _project() -> Path:
+    from .settings import find_project
+
+    return find_project()
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# --- variants ----------------------------------------------------------------------------
+
+@app.command()
+def variants(
+    torch: Optional[str] = typer.Option(None, "--torch", help="Only releases this version/specifier admits (2.7, >=2.8)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the variant knowledge base: variants, CUDA, driver minimums, GPU archs."""
+    from . import report
+
+    data = report.variants_table(torch)
+    if as_json:
+        _print_json(data)
+    else:
+        report.render_variants(out, data)
+
+
+# --- lock --------------------------------------------------------------------------------
+
+@app.command()
+def lock(
+    names: List[str] = typer.Argument(None, help="Profiles to lock (default: the default profile)."),
+    all_: bool = typer.Option(False, "--all", help="Lock every profile."),
+    resolver: Optional[str] = typer.Option(None, "--resolver", help="uv (default) or pip-tools. Env: ENVMGR_RESOLVER."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 if a lock is stale against its profile; no network."),
+    upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Ignore the existing pins."),
+    upgrade_package: List[str] = typer.Option(None, "--upgrade-package", "-P", help="Allow upgrading NAME (repeatable)."),
+    jobs: int = typer.Option(4, "--jobs", "-j", help="Profiles locked at once."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Resolve profiles into hashed PEP 751 locks (locks/pylock.NAME.toml)."""
+    from . import locker, profiles
+
+    project = _project()
+    selected = profiles.list_profiles(project) if all_ or (check and not names) else (names or ["default"])
+    if check:
+        results = locker.check(project, selected)
+        if as_json:
+            _print_json([r.to_json() for r in results])
+        else:
+            for r in results:
+                (out if r.fresh else err).print(r.describe())
+        if any(not r.fresh for r in results):
+            raise typer.Exit(1)
+        return
+    results = locker.lock_profiles(
+        project, selected, resolver=resolver, upgrade=upgrade, upgrade_packages=upgrade_package or [], jobs=jobs,
+        log=None if quiet or as_json else err.print,
+    )
+    if as_json:
+        _print_json([r.to_json() for r in results])
+    elif not quiet:
+        for r in results:
+            out.print(r.describe())
+
+
+# --- sync commands -----------------------------------------------------------------------
+# --- image commands ----------------------------------------------------------------------
+# --- report commands (diff, export) ------------------------------------------------------
+# --- gpu commands (check, doctor, init) --------------------------------------------------
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EnvmgrError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        if exc.detail:
+            err.print(exc.detail, highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

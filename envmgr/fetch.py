@@ -1,0 +1,330 @@
+"""Fetch and verify: the lock's files into a content-addressed cache.
+
+Shared by ``sync`` and ``export-image`` (and by ``lock`` for files whose hash the index
+does not publish). A file lands in ``CACHE/files/sha256/<hex>/<filename>`` only after its
+bytes hashed to ``<hex>``: a cached file is a verified file. Downloads run in parallel,
+stream to a temp file in the same directory and are renamed into place, so a killed fetch
+leaves no half-written file under a valid name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import requests
+
+from . import settings
+from .errors import HashMismatchError, NetworkError, UserError
+from .lockfile import LockedFile
+
+CHUNK = 1 << 20
+TIMEOUT = (10, 60)
+
+
+class Reporter(Protocol):
+    def start(self, total: int, label: str) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullReporter:
+    def start(self, total: int, label: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+# -- credentials --------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(url: str) -> str:
+    """Expand ``${VAR}`` references (credentials kept out of profiles)."""
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise UserError(f"index URL refers to ${{{m.group(1)}}}, which is not set", hint="export it or edit the profile")
+        return value
+
+    return _ENV_REF.sub(sub, url)
+
+
+def redact(url: str) -> str:
+    """The URL without any password or token: safe to write and print."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    if _ENV_REF.fullmatch(userinfo) or (":" not in userinfo and not _ENV_REF.search(userinfo)):
+        shown = "****"  # a bare token as user name is a secret too
+    else:
+        shown = f"{user}:****" if not _ENV_REF.search(user) else "****"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Basic credentials by host, taken from index URLs (``user:token@host``)."""
+
+    by_host: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def from_urls(cls, urls: Iterable[str]) -> "Auth":
+        out = []
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.username is not None:
+                out.append((parts.hostname or "", unquote(parts.username), unquote(parts.password or "")))
+        return cls(tuple(out))
+
+    def for_url(self, url: str) -> tuple[str, str] | None:
+        host = urlsplit(url).hostname or ""
+        for h, user, password in self.by_host:
+            if h == host:
+                return (user, password)
+        return None
+
+
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    s = getattr(_local, "session", None)
+    if s is None:
+        s = requests.Session()
+        s.headers["User-Agent"] = "envmgr"
+        _local.session = s
+    return s
+
+
+def _get(url: str, auth: Auth | None, *, stream: bool = False, method: str = "GET") -> requests.Response:
+    clean = strip_credentials(url)
+    try:
+        resp = session().request(method, clean, auth=(auth or Auth()).for_url(clean), stream=stream, timeout=TIMEOUT, allow_redirects=True)
+    except requests.RequestException as exc:
+        raise NetworkError(f"cannot reach {redact(url)}: {type(exc).__name__}", hint="check the network or the index URL")
+    if resp.status_code in (401, 403):
+        raise NetworkError(f"{redact(url)}: HTTP {resp.status_code} (credentials missing or refused)", hint="put user:token in the index URL or in ~/.netrc")
+    if resp.status_code >= 400:
+        raise NetworkError(f"{redact(url)}: HTTP {resp.status_code}")
+    return resp
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+def files_dir(cache: Path | None = None) -> Path:
+    return (cache or settings.cache_dir()) / "files" / "sha256"
+
+
+def cached_path(f: LockedFile, cache: Path | None = None) -> Path:
+    return files_dir(cache) / f.sha256 / f.filename
+
+
+def _stream_to(resp: requests.Response, dest_dir: Path, reporter: Reporter) -> tuple[Path, str, int]:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=dest_dir)
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in resp.iter_content(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                reporter.advance(len(chunk))
+    except requests.RequestException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise NetworkError(f"download of {redact(resp.url)} broke off after {size} bytes: {type(exc).__name__}", hint="retry when the network is back")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp), h.hexdigest(), size
+
+
+def _place(tmp: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth | None = None,
+              reporter: Reporter | None = None) -> Path:
+    dest = cached_path(f, cache)
+    if dest.exists():
+        return dest
+    reporter = reporter or NullReporter()
+    parts = urlsplit(f.url)
+    if parts.scheme == "file":
+        src = Path(unquote(parts.path))
+        if not src.exists():
+            raise NetworkError(f"{name}: {f.url} does not exist")
+        tmp_fd, tmp = tempfile.mkstemp(prefix=".part-", dir=_mkdir(dest.parent.parent))
+        os.close(tmp_fd)
+        shutil.copyfile(src, tmp)
+        tmp_path, actual = Path(tmp), _sha256_file(Path(tmp))
+        reporter.advance(f.size)
+    else:
+        with _get(f.url, auth, stream=True) as resp:
+            tmp_path, actual, _ = _stream_to(resp, dest.parent.parent, reporter)
+    if actual != f.sha256:
+        tmp_path.unlink(missing_ok=True)
+        raise HashMismatchError(
+            f"hash mismatch for {name}: {redact(f.url)} expected sha256:{f.sha256}, got sha256:{actual}",
+            hint="the index changed the file under the lock; nothing was installed",
+        )
+    return _place(tmp_path, dest)
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None, auth: Auth | None = None,
+          offline: bool = False, find_links: Iterable[Path] = (), jobs: int = 8,
+          reporter: Reporter | None = None) -> dict[str, Path]:
+    """Make every (package name, file) available in the cache; return sha256 -> path.
+
+    Offline, a file comes from the cache or a ``find_links`` folder (hash-verified) and a
+    missing one is an error listing every missing file. Online, missing files download in
+    parallel. Any hash mismatch raises before the caller installs anything.
+    """
+    items = list(items)
+    reporter = reporter or NullReporter()
+    out: dict[str, Path] = {}
+    todo: list[tuple[str, LockedFile]] = []
+    for name, f in items:
+        p = cached_path(f, cache)
+        if p.exists():
+            out[f.sha256] = p
+        else:
+            todo.append((name, f))
+    if find_links and todo:
+        remaining = []
+        for name, f in todo:
+            found = _from_find_links(f, find_links, cache)
+            if found:
+                out[f.sha256] = found
+            else:
+                remaining.append((name, f))
+        todo = remaining
+    if offline and todo:
+        missing = ", ".join(f"{name} ({f.filename})" for name, f in todo)
+        raise UserError(f"offline and {len(todo)} locked file(s) are not in the cache or --find-links: {missing}",
+                        hint="run once online, or pass --find-links DIR holding them")
+    if not todo:
+        return out
+    reporter.start(sum(f.size for _, f in todo), f"downloading {len(todo)} file(s)")
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+            futures = [(f, pool.submit(fetch_one, name, f, cache=cache, auth=auth, reporter=reporter)) for name, f in todo]
+            errors = []
+            for f, fut in futures:
+                try:
+                    out[f.sha256] = fut.result()
+                except Exception as exc:  # collect, then raise the first: all workers finish first
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+    finally:
+        reporter.finish()
+    return out
+
+
+def _from_find_links(f: LockedFile, dirs: Iterable[Path], cache: Path | None) -> Path | None:
+    for d in dirs:
+        cand = Path(d) / f.filename
+        if cand.is_file() and _sha256_file(cand) == f.sha256:
+            dest = cached_path(f, cache)
+            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=_mkdir(dest.parent.parent))
+            os.close(fd)
+            shutil.copyfile(cand, tmp)
+            return _place(Path(tmp), dest)
+    return None
+
+
+# -- hashes and sizes the index does not publish --------------------------------------------
+
+def _url_cache_file(url: str, cache: Path | None) -> Path:
+    key = hashlib.sha256(strip_credentials(url).encode()).hexdigest()
+    return (cache or settings.cache_dir()) / "url-hashes" / key[:2] / f"{key}.json"
+
+
+def url_digest(url: str, *, cache: Path | None = None, auth: Auth | None = None, keep: bool = True) -> tuple[str, int]:
+    """sha256 and size of the file at ``url``: downloaded once, then cached by URL.
+
+    The downloaded bytes also land in the file cache (``keep``), so a later sync or
+    export does not download them again.
+    """
+    entry = _url_cache_file(url, cache)
+    try:
+        data = json.loads(entry.read_text())
+        return data["sha256"], int(data["size"])
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    with _get(url, auth, stream=True) as resp:
+        tmp, digest, size = _stream_to(resp, _mkdir(files_dir(cache)), NullReporter())
+    if keep:
+        _place(tmp, files_dir(cache) / digest / unquote(urlsplit(url).path.rsplit("/", 1)[-1]))
+    else:
+        tmp.unlink(missing_ok=True)
+    _write_json_atomic(entry, {"url": strip_credentials(url), "sha256": digest, "size": size})
+    return digest, size
+
+
+def url_size(url: str, *, cache: Path | None = None, auth: Auth | None = None) -> int:
+    """Size of the file at ``url`` from a HEAD request (cached by URL): no download."""
+    entry = _url_cache_file(url, cache).with_suffix(".size")
+    try:
+        return int(entry.read_text())
+    except (FileNotFoundError, ValueError):
+        pass
+    resp = _get(url, auth, method="HEAD")
+    length = resp.headers.get("Content-Length")
+    if length is None:
+        return url_digest(url, cache=cache, auth=auth)[1]
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_text(length)
+    return int(length)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, sort_keys=True)
+    os.replace(tmp, path)

@@ -1,0 +1,325 @@
+"""The lock model and its PEP 751 serialisation (``locks/pylock.NAME.toml``).
+
+A lock is a frozen value: packages (name, version, the index it came from, every file for
+the target with url, size and sha256) plus envmgr's ``[tool.envmgr]`` table (profile, the
+inputs that affect resolution and their fingerprint, the resolver, the variant's CUDA
+facts). ``dumps`` is deterministic: the same lock gives the same bytes; no timestamps, no
+credentials. Reading is strict: a file that is not a PEP 751 lock is a one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import tomlkit
+
+from .errors import LockFileError
+from .variants import canonical
+
+LOCK_VERSION = "1.0"
+FORMAT = 1  # [tool.envmgr] format; bump when the table's meaning changes
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    url: str
+    sha256: str
+    size: int
+
+    @property
+    def filename(self) -> str:
+        return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
+
+    @property
+    def is_wheel(self) -> bool:
+        return self.filename.endswith(".whl")
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    version: str
+    index: str
+    wheels: tuple[LockedFile, ...] = ()
+    sdist: LockedFile | None = None
+    marker: str | None = None
+
+    @property
+    def key(self) -> str:
+        return canonical(self.name)
+
+    @property
+    def files(self) -> tuple[LockedFile, ...]:
+        return self.wheels + ((self.sdist,) if self.sdist else ())
+
+    @property
+    def install_file(self) -> LockedFile:
+        """The file sync and export install: the first wheel, else the sdist."""
+        return self.wheels[0] if self.wheels else self.sdist  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return self.install_file.size if self.files else 0
+
+
+@dataclass(frozen=True)
+class LockMeta:
+    """The ``[tool.envmgr]`` table."""
+
+    profile: str
+    fingerprint: str
+    inputs: dict  # input name -> value (str or list[str]); the fingerprint covers these
+    resolver: str
+    resolver_version: str
+    python: str
+    platform: str
+    variant: str
+    torch_index: str
+    cuda: str = ""
+    min_driver: str = ""
+    toolkit_driver: str = ""
+    arch_list: tuple[str, ...] = ()
+    ptx: str = ""
+
+
+@dataclass(frozen=True)
+class Lock:
+    packages: tuple[LockedPackage, ...]
+    meta: LockMeta
+    requires_python: str = ""
+    environments: tuple[str, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+    def package(self, name: str) -> LockedPackage | None:
+        key = canonical(name)
+        return next((p for p in self.packages if p.key == key), None)
+
+    @property
+    def pins(self) -> dict[str, str]:
+        return {p.key: p.version for p in self.packages}
+
+    @property
+    def download_size(self) -> int:
+        return sum(p.size for p in self.packages)
+
+    def dumps(self) -> str:
+        return dumps(self)
+
+    def digest(self) -> str:
+        """sha256 of the serialised lock: what sync stamps and images label."""
+        return "sha256:" + hashlib.sha256(self.dumps().encode()).hexdigest()
+
+    def with_packages(self, packages) -> "Lock":
+        return replace(self, packages=tuple(sorted(packages, key=lambda p: p.key)))
+
+
+# -- fingerprint --------------------------------------------------------------------------
+
+def fingerprint(inputs: dict) -> str:
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def changed_inputs(old: dict, new: dict) -> list[str]:
+    """Human lines naming each input that differs: ``python: 3.11 -> 3.12``."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, list) or isinstance(b, list):
+            a_set, b_set = set(a or []), set(b or [])
+            parts = [f"+{x}" for x in sorted(b_set - a_set)] + [f"-{x}" for x in sorted(a_set - b_set)]
+            lines.append(f"{key}: {', '.join(parts) or 'order changed'}")
+        else:
+            lines.append(f"{key}: {a if a not in (None, '') else '(none)'} -> {b if b not in (None, '') else '(none)'}")
+    return lines
+
+
+# -- serialisation ------------------------------------------------------------------------
+
+def _file_table(f: LockedFile):
+    t = tomlkit.inline_table()
+    t.append("name", f.filename)
+    t.append("url", f.url)
+    t.append("size", f.size)
+    hashes = tomlkit.inline_table()
+    hashes.append("sha256", f.sha256)
+    t.append("hashes", hashes)
+    return t
+
+
+def dumps(lock: Lock) -> str:
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"envmgr lock for profile {lock.meta.profile!r}; regenerate with: envmgr lock {lock.meta.profile}"))
+    doc.add("lock-version", LOCK_VERSION)
+    if lock.environments:
+        doc.add("environments", list(lock.environments))
+    if lock.requires_python:
+        doc.add("requires-python", lock.requires_python)
+    doc.add("created-by", "envmgr")
+    packages = tomlkit.aot()
+    for pkg in sorted(lock.packages, key=lambda p: p.key):
+        t = tomlkit.table()
+        t.add("name", pkg.key)
+        t.add("version", pkg.version)
+        if pkg.marker:
+            t.add("marker", pkg.marker)
+        t.add("index", pkg.index)
+        if pkg.sdist:
+            t.add("sdist", _file_table(pkg.sdist))
+        if pkg.wheels:
+            arr = tomlkit.array()
+            arr.multiline(True)
+            for w in pkg.wheels:
+                arr.append(_file_table(w))
+            t.add("wheels", arr)
+        packages.append(t)
+    doc.add("packages", packages)
+    m = lock.meta
+    tool = tomlkit.table(is_super_table=True)
+    env = tomlkit.table()
+    env.add("format", FORMAT)
+    env.add("profile", m.profile)
+    env.add("fingerprint", m.fingerprint)
+    env.add("resolver", m.resolver)
+    env.add("resolver-version", m.resolver_version)
+    env.add("python", m.python)
+    env.add("platform", m.platform)
+    env.add("variant", m.variant)
+    env.add("torch-index", m.torch_index)
+    env.add("cuda", m.cuda)
+    env.add("min-driver", m.min_driver)
+    env.add("toolkit-driver", m.toolkit_driver)
+    env.add("arch-list", list(m.arch_list))
+    env.add("ptx", m.ptx)
+    inputs = tomlkit.table()
+    for key in sorted(m.inputs):
+        inputs.add(key, m.inputs[key])
+    env.add("inputs", inputs)
+    tool.add("envmgr", env)
+    doc.add("tool", tool)
+    return tomlkit.dumps(doc)
+
+
+def _file(raw: dict, where: str) -> LockedFile:
+    try:
+        return LockedFile(url=raw["url"], sha256=raw["hashes"]["sha256"], size=int(raw["size"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LockFileError(f"{where}: a file entry lacks url, size or hashes.sha256 ({exc})")
+
+
+def loads(text: str, path: Path | str = "<lock>") -> Lock:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LockFileError(f"{path}: not valid TOML: {exc}", hint="regenerate it with `envmgr lock`")
+    if raw.get("lock-version") != LOCK_VERSION or not isinstance(raw.get("packages"), list):
+        raise LockFileError(
+            f"{path}: not a PEP 751 lock (lock-version {raw.get('lock-version')!r})",
+            hint="regenerate it with `envmgr lock`",
+        )
+    tool = raw.get("tool", {}).get("envmgr")
+    if not isinstance(tool, dict):
+        raise LockFileError(f"{path}: no [tool.envmgr] table: not written by envmgr", hint="regenerate it with `envmgr lock`")
+    packages = []
+    for i, p in enumerate(raw["packages"]):
+        where = f"{path}: packages[{i}]"
+        if not isinstance(p, dict) or "name" not in p or "version" not in p:
+            raise LockFileError(f"{where}: lacks name or version")
+        where = f"{path}: package {p['name']}"
+        sdist = _file(p["sdist"], where) if "sdist" in p else None
+        wheels = tuple(_file(w, where) for w in p.get("wheels", []))
+        if not wheels and not sdist:
+            raise LockFileError(f"{where}: has no files", hint="regenerate it with `envmgr lock`")
+        packages.append(
+            LockedPackage(
+                name=canonical(p["name"]),
+                version=str(p["version"]),
+                index=p.get("index", ""),
+                wheels=wheels,
+                sdist=sdist,
+                marker=p.get("marker"),
+            )
+        )
+    try:
+        meta = LockMeta(
+            profile=tool["profile"],
+            fingerprint=tool["fingerprint"],
+            inputs=dict(tool.get("inputs", {})),
+            resolver=tool["resolver"],
+            resolver_version=tool["resolver-version"],
+            python=tool["python"],
+            platform=tool["platform"],
+            variant=tool["variant"],
+            torch_index=tool.get("torch-index", ""),
+            cuda=tool.get("cuda", ""),
+            min_driver=tool.get("min-driver", ""),
+            toolkit_driver=tool.get("toolkit-driver", ""),
+            arch_list=tuple(tool.get("arch-list", ())),
+            ptx=tool.get("ptx", ""),
+        )
+    except KeyError as exc:
+        raise LockFileError(f"{path}: [tool.envmgr] lacks {exc.args[0]!r}", hint="regenerate it with `envmgr lock`")
+    if fingerprint(meta.inputs) != meta.fingerprint:
+        raise LockFileError(
+            f"{path}: [tool.envmgr] fingerprint does not match its inputs (edited by hand?)",
+            hint="regenerate it with `envmgr lock`",
+        )
+    return Lock(
+        packages=tuple(packages),
+        meta=meta,
+        requires_python=raw.get("requires-python", ""),
+        environments=tuple(raw.get("environments", ())),
+        path=Path(path) if path != "<lock>" else None,
+    )
+
+
+def read(path: Path) -> Lock:
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise LockFileError(f"{path}: no such lock", hint=f"create it with `envmgr lock {lock_profile_name(path)}`")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LockFileError(f"{path}: cannot read: {exc}")
+    return loads(text, path)
+
+
+def lock_path(project: Path, profile: str) -> Path:
+    return project / "locks" / f"pylock.{profile}.toml"
+
+
+def lock_profile_name(path: Path) -> str:
+    name = path.name
+    if name.startswith("pylock.") and name.endswith(".toml"):
+        return name[len("pylock."):-len(".toml")]
+    return path.stem
+
+
+def write_atomic(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename). False if unchanged."""
+    try:
+        if path.read_text("utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

@@ -1,0 +1,47 @@
+"""Every environment variable envmgr reads, and the paths derived from them.
+
+One place, so ``--help`` and the docs can list them and tests can isolate them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VARS = {
+    "ENVMGR_PROJECT": "project root (holds profiles/ and locks/); default: search upwards from cwd",
+    "ENVMGR_CACHE_DIR": "cache root: downloaded files by sha256, hashes by URL, layers",
+    "ENVMGR_RESOLVER": "default resolver for `envmgr lock` (uv or pip-tools)",
+    "ENVMGR_VENV_DIR": "where profile venvs live (default: PROJECT/.envmgr/venvs)",
+    "ENVMGR_NO_PROGRESS": "set to 1 to disable progress bars",
+    "ENVMGR_DRIVER_VERSION": "pretend the NVIDIA driver is this version (testing, containers)",
+}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("ENVMGR_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "envmgr"
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The project root: ``$ENVMGR_PROJECT``, else the nearest parent holding ``profiles/``."""
+    env = os.environ.get("ENVMGR_PROJECT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "profiles").is_dir():
+            return candidate
+    return here
+
+
+def venv_root(project: Path) -> Path:
+    env = os.environ.get("ENVMGR_VENV_DIR")
+    return Path(env) if env else project / ".envmgr" / "venvs"
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("ENVMGR_NO_PROGRESS", "") not in ("1", "true", "yes")
