@@ -1,0 +1,323 @@
+"""Resolver backends: a profile in, pinned packages with their files out.
+
+Both backends (uv, pip-tools) produce the same thing, a list of ``LockedPackage``, and
+enforce the same index rule: torch-family packages come only from the variant's torch
+index, everything else from the default index (and extra indexes). Hashes and sizes the
+index does not publish are filled in afterwards by ``locker`` (download once, cache by URL).
+
+uv: the requirements go into a throwaway pyproject whose ``[tool.uv.sources]`` pins each
+torch-family requirement to an *explicit* index, so nothing else can come from it. uv
+applies sources to direct requirements only, so torch-family packages that appear
+transitively (triton under a CUDA torch) are added as direct requirements and resolved
+again; the knowledge base names the usual ones up front, so one run is the normal case.
+
+pip-tools: pip has no per-package index, so pip-compile talks to a local routing index
+(``indexproxy``) that serves torch-family pages from the torch index and all others from
+the default indexes. pip-compile only pins versions (no ``--generate-hashes``: that
+downloads every torch wheel); envmgr then reads the files and published hashes from the
+index pages itself.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import tomlkit
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from . import indexclient
+from .errors import ResolutionError, UserError
+from .fetch import expand_env, redact, strip_credentials
+from .lockfile import LockedFile, LockedPackage
+from .profiles import PYPI, Profile
+from .uvtool import clean_env, uv_bin, uv_version
+from .variants import canonical, kb
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a backend needs: the profile, the previous lock's text and the upgrade policy."""
+
+    profile: Profile
+    workdir: Path
+    previous: str | None = None  # text of the existing lock (pins are kept unless upgraded)
+    upgrade: bool = False
+    upgrade_packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnfinishedFile:
+    url: str
+    sha256: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Pinned:
+    name: str
+    version: str
+    index: str
+    wheels: tuple[UnfinishedFile, ...]
+    sdist: UnfinishedFile | None
+    marker: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def version(self) -> str:
+        """The resolver's version, recorded in the lock."""
+
+    def resolve(self, req: Request) -> list[Pinned]:
+        """Pin every package for the profile's python/platform; raise ResolutionError."""
+
+
+# -- indexes ------------------------------------------------------------------------------
+
+def default_index_url() -> str:
+    """PyPI's simple URL, asked of pip at run time (envmgr names no registry itself)."""
+    from pip._internal.models.index import PyPI
+
+    return PyPI.simple_url
+
+
+def concrete(url: str) -> str:
+    """An index URL as used for requests: keyword resolved, ``${VAR}`` expanded."""
+    return default_index_url() if url == PYPI else expand_env(url).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Indexes:
+    default: str  # concrete, with credentials
+    extra: tuple[str, ...]
+    torch: str | None  # None: torch family comes from the default indexes
+
+    @classmethod
+    def of(cls, p: Profile) -> "Indexes":
+        torch = None if p.torch_from_default else concrete(p.torch_index)
+        return cls(concrete(p.index_url), tuple(concrete(u) for u in p.extra_index_urls), torch)
+
+    def recorded(self, name: str, file_url: str) -> str:
+        """The index a package is recorded as coming from (no credentials)."""
+        if self.torch and kb().is_torch_family(name):
+            return strip_credentials(self.torch)
+        host = urlsplit(file_url).hostname
+        for url in self.extra:
+            if urlsplit(url).hostname == host and host != urlsplit(self.default).hostname:
+                return strip_credentials(url)
+        return strip_credentials(self.default)
+
+    def all_urls(self) -> list[str]:
+        return [self.default, *self.extra, *([self.torch] if self.torch else [])]
+
+
+# -- uv -----------------------------------------------------------------------------------
+
+class UvBackend:
+    name = "uv"
+
+    def version(self) -> str:
+        return uv_version()
+
+    def resolve(self, req: Request) -> list[Pinned]:
+        p = req.profile
+        idx = Indexes.of(p)
+        direct = {canonical(Requirement(r).name) for r in p.requirements}
+        extra_family: list[str] = []
+        if idx.torch and kb().cuda_of(p.variant) and p.platform == "linux-x86_64":
+            extra_family = [n for n in kb().cuda_runtime_family if n not in direct]
+        for _attempt in range(3):
+            pinned = self._run(req, idx, extra_family)
+            if not idx.torch:
+                return pinned
+            sourced = direct | set(extra_family)
+            strays = sorted(x.name for x in pinned if kb().is_torch_family(x.name) and x.name not in sourced)
+            if not strays:
+                return pinned
+            extra_family += strays
+        raise ResolutionError(f"torch-family packages keep appearing from the default index: {', '.join(strays)}")
+
+    def _run(self, req: Request, idx: Indexes, extra_family: list[str]) -> list[Pinned]:
+        p = req.profile
+        work = req.workdir
+        project = tomlkit.document()
+        proj = tomlkit.table()
+        proj.add("name", f"envmgr-lock-{canonical(p.name)}")
+        proj.add("version", "0")
+        proj.add("dependencies", [*p.requirements, *extra_family])
+        project.add("project", proj)
+        if idx.torch:
+            names = sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)} | set(extra_family))
+            uv = tomlkit.table(is_super_table=True)
+            uv.add("sources", {n: {"index": "envmgr-torch"} for n in names})
+            index = tomlkit.aot()
+            index.append({"name": "envmgr-torch", "url": idx.torch, "explicit": True})
+            uv.add("index", index)
+            tool = tomlkit.table(is_super_table=True)
+            tool.add("uv", uv)
+            project.add("tool", tool)
+        (work / "pyproject.toml").write_text(tomlkit.dumps(project))
+        out = work / "pylock.toml"
+        if req.previous is not None:
+            out.write_text(req.previous)  # uv keeps these pins unless told to upgrade
+        cmd = [uv_bin(), "pip", "compile", "pyproject.toml", "--format", "pylock.toml", "-o", str(out),
+               "--no-config", "--no-header", "--quiet", "--python-version", p.python,
+               "--python-platform", p.uv_platform, "--no-build"]
+        if p.index_url != PYPI:
+            cmd += ["--index-url", idx.default]
+        for url in idx.extra:
+            cmd += ["--extra-index-url", url]
+        if req.upgrade:
+            cmd.append("--upgrade")
+        for name in req.upgrade_packages:
+            cmd += ["--upgrade-package", name]
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=clean_env())
+        if proc.returncode != 0:
+            raise ResolutionError(
+                f"profile {p.name}: uv could not resolve {', '.join(p.requirements)}",
+                hint="see the resolver's explanation below",
+                detail=_scrub(proc.stderr, idx),
+            )
+        return self._parse(out.read_text(), idx)
+
+    @staticmethod
+    def _parse(text: str, idx: Indexes) -> list[Pinned]:
+        data = tomllib.loads(text)
+        pinned = []
+        for pkg in data.get("packages", []):
+            def f(raw: dict) -> UnfinishedFile:
+                return UnfinishedFile(strip_credentials(raw["url"]), raw.get("hashes", {}).get("sha256"), raw.get("size"))
+
+            wheels = tuple(sorted((f(w) for w in pkg.get("wheels", [])), key=lambda w: w.url))
+            sdist = f(pkg["sdist"]) if "sdist" in pkg and not wheels else None
+            if not wheels and not sdist:
+                raise ResolutionError(f"{pkg['name']} {pkg['version']}: the resolver gave no file for it")
+            name = canonical(pkg["name"])
+            first = (wheels[0] if wheels else sdist).url
+            pinned.append(Pinned(name, str(pkg["version"]), idx.recorded(name, first), wheels, sdist, pkg.get("marker")))
+        return pinned
+
+
+def _scrub(text: str, idx: Indexes) -> str:
+    """Resolver output with credentials removed and noise trimmed."""
+    for url in idx.all_urls():
+        if url != strip_credentials(url):
+            text = text.replace(url, redact(url))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return text.strip()
+
+
+# -- pip-tools ----------------------------------------------------------------------------
+
+class PipToolsBackend:
+    name = "pip-tools"
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("pip-tools")
+
+    def resolve(self, req: Request) -> list[Pinned]:
+        from .indexproxy import RoutingIndex
+
+        p = req.profile
+        host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if p.python != host_python or p.platform != indexclient.host_platform():
+            raise UserError(
+                f"profile {p.name}: pip-tools resolves for the interpreter it runs on (python {host_python}, "
+                f"{indexclient.host_platform()}), but the profile targets python {p.python} on {p.platform}",
+                hint="use --resolver uv, which resolves for any target",
+            )
+        idx = Indexes.of(p)
+        work = req.workdir
+        (work / "requirements.in").write_text("".join(f"{r}\n" for r in p.requirements))
+        out = work / "requirements.txt"
+        if req.previous is not None:
+            out.write_text(_pins_as_requirements(req.previous))
+        with RoutingIndex(idx.default, idx.extra, idx.torch, set(kb().torch_family)) as proxy:
+            cmd = [sys.executable, "-m", "piptools", "compile", "--quiet", "--no-header", "--no-annotate",
+                   "--no-emit-index-url", "--strip-extras", "--only-binary", ":all:", "--index-url", proxy.url,
+                   "--output-file", str(out), str(work / "requirements.in")]
+            if req.upgrade:
+                cmd.append("--upgrade")
+            for name in req.upgrade_packages:
+                cmd += ["--upgrade-package", name]
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
+                                  env=clean_env({"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}))
+        if proc.returncode != 0:
+            raise ResolutionError(
+                f"profile {p.name}: pip-tools could not resolve {', '.join(p.requirements)}",
+                hint="see the resolver's explanation below",
+                detail=_scrub(proc.stderr.replace(proxy.url, "<routing index>"), idx),
+            )
+        pins = _read_pins(out.read_text())
+        tags = indexclient.target_tags(p.python, p.platform)
+        pinned = []
+        for name, version in sorted(pins.items()):
+            sources = [idx.torch] if idx.torch and kb().is_torch_family(name) else [idx.default, *idx.extra]
+            files = indexclient.files_for(name, version, sources, tags)
+            if not files:
+                raise ResolutionError(f"{name}=={version}: no file for python {p.python} on {p.platform} on its index")
+            wheels = tuple(sorted((UnfinishedFile(strip_credentials(f.url), f.sha256, f.size) for f in files if f.is_wheel), key=lambda w: w.url))
+            sdists = [UnfinishedFile(strip_credentials(f.url), f.sha256, f.size) for f in files if not f.is_wheel]
+            sdist = sdists[0] if sdists and not wheels else None
+            pinned.append(Pinned(name, version, idx.recorded(name, files[0].url), wheels, sdist))
+        return pinned
+
+
+def _pins_as_requirements(lock_text: str) -> str:
+    data = tomllib.loads(lock_text)
+    return "".join(f"{p['name']}=={p['version']}\n" for p in data.get("packages", []))
+
+
+def _read_pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", line)
+        if m:
+            pins[str(canonicalize_name(m.group(1)))] = m.group(3)
+    return pins
+
+
+BACKENDS: dict[str, type] = {"uv": UvBackend, "pip-tools": PipToolsBackend}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]()
+    except KeyError:
+        raise UserError(f"unknown resolver {name!r}", hint=f"choose one of: {', '.join(BACKENDS)}")
+
+
+def finish(pinned: list[Pinned], *, auth, cache: Path | None = None) -> list[LockedPackage]:
+    """Fill in unpublished hashes (download once, cached by URL) and sizes (HEAD, cached)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .fetch import url_digest, url_size
+
+    def done(f: UnfinishedFile) -> LockedFile:
+        if f.sha256 is None:
+            digest, size = url_digest(f.url, cache=cache, auth=auth)
+            return LockedFile(f.url, digest, size)
+        size = f.size if f.size is not None else url_size(f.url, cache=cache, auth=auth)
+        return LockedFile(f.url, f.sha256, size)
+
+    files = [f for p in pinned for f in (*p.wheels, *((p.sdist,) if p.sdist else ()))]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        finished = dict(zip(files, pool.map(done, files)))
+    return [
+        LockedPackage(p.name, p.version, p.index, tuple(finished[w] for w in p.wheels),
+                      finished[p.sdist] if p.sdist else None, p.marker)
+        for p in pinned
+    ]

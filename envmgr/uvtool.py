@@ -1,0 +1,46 @@
+"""The uv binary: where it is, its version, and an environment that only envmgr configures."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+
+from .errors import UserError
+
+# Variables that would make uv or pip resolve against something the profile does not say.
+_LEAKY_PREFIXES = ("UV_INDEX", "UV_EXTRA_INDEX", "UV_DEFAULT_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
+                   "UV_CONSTRAINT", "UV_OVERRIDE", "UV_TORCH_BACKEND", "UV_PYTHON", "UV_CONFIG_FILE",
+                   "UV_NO_CONFIG", "UV_OFFLINE", "UV_PRERELEASE", "UV_RESOLUTION", "UV_EXCLUDE_NEWER",
+                   "PIP_")
+
+
+@functools.cache
+def uv_bin() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if not found:
+            raise UserError("uv is not installed", hint="pip install uv")
+        return found
+
+
+@functools.cache
+def uv_version() -> str:
+    out = subprocess.run([uv_bin(), "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"uv (\d+\.\d+\.\d+\S*)", out)
+    return m.group(1) if m else out.strip()
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """This process's environment without index/resolution settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES)}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["NO_COLOR"] = "1"
+    env.update(extra or {})
+    return env
