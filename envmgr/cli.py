@@ -79,6 +79,7 @@ def lock(
     check: bool = typer.Option(False, "--check", help="Exit 1 if a lock is stale against its profile; no network."),
     upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Ignore the existing pins."),
     upgrade_package: List[str] = typer.Option(None, "--upgrade-package", "-P", help="Allow upgrading NAME (repeatable)."),
+    verify: bool = typer.Option(False, "--verify", help="Download every locked file and check its published hash before writing."),
     jobs: int = typer.Option(4, "--jobs", "-j", help="Profiles locked at once."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
@@ -99,7 +100,7 @@ def lock(
             raise typer.Exit(1)
         return
     results = locker.lock_profiles(
-        project, selected, resolver=resolver, upgrade=upgrade, upgrade_packages=upgrade_package or [], jobs=jobs,
+        project, selected, resolver=resolver, upgrade=upgrade, upgrade_packages=upgrade_package or [], verify=verify, jobs=jobs,
         log=None if quiet or as_json else err.print,
     )
     if as_json:

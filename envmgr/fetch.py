@@ -204,7 +204,7 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
         tmp_path.unlink(missing_ok=True)
         raise HashMismatchError(
             f"hash mismatch for {name}: {redact(f.url)} expected sha256:{f.sha256}, got sha256:{actual}",
-            hint="the index changed the file under the lock; nothing was installed",
+            hint="the bytes served are not the bytes the lock names; nothing was installed or written",
         )
     return _place(tmp_path, dest)
 
@@ -290,24 +290,38 @@ def url_digest(url: str, *, cache: Path | None = None, auth: Auth | None = None,
     The downloaded bytes also land in the file cache (``keep``), so a later sync or
     export does not download them again.
     """
-    entry = _url_cache_file(url, cache)
-    try:
-        data = json.loads(entry.read_text())
-        return data["sha256"], int(data["size"])
-    except (FileNotFoundError, ValueError, KeyError):
-        pass
+    hit = cached_url_digest(url, cache=cache)
+    if hit:
+        return hit
     with _get(url, auth, stream=True) as resp:
         tmp, digest, size = _stream_to(resp, _mkdir(files_dir(cache)), NullReporter())
     if keep:
         _place(tmp, files_dir(cache) / digest / unquote(urlsplit(url).path.rsplit("/", 1)[-1]))
     else:
         tmp.unlink(missing_ok=True)
-    _write_json_atomic(entry, {"url": strip_credentials(url), "sha256": digest, "size": size})
+    remember_url_digest(url, digest, size, cache=cache)
     return digest, size
+
+
+def cached_url_digest(url: str, *, cache: Path | None = None) -> tuple[str, int] | None:
+    """The cached (sha256, size) of ``url``, or None: never touches the network."""
+    try:
+        data = json.loads(_url_cache_file(url, cache).read_text())
+        return data["sha256"], int(data["size"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def remember_url_digest(url: str, sha256: str, size: int, *, cache: Path | None = None) -> None:
+    """Record a hash computed from the bytes of ``url`` (by envmgr or by the resolver)."""
+    _write_json_atomic(_url_cache_file(url, cache), {"url": strip_credentials(url), "sha256": sha256, "size": size})
 
 
 def url_size(url: str, *, cache: Path | None = None, auth: Auth | None = None) -> int:
     """Size of the file at ``url`` from a HEAD request (cached by URL): no download."""
+    hit = cached_url_digest(url, cache=cache)
+    if hit:
+        return hit[1]
     entry = _url_cache_file(url, cache).with_suffix(".size")
     try:
         return int(entry.read_text())

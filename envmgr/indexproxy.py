@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import threading
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from packaging.utils import canonicalize_name
@@ -20,8 +22,17 @@ from .errors import EnvmgrError
 
 
 class RoutingIndex:
-    def __init__(self, default: str, extra: tuple[str, ...], torch: str | None, family: set[str]):
+    """Serve a routed view of upstream indexes; ``known_hash(url)`` fills unpublished hashes.
+
+    ``unhashed`` collects the upstream file URLs served without a published hash, so the
+    caller can cache the hash the resolver computes for them (download once, by URL).
+    """
+
+    def __init__(self, default: str, extra: tuple[str, ...] = (), torch: str | None = None,
+                 family: set[str] = frozenset(), known_hash=None):
         self.default, self.extra, self.torch, self.family = default, extra, torch, family
+        self.known_hash = known_hash or (lambda url: None)
+        self.unhashed: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
 
     def sources(self, project: str) -> list[str]:
@@ -33,8 +44,17 @@ class RoutingIndex:
         for url in self.sources(project):
             files = indexclient.project_page(url, project)
             if files:
-                return _render(project, files)
+                return _render(project, [_with_credentials(self._fill(f), url) for f in files])
         return None
+
+    def _fill(self, f: indexclient.IndexFile) -> indexclient.IndexFile:
+        if f.sha256:
+            return f
+        cached = self.known_hash(f.url)
+        if cached:
+            return replace(f, sha256=cached)
+        self.unhashed.add(f.url)
+        return f
 
     def __enter__(self) -> "RoutingIndex":
         router = self
@@ -77,6 +97,14 @@ class RoutingIndex:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+
+
+def _with_credentials(f: indexclient.IndexFile, index_url: str) -> indexclient.IndexFile:
+    """Files on the index's own host need its credentials too (the resolver fetches them)."""
+    idx, file = urlsplit(index_url), urlsplit(f.url)
+    if idx.username is None or file.hostname != idx.hostname or file.username is not None:
+        return f
+    return replace(f, url=urlunsplit(file._replace(netloc=idx.netloc)))
 
 
 def _render(project: str, files: list[indexclient.IndexFile]) -> str:

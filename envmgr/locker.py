@@ -21,7 +21,7 @@ from typing import Callable
 
 from packaging.version import Version
 
-from . import lockfile, profiles, resolve
+from . import fetch, lockfile, profiles, resolve
 from .errors import EnvmgrError, LockFileError, ResolutionError
 from .fetch import Auth
 from .lockfile import Lock, LockMeta
@@ -164,7 +164,7 @@ def build_lock(profile: Profile, backend_name: str, backend_version: str, packag
 
 
 def lock_one(project: Path, name: str, *, resolver: str | None = None, upgrade: bool = False,
-             upgrade_packages: tuple[str, ...] = (), log: Log = None) -> LockResult:
+             upgrade_packages: tuple[str, ...] = (), verify: bool = False, log: Log = None) -> LockResult:
     started = time.monotonic()
     profile = profiles.load(project, name)
     path = lockfile.lock_path(project, name)
@@ -193,6 +193,11 @@ def lock_one(project: Path, name: str, *, resolver: str | None = None, upgrade: 
             ))
         packages = resolve.finish(pinned, auth=Auth.from_urls(idx.all_urls()))
         _verify(profile, idx, packages)
+        auth = Auth.from_urls(idx.all_urls())
+        if verify:
+            # Download every file into the verified cache: a published hash that does not
+            # match the bytes fails here, before the lock is written.
+            fetch.fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
         lock = build_lock(profile, backend.name, version, packages,
                           resolve.strip_credentials(idx.torch or idx.default))
         changed = lockfile.write_atomic(path, lock.dumps())
@@ -200,7 +205,8 @@ def lock_one(project: Path, name: str, *, resolver: str | None = None, upgrade: 
 
 
 def lock_profiles(project: Path, names: list[str], *, resolver: str | None = None, upgrade: bool = False,
-                  upgrade_packages: list[str] = (), jobs: int = 4, log: Log = None) -> list[LockResult]:
+                  upgrade_packages: list[str] = (), verify: bool = False, jobs: int = 4,
+                  log: Log = None) -> list[LockResult]:
     """Lock several profiles at once; every profile is attempted, then the first error raised."""
     for n in names:  # validate every profile before any resolution starts
         profiles.load(project, n)
@@ -212,7 +218,7 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
     def run(n: str) -> None:
         try:
             results[n] = lock_one(project, n, resolver=resolver, upgrade=upgrade,
-                                  upgrade_packages=tuple(upgrade_packages), log=log)
+                                  upgrade_packages=tuple(upgrade_packages), verify=verify, log=log)
         except EnvmgrError as exc:
             errors.append((n, exc))
 

@@ -58,6 +58,7 @@ class UnfinishedFile:
     url: str
     sha256: str | None
     size: int | None
+    computed: bool = False  # the index published no hash; the resolver hashed the bytes
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,22 @@ class UvBackend:
         raise ResolutionError(f"torch-family packages keep appearing from the default index: {', '.join(strays)}")
 
     def _run(self, req: Request, idx: Indexes, extra_family: list[str]) -> list[Pinned]:
+        if not idx.torch:
+            return self._compile(req, idx, extra_family, None, set())
+        from .fetch import cached_url_digest
+        from .indexproxy import RoutingIndex
+
+        def known(url: str) -> str | None:
+            hit = cached_url_digest(url)
+            return hit[0] if hit else None
+
+        # The torch index goes through a local view that fills hashes envmgr has already
+        # computed (so uv downloads nothing it hashed before) and notes the unhashed files.
+        with RoutingIndex(idx.torch, known_hash=known) as proxy:
+            return self._compile(req, idx, extra_family, proxy.url, proxy.unhashed)
+
+    def _compile(self, req: Request, idx: Indexes, extra_family: list[str], torch_url: str | None,
+                 unhashed: set[str]) -> list[Pinned]:
         p = req.profile
         work = req.workdir
         project = tomlkit.document()
@@ -159,7 +176,7 @@ class UvBackend:
             uv = tomlkit.table(is_super_table=True)
             uv.add("sources", {n: {"index": "envmgr-torch"} for n in names})
             index = tomlkit.aot()
-            index.append({"name": "envmgr-torch", "url": idx.torch, "explicit": True})
+            index.append({"name": "envmgr-torch", "url": torch_url or idx.torch, "explicit": True})
             uv.add("index", index)
             tool = tomlkit.table(is_super_table=True)
             tool.add("uv", uv)
@@ -186,15 +203,16 @@ class UvBackend:
                 hint="see the resolver's explanation below",
                 detail=_scrub(proc.stderr, idx),
             )
-        return self._parse(out.read_text(), idx)
+        return self._parse(out.read_text(), idx, {strip_credentials(u) for u in unhashed})
 
     @staticmethod
-    def _parse(text: str, idx: Indexes) -> list[Pinned]:
+    def _parse(text: str, idx: Indexes, unhashed: set[str]) -> list[Pinned]:
         data = tomllib.loads(text)
         pinned = []
         for pkg in data.get("packages", []):
             def f(raw: dict) -> UnfinishedFile:
-                return UnfinishedFile(strip_credentials(raw["url"]), raw.get("hashes", {}).get("sha256"), raw.get("size"))
+                url = strip_credentials(raw["url"])
+                return UnfinishedFile(url, raw.get("hashes", {}).get("sha256"), raw.get("size"), url in unhashed)
 
             wheels = tuple(sorted((f(w) for w in pkg.get("wheels", [])), key=lambda w: w.url))
             sdist = f(pkg["sdist"]) if "sdist" in pkg and not wheels else None
@@ -243,9 +261,9 @@ class PipToolsBackend:
         if req.previous is not None:
             out.write_text(_pins_as_requirements(req.previous))
         with RoutingIndex(idx.default, idx.extra, idx.torch, set(kb().torch_family)) as proxy:
-            cmd = [sys.executable, "-m", "piptools", "compile", "--quiet", "--no-header", "--no-annotate",
-                   "--no-emit-index-url", "--strip-extras", "--only-binary", ":all:", "--index-url", proxy.url,
-                   "--output-file", str(out), str(work / "requirements.in")]
+            cmd = [sys.executable, "-m", "envmgr._piptools_main", "--quiet", "--no-header", "--no-annotate",
+                   "--no-emit-index-url", "--strip-extras", "--index-url", proxy.url,
+                   "--pip-args", "--only-binary :all:", "--output-file", str(out), str(work / "requirements.in")]
             if req.upgrade:
                 cmd.append("--upgrade")
             for name in req.upgrade_packages:
@@ -304,13 +322,15 @@ def finish(pinned: list[Pinned], *, auth, cache: Path | None = None) -> list[Loc
     """Fill in unpublished hashes (download once, cached by URL) and sizes (HEAD, cached)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .fetch import url_digest, url_size
+    from .fetch import remember_url_digest, url_digest, url_size
 
     def done(f: UnfinishedFile) -> LockedFile:
         if f.sha256 is None:
             digest, size = url_digest(f.url, cache=cache, auth=auth)
             return LockedFile(f.url, digest, size)
         size = f.size if f.size is not None else url_size(f.url, cache=cache, auth=auth)
+        if f.computed:
+            remember_url_digest(f.url, f.sha256, size, cache=cache)
         return LockedFile(f.url, f.sha256, size)
 
     files = [f for p in pinned for f in (*p.wheels, *((p.sdist,) if p.sdist else ()))]
