@@ -1,0 +1,388 @@
+"""Install: a lock's verified files into a target venv, exactly (shared by sync and export-image).
+
+Input: a lock, a venv path (created here when missing), and ``{sha256: path}`` of the lock's
+files already fetched and hash-checked by :func:`envmgr.fetch.fetch`. Output: the venv holds
+exactly the lock's packages for its interpreter (extras removed, nothing else installed).
+
+The hard part is doing that without resolving and without trusting anything but the lock:
+uv runs ``pip sync`` over a generated requirements file of ``name==version --hash=sha256:...``
+lines, with ``--require-hashes --no-index --offline`` and one ``--find-links`` per verified
+file's cache folder, so the only candidates are the lock's own bytes and uv checks each hash
+again. Planning is separate and pure: :func:`plan` compares the lock with what is installed.
+
+A venv may be built at a path other than the one it finally runs from (the image exporter
+stages ``/opt/venv`` in a temp folder): ``relocatable=True`` creates it with
+``uv venv --relocatable``, whose scripts find their interpreter relative to themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import EnvmgrError, UserError
+from .lockfile import Lock, LockedPackage
+from .uvtool import clean_env, uv_bin
+from .variants import canonical
+
+# Run by a target interpreter: its version and PEP 508 marker environment, as JSON.
+_QUERY = r"""
+import json, os, platform, sys
+impl = sys.implementation
+iv = "{0.major}.{0.minor}.{0.micro}".format(impl.version)
+if impl.version.releaselevel != "final":
+    iv += impl.version.releaselevel[0] + str(impl.version.serial)
+print(json.dumps({
+    "executable": sys.executable,
+    "prefix": sys.prefix,
+    "base_prefix": sys.base_prefix,
+    "version": platform.python_version(),
+    "markers": {
+        "implementation_name": impl.name,
+        "implementation_version": iv,
+        "os_name": os.name,
+        "platform_machine": platform.machine(),
+        "platform_release": platform.release(),
+        "platform_system": platform.system(),
+        "platform_version": platform.version(),
+        "python_full_version": platform.python_version(),
+        "platform_python_implementation": platform.python_implementation(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    },
+}))
+"""
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    executable: str
+    version: str  # 3.11.7
+    markers: dict = field(default_factory=dict, compare=False)
+    prefix: str = ""
+    base_prefix: str = ""
+
+    @property
+    def minor(self) -> str:
+        """``3.11``: what a lock's ``python`` names."""
+        return ".".join(self.version.split(".")[:2])
+
+
+def query_python(path: str | Path) -> PythonInfo:
+    """Run ``path`` to learn its version and marker environment; a one-line error if it is not python."""
+    try:
+        proc = subprocess.run([str(path), "-I", "-c", _QUERY], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"{path}: cannot run it as python: {exc.strerror if isinstance(exc, OSError) else 'timed out'}")
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"{path}: not a working python ({last})")
+    data = json.loads(proc.stdout)
+    return PythonInfo(data["executable"], data["version"], data["markers"], data["prefix"], data["base_prefix"])
+
+
+# -- what is installed ---------------------------------------------------------------------
+
+def site_packages(venv: Path) -> Path | None:
+    """``VENV/lib/pythonX.Y/site-packages`` of a POSIX venv, or None when there is none."""
+    lib = venv / "lib"
+    try:
+        names = sorted(n for n in os.listdir(lib) if n.startswith("python"))
+    except OSError:
+        return None
+    for n in names:
+        sp = lib / n / "site-packages"
+        if sp.is_dir():
+            return sp
+    return None
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def is_venv(venv: Path) -> bool:
+    return (venv / "pyvenv.cfg").is_file()
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str  # canonical
+    version: str
+    dist_info: str  # folder name under site-packages
+    installer: str  # "uv", "pip", ... ("" when not recorded)
+
+
+def installed(site: Path | None) -> dict[str, Installed]:
+    """Every distribution in ``site`` by canonical name (from dist-info/egg-info folder names)."""
+    out: dict[str, Installed] = {}
+    if site is None:
+        return out
+    try:
+        entries = os.listdir(site)
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.endswith(".dist-info"):
+            stem = entry[: -len(".dist-info")]
+            if "-" not in stem:
+                continue
+            name, version = stem.rsplit("-", 1)
+        elif entry.endswith(".egg-info"):
+            parts = entry[: -len(".egg-info")].split("-")
+            if len(parts) < 2:
+                continue
+            name, version = parts[0], parts[1]
+        else:
+            continue
+        try:
+            installer = (site / entry / "INSTALLER").read_text().strip()
+        except OSError:
+            installer = ""
+        out[canonical(name)] = Installed(canonical(name), version, entry, installer)
+    return out
+
+
+def record_paths(site: Path, dist_info: str) -> list[Path] | None:
+    """Files a distribution's RECORD lists (absolute), or None when RECORD is missing."""
+    try:
+        with open(site / dist_info / "RECORD", newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return [Path(os.path.normpath(site / row[0])) for row in rows if row and row[0]]
+
+
+def broken(site: Path | None, dists: Iterable[Installed]) -> dict[str, str]:
+    """Distributions whose files are not all there, or that another tool installed: name -> why."""
+    out: dict[str, str] = {}
+    if site is None:
+        return out
+    for d in dists:
+        paths = record_paths(site, d.dist_info)
+        if paths is None:
+            out[d.name] = "RECORD missing"
+            continue
+        missing = [p for p in paths if not os.path.lexists(p)]
+        if missing:
+            rel = os.path.relpath(missing[0], site)
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            out[d.name] = f"{rel}{more} missing"
+        elif d.installer not in ("uv", ""):
+            out[d.name] = f"installed by {d.installer}"
+    return out
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """What turns an installed set into the lock: pure data, computed without touching disk."""
+
+    install: tuple[LockedPackage, ...]  # missing, other version, or to reinstall
+    remove: tuple[str, ...]  # installed names the lock does not have (canonical)
+    unchanged: tuple[LockedPackage, ...]
+    previous: dict = field(default_factory=dict, compare=False)  # name -> installed version
+
+    @property
+    def empty(self) -> bool:
+        return not self.install and not self.remove
+
+    def lines(self) -> list[str]:
+        """``+ name version``, ``~ name old -> new``, ``- name version``: for logs and --dry-run."""
+        out = []
+        for p in self.install:
+            old = self.previous.get(p.key)
+            if old is None:
+                out.append(f"+ {p.key} {p.version}")
+            elif old == p.version:
+                out.append(f"~ {p.key} {p.version} (reinstall)")
+            else:
+                out.append(f"~ {p.key} {old} -> {p.version}")
+        out += [f"- {n} {self.previous.get(n, '')}".rstrip() for n in self.remove]
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "installed": [f"{p.key}=={p.version}" for p in self.install],
+            "removed": [f"{n}=={self.previous[n]}" if n in self.previous else n for n in self.remove],
+            "unchanged": len(self.unchanged),
+        }
+
+
+def applies(pkg: LockedPackage, env: dict | None) -> bool:
+    """Does the package's marker hold in ``env`` (a PEP 508 environment)? No env: every package."""
+    if not pkg.marker or env is None:
+        return True
+    from packaging.markers import Marker
+
+    return Marker(pkg.marker).evaluate({**env, "extra": ""})
+
+
+def wanted(lock: Lock, env: dict | None = None) -> tuple[LockedPackage, ...]:
+    """The lock's packages for an interpreter with marker environment ``env``."""
+    return tuple(p for p in lock.packages if applies(p, env))
+
+
+def plan(lock: Lock, installed: dict[str, str], *, env: dict | None = None,
+         reinstall: Iterable[str] = ()) -> Plan:
+    """Compare the lock with ``installed`` (name -> version): install, remove, unchanged."""
+    installed = {canonical(n): v for n, v in installed.items()}
+    redo = {canonical(n) for n in reinstall}
+    want = wanted(lock, env)
+    keys = {p.key for p in want}
+    install, unchanged = [], []
+    for p in want:
+        if installed.get(p.key) == p.version and p.key not in redo:
+            unchanged.append(p)
+        else:
+            install.append(p)
+    remove = tuple(sorted(n for n in installed if n not in keys))
+    return Plan(tuple(install), remove, tuple(unchanged), dict(installed))
+
+
+# -- acting ----------------------------------------------------------------------------------
+
+def create_venv(venv: Path, python: str | Path, *, relocatable: bool = False, prompt: str | None = None) -> None:
+    """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock)."""
+    cmd = [uv_bin(), "venv", "--no-config", "--no-project", "--python", str(python), "--quiet"]
+    if relocatable:
+        cmd.append("--relocatable")
+    if prompt:
+        cmd += ["--prompt", prompt]
+    cmd.append(str(venv))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}))
+    if proc.returncode != 0:
+        raise EnvmgrError(f"cannot create a venv at {venv} with {python}", detail=proc.stderr.strip())
+
+
+def requirements(packages: Iterable[LockedPackage]) -> str:
+    """A ``--require-hashes`` requirements file pinning exactly these files."""
+    lines = []
+    for p in sorted(packages, key=lambda p: p.key):
+        marker = f" ; {p.marker}" if p.marker else ""
+        lines.append(f"{p.key}=={p.version}{marker} \\\n    --hash=sha256:{p.install_file.sha256}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    plan: Plan
+    seconds: float
+    python: PythonInfo
+    output: str = ""  # uv's messages
+
+
+def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: dict[str, Path],
+            reporter=None, reinstall: Iterable[str] = (), relocatable: bool = False,
+            link_mode: str | None = None, prompt: str | None = None, verbose: bool = False) -> InstallResult:
+    """Make ``venv`` hold exactly the lock's packages, from the verified ``files`` (sha256 -> path).
+
+    ``python``: the interpreter for a venv that does not exist yet (it must then match the
+    lock's python); an existing venv is used as it is. ``files`` must hold every file the
+    plan installs (what :func:`envmgr.fetch.fetch` returned). ``reinstall``: names installed
+    but damaged. Raises before touching the venv when a file is missing; after uv ran, checks
+    the venv really is the lock.
+    """
+    started = time.monotonic()
+    venv = Path(venv)
+    if not is_venv(venv):
+        if python is None:
+            raise UserError(f"{venv} is not a venv and no python was given to create it")
+        create_venv(venv, python, relocatable=relocatable, prompt=prompt)
+    info = query_python(venv_python(venv))
+    if lock.meta.python and info.minor != lock.meta.python:
+        raise UserError(f"{venv} runs Python {info.version}; the lock is for Python {lock.meta.python}",
+                        hint="recreate the venv with a matching interpreter")
+    site = site_packages(venv)
+    now = installed(site)
+    redo = set(canonical(n) for n in reinstall) | set(broken(site, now.values()))
+    p = plan(lock, {n: d.version for n, d in now.items()}, env=info.markers, reinstall=redo)
+    missing = [f"{q.key} ({q.install_file.filename})" for q in p.install if q.install_file.sha256 not in files]
+    if missing:
+        raise UserError(f"{len(missing)} file(s) to install were not fetched: {', '.join(missing)}")
+    output = ""
+    if not p.empty:
+        if reporter is not None:
+            reporter.start(len(p.install), f"installing {len(p.install)} package(s)")
+        try:
+            output = _uv_sync(venv, wanted(lock, info.markers), p, files, redo, link_mode, verbose)
+        finally:
+            if reporter is not None:
+                reporter.advance(len(p.install))
+                reporter.finish()
+    verify(lock, venv, info)
+    return InstallResult(p, time.monotonic() - started, info, output)
+
+
+def _uv_sync(venv: Path, want, p: Plan, files: dict[str, Path], redo: set[str], link_mode: str | None,
+             verbose: bool) -> str:
+    dirs = sorted({str(files[q.install_file.sha256].parent) for q in p.install})
+    cmd = [uv_bin(), "pip", "sync", "--no-config", "--python", str(venv_python(venv)), "--require-hashes",
+           "--no-index", "--offline"]
+    for d in dirs:
+        cmd += ["--find-links", d]
+    for name in sorted(redo & {q.key for q in p.install}):
+        cmd += ["--reinstall-package", name]
+    if link_mode:
+        cmd += ["--link-mode", link_mode]
+    if not verbose:
+        cmd.append("--no-progress")
+    with tempfile.TemporaryDirectory(prefix="envmgr-install-") as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text(requirements(want))
+        cmd.append(str(req))
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
+                              text=True, env=clean_env())
+    if proc.returncode != 0:
+        out = (proc.stdout or "").strip()
+        raise EnvmgrError(f"uv pip sync into {venv} failed (exit {proc.returncode})", detail=out or None,
+                          hint="the files were verified; see uv's message below")
+    return proc.stdout or ""
+
+
+def verify(lock: Lock, venv: Path, info: PythonInfo | None = None) -> None:
+    """Raise unless ``venv`` holds exactly the lock's packages, every file present."""
+    problems = drift(lock, venv, info)
+    if problems:
+        raise EnvmgrError(f"{venv} does not match the lock after installing: {'; '.join(problems[:5])}",
+                          hint="run the sync again; report a bug if it persists")
+
+
+def drift(lock: Lock, venv: Path, info: PythonInfo | None = None) -> list[str]:
+    """How ``venv`` differs from the lock, one human line each; empty when it is exact."""
+    if not is_venv(venv):
+        return [f"{venv} is not a venv"]
+    info = info or query_python(venv_python(venv))
+    out = []
+    if lock.meta.python and info.minor != lock.meta.python:
+        out.append(f"python is {info.version}, the lock needs {lock.meta.python}")
+    site = site_packages(venv)
+    now = installed(site)
+    p = plan(lock, {n: d.version for n, d in now.items()}, env=info.markers)
+    for q in p.install:
+        old = p.previous.get(q.key)
+        out.append(f"{q.key}: {old} installed, lock has {q.version}" if old else f"{q.key} {q.version} missing")
+    out += [f"{n} {p.previous[n]} is not in the lock" for n in p.remove]
+    damaged = broken(site, [now[q.key] for q in p.unchanged])
+    out += [f"{n}: {why}" for n, why in sorted(damaged.items())]
+    return out
+
+
+def remove_venv(venv: Path, *, force: bool = False) -> None:
+    """Delete a venv: a folder with pyvenv.cfg, an empty one, or (``force``) one envmgr was creating."""
+    if venv.is_symlink() or venv.is_file():
+        raise UserError(f"{venv} is not a folder", hint="pass --venv with another path")
+    if not venv.exists():
+        return
+    if not (force or is_venv(venv) or not any(venv.iterdir())):
+        raise UserError(f"{venv} exists and is not a venv; refusing to replace it", hint="pass --venv with another path")
+    shutil.rmtree(venv)
