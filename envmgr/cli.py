@@ -113,6 +113,51 @@ def lock(
 # --- sync commands -----------------------------------------------------------------------
 # --- image commands ----------------------------------------------------------------------
 # --- report commands (diff, export) ------------------------------------------------------
+
+def _emit_text(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        from .lockfile import write_atomic
+
+        write_atomic(output, text)
+        err.print(f"wrote {output}", highlight=False)
+
+
+@app.command("diff")
+def diff_cmd(
+    names: List[str] = typer.Argument(None, help="Profiles to compare (default: every profile with a lock at the base or now)."),
+    base: str = typer.Option("HEAD", "--base", help="Old locks: a git ref (default HEAD) or a directory (DIR/locks/ or DIR)."),
+    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown (a PR body) or json."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when any lock changed (0: nothing changed)."),
+) -> None:
+    """What changed in the locks since BASE: torch/CUDA/cuDNN/NCCL first, GPU archs, driver, size."""
+    from . import diff as lockdiff, diffreport
+
+    fmt = "json" if as_json else fmt
+    diffreport.check_format(fmt)
+    diffs = lockdiff.diff_project(_project(), names or None, base)
+    _emit_text(diffreport.render(diffs, fmt, base), output)
+    if exit_code and any(d.changed for d in diffs):
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    name: str = typer.Argument("default", help="Profile whose lock to export."),
+    fmt: str = typer.Option("requirements", "--format", "-f", help="requirements, cyclonedx or pylock."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    lock_file: Optional[Path] = typer.Option(None, "--lock", help="Export this lock file instead of the profile's."),
+) -> None:
+    """Export a lock: pip requirements with index lines and hashes, a CycloneDX SBOM, or PEP 751."""
+    from . import export, lockfile
+
+    export.check_format(fmt, output)
+    lock = lockfile.read(lock_file or lockfile.lock_path(_project(), name))
+    _emit_text(export.render(lock, fmt), output)
+
 # --- gpu commands (check, doctor, init) --------------------------------------------------
 
 

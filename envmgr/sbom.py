@@ -42,9 +42,16 @@ def is_gpu_runtime(name: str) -> bool:
     return name.startswith("nvidia-")
 
 
+def is_default_index(index: str) -> bool:
+    """Whether ``index`` is the default index (purls then need no ``repository_url``)."""
+    from .resolve import default_index_url
+
+    return not index or index == DEFAULT_INDEX or index.rstrip("/") == default_index_url().rstrip("/")
+
+
 def purl(pkg: LockedPackage) -> PackageURL:
     qualifiers = {}
-    if pkg.index and pkg.index != DEFAULT_INDEX:
+    if not is_default_index(pkg.index):
         qualifiers["repository_url"] = strip_credentials(pkg.index)
     return PackageURL(type="pypi", name=pkg.key, version=pkg.version, qualifiers=qualifiers or None)
 
