@@ -111,6 +111,95 @@ def lock(
 
 
 # --- sync commands -----------------------------------------------------------------------
+
+class _DownloadBar:
+    """fetch's Reporter as a rich progress bar on stderr, drawn only once a download starts."""
+
+    def __init__(self) -> None:
+        self._progress = None
+
+    def start(self, total: int, label: str) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self._progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                  console=err, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=total)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _sync_log(show: bool):
+    return (lambda line: err.print(line, markup=False, highlight=False)) if show else None
+
+
+_VENV_HELP = "Venv path (default: PROJECT/.envmgr/venvs/NAME). Env: ENVMGR_VENV_DIR sets the folder."
+_PYTHON_HELP = "Interpreter for the venv; must be the lock's python version (default: found by uv)."
+
+
+@app.command()
+def sync(
+    name: Optional[str] = typer.Argument(None, help="Profile to sync (default: the default profile)."),
+    venv: Optional[Path] = typer.Option(None, "--venv", help=_VENV_HELP),
+    python: Optional[str] = typer.Option(None, "--python", help=_PYTHON_HELP),
+    locked: bool = typer.Option(False, "--locked", help="Fail (exit 1) if the lock is stale instead of re-locking."),
+    frozen: bool = typer.Option(False, "--frozen", help="Use the lock as it is; do not check it against the profile."),
+    offline: bool = typer.Option(False, "--offline", help="No network: files from the cache or --find-links only."),
+    find_links: List[Path] = typer.Option(None, "--find-links", help="Folder of wheels to take before downloading (repeatable); hashes still checked."),
+    skip_driver_check: bool = typer.Option(False, "--skip-driver-check", help="Install a CUDA variant even if the driver is too old."),
+    check: bool = typer.Option(False, "--check", help="Report how the venv differs from the lock (exit 1); change nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Make the profile's venv exactly its lock: hash-verified, extras removed, instant when nothing changed."""
+    from . import settings, sync as syncing
+
+    project, name = _project(), name or "default"
+    if check:
+        report = syncing.check(project, name, venv=venv, python=python, frozen=frozen)
+        if as_json:
+            _print_json(report.to_json())
+        elif not quiet or not report.exact:
+            (out if report.exact else err).print(report.describe(), markup=False, highlight=False)
+        if not report.exact:
+            raise typer.Exit(1)
+        return
+    show = not quiet and not as_json
+    result = syncing.sync(project, name, venv=venv, python=python, locked=locked, frozen=frozen, offline=offline,
+                          find_links=find_links or [], skip_driver_check=skip_driver_check,
+                          reporter=_DownloadBar() if show and err.is_terminal and settings.progress_enabled() else None,
+                          log=_sync_log(show))
+    if as_json:
+        _print_json(result.to_json())
+    elif not quiet:
+        out.print(result.describe(), markup=False, highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    name: str = typer.Argument(..., help="Profile whose venv runs the command."),
+    cmd: List[str] = typer.Argument(None, help="The command and its arguments, after --."),
+    venv: Optional[Path] = typer.Option(None, "--venv", help=_VENV_HELP),
+    python: Optional[str] = typer.Option(None, "--python", help=_PYTHON_HELP),
+    locked: bool = typer.Option(False, "--locked", help="Fail (exit 1) if the lock is stale instead of re-locking."),
+    frozen: bool = typer.Option(False, "--frozen", help="Use the lock as it is."),
+    offline: bool = typer.Option(False, "--offline", help="No network for the sync."),
+    skip_driver_check: bool = typer.Option(False, "--skip-driver-check", help="Sync even if the driver is too old."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Say nothing about the sync."),
+) -> None:
+    """Run a command inside the profile's venv, syncing it first when needed (like `uv run`)."""
+    from . import sync as syncing
+
+    syncing.run(_project(), name, cmd or [], venv=venv, python=python, locked=locked, frozen=frozen,
+                offline=offline, skip_driver_check=skip_driver_check, log=_sync_log(not quiet))
+
 # --- image commands ----------------------------------------------------------------------
 # --- report commands (diff, export) ------------------------------------------------------
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -251,11 +250,17 @@ def plan(lock: Lock, installed: dict[str, str], *, env: dict | None = None,
 
 # -- acting ----------------------------------------------------------------------------------
 
-def create_venv(venv: Path, python: str | Path, *, relocatable: bool = False, prompt: str | None = None) -> None:
-    """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock)."""
+def create_venv(venv: Path, python: str | Path, *, relocatable: bool = False, prompt: str | None = None,
+                allow_existing: bool = False) -> None:
+    """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock).
+
+    ``allow_existing``: ``venv`` may be a folder already (one the caller emptied or marked).
+    """
     cmd = [uv_bin(), "venv", "--no-config", "--no-project", "--python", str(python), "--quiet"]
     if relocatable:
         cmd.append("--relocatable")
+    if allow_existing:
+        cmd.append("--allow-existing")
     if prompt:
         cmd += ["--prompt", prompt]
     cmd.append(str(venv))
@@ -361,7 +366,11 @@ def drift(lock: Lock, venv: Path, info: PythonInfo | None = None) -> list[str]:
     """How ``venv`` differs from the lock, one human line each; empty when it is exact."""
     if not is_venv(venv):
         return [f"{venv} is not a venv"]
-    info = info or query_python(venv_python(venv))
+    if info is None:
+        try:
+            info = query_python(venv_python(venv))
+        except UserError as exc:
+            return [f"its python does not run ({exc.message})"]
     out = []
     if lock.meta.python and info.minor != lock.meta.python:
         out.append(f"python is {info.version}, the lock needs {lock.meta.python}")
@@ -375,14 +384,3 @@ def drift(lock: Lock, venv: Path, info: PythonInfo | None = None) -> list[str]:
     damaged = broken(site, [now[q.key] for q in p.unchanged])
     out += [f"{n}: {why}" for n, why in sorted(damaged.items())]
     return out
-
-
-def remove_venv(venv: Path, *, force: bool = False) -> None:
-    """Delete a venv: a folder with pyvenv.cfg, an empty one, or (``force``) one envmgr was creating."""
-    if venv.is_symlink() or venv.is_file():
-        raise UserError(f"{venv} is not a folder", hint="pass --venv with another path")
-    if not venv.exists():
-        return
-    if not (force or is_venv(venv) or not any(venv.iterdir())):
-        raise UserError(f"{venv} exists and is not a venv; refusing to replace it", hint="pass --venv with another path")
-    shutil.rmtree(venv)

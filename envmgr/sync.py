@@ -1,0 +1,610 @@
+"""Sync: a profile's lock -> its venv, exactly; instant when nothing changed; safe under faults.
+
+Input: ``locks/pylock.NAME.toml`` (re-locked first when stale, unless ``--locked`` or
+``--frozen``). Output: the venv at ``--venv`` or ``settings.venv_root(project)/NAME`` holding
+exactly the lock's packages, every file's sha256 verified, and a stamp recording what it holds.
+
+The hard problems and how they are solved:
+
+* **No-op in well under a second.** The stamp (``VENV/.envmgr-sync.json``) records the lock
+  file's sha256, the profile files it was fresh against, the interpreter, and for every
+  folder the installed files live in its mtime and a hash of its entry names (``__pycache__``
+  left out, so imports do not count as edits). A sync whose stamp still matches returns
+  without the network and without importing anything but the standard library: this module
+  keeps heavy imports inside the functions of the slow path.
+* **A failed sync leaves the previous venv usable.** Every file is fetched and hash-checked
+  into the cache first (:func:`envmgr.fetch.fetch`); the venv is touched only after that.
+* **kill -9 at any point.** The stamp is removed before the venv is touched and written last
+  (atomically), so an interrupted sync is noticed and redone; damaged packages (files listed
+  in RECORD but gone) are reinstalled, a half-created venv (marker file inside) recreated.
+* **Concurrent syncs of one venv** serialise on a file lock beside it; the later ones find
+  the stamp the first one wrote.
+* **Hand edits** (pip upgrades, deleted files) change a folder's entries and so miss the
+  stamp; the slow path then repairs them; ``check`` reports them without changing anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import settings
+from .errors import CheckFailed, EnvmgrError, StaleError, UserError
+
+STAMP = ".envmgr-sync.json"
+MARKER = ".envmgr-syncing"  # inside a venv envmgr is creating or changing; removed with the stamp written
+STAMP_FORMAT = 1
+
+Log = Callable[[str], None]
+
+
+def _nolog(_: str) -> None:
+    pass
+
+
+# -- locations -----------------------------------------------------------------------------
+
+def venv_path(project: Path, name: str, venv: Path | str | None = None) -> Path:
+    """``--venv`` when given, else the documented default ``settings.venv_root(project)/NAME``."""
+    return Path(venv).absolute() if venv else (settings.venv_root(project) / name).absolute()
+
+
+def _lock_path(project: Path, name: str) -> Path:
+    return project / "locks" / f"pylock.{name}.toml"  # = lockfile.lock_path, without importing it
+
+
+def _flock_path(venv: Path) -> Path:
+    return venv.parent / f".{venv.name}.envmgr-lock"
+
+
+# -- the stamp -----------------------------------------------------------------------------
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha(path: Path | str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return _sha256(fh.read())
+    except OSError:
+        return None
+
+
+def _names_hash(folder: str) -> str | None:
+    try:
+        names = sorted(n for n in os.listdir(folder) if n != "__pycache__")
+    except OSError:
+        return None
+    return hashlib.sha1("\0".join(names).encode()).hexdigest()
+
+
+def _dir_state(folder: str) -> list | None:
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return None
+    return [mtime, _names_hash(folder)]
+
+
+def _resolver_key(resolver: str) -> list:
+    """Changes when the resolver the lock was made with is upgraded (its version is a lock input)."""
+    try:
+        if resolver == "uv":
+            from .uvtool import uv_bin
+
+            st = os.stat(uv_bin())
+        else:
+            import importlib.util
+
+            spec = importlib.util.find_spec("piptools")
+            st = os.stat(spec.origin) if spec and spec.origin else None
+    except (OSError, EnvmgrError, ImportError):
+        st = None
+    return [resolver, st.st_size, st.st_mtime_ns] if st else [resolver]
+
+
+def read_stamp(venv: Path) -> dict | None:
+    try:
+        with open(venv / STAMP, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == STAMP_FORMAT else None
+
+
+def _stamp_matches(stamp: dict, project: Path, name: str, venv: Path, python: str | None, frozen: bool) -> bool:
+    """Does the venv still hold what the stamp says, for the same lock (and fresh profile)?"""
+    lock = stamp.get("lock", {})
+    if stamp.get("profile") != name or lock.get("path") != str(_lock_path(project, name)):
+        return False
+    if _file_sha(lock["path"]) != lock.get("sha256"):
+        return False
+    if not frozen:
+        fresh = stamp.get("fresh")
+        if not fresh:
+            return False
+        if any(_file_sha(p) != h for p, h in fresh["files"].items()):
+            return False
+        if _resolver_key(fresh["resolver"][0]) != fresh["resolver"]:
+            return False
+    py = stamp.get("python", {})
+    if _file_sha(venv / "pyvenv.cfg") != py.get("cfg") or os.path.realpath(venv / "bin" / "python") != py.get("base"):
+        return False
+    if python and os.path.realpath(python) not in (py.get("base"), py.get("requested")):
+        return False
+    for rel, (mtime, names) in stamp.get("dirs", {}).items():
+        folder = os.path.join(venv, rel)
+        try:
+            if os.stat(folder).st_mtime_ns == mtime:
+                continue
+        except OSError:
+            return False
+        if _names_hash(folder) != names:
+            return False
+    return True
+
+
+def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
+    """Every folder holding an installed file (and bin/, site-packages/) -> [mtime, names hash]."""
+    from .install import record_paths
+
+    folders = {str(site), str(venv / "bin")}
+    for d in dists:
+        for p in record_paths(site, d.dist_info) or ():
+            parent = os.path.dirname(p)
+            if "__pycache__" not in parent.split(os.sep):
+                folders.add(parent)
+    out = {}
+    for folder in sorted(folders):
+        state = _dir_state(folder)
+        if state is not None:
+            out[os.path.relpath(folder, venv)] = state
+    return out
+
+
+def _write_stamp(venv: Path, data: dict) -> None:
+    tmp = venv / f"{STAMP}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, venv / STAMP)
+
+
+def _drop_stamp(venv: Path) -> None:
+    """Mark the venv as being changed: no stamp (so no no-op) and the marker (so it is ours)."""
+    try:
+        os.unlink(venv / STAMP)
+    except FileNotFoundError:
+        pass
+    venv.mkdir(parents=True, exist_ok=True)
+    (venv / MARKER).write_text("envmgr sync in progress or interrupted\n")
+
+
+# -- results -------------------------------------------------------------------------------
+
+@dataclass
+class SyncResult:
+    profile: str
+    venv: Path
+    lock: Path
+    noop: bool
+    seconds: float = 0.0
+    installed: list[str] = field(default_factory=list)  # name==version
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    bytes_downloaded: int = 0
+    relocked: bool = False
+    created: bool = False
+    python: str = ""
+    warnings: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # + / ~ / - per package
+
+    def describe(self) -> str:
+        if self.noop:
+            return f"{self.profile}: {self.venv} is up to date ({self.unchanged} packages, {self.seconds:.2f}s)"
+        what = [f"{len(self.installed)} installed", f"{len(self.removed)} removed", f"{self.unchanged} unchanged"]
+        mb = f", {self.bytes_downloaded / 1e6:.1f} MB downloaded" if self.bytes_downloaded else ""
+        return f"{self.profile}: synced {self.venv} ({', '.join(what)}{mb}, {self.seconds:.1f}s)"
+
+    def to_json(self) -> dict:
+        return {
+            "profile": self.profile,
+            "venv": str(self.venv),
+            "lock": str(self.lock),
+            "noop": self.noop,
+            "relocked": self.relocked,
+            "created": self.created,
+            "python": self.python,
+            "installed": self.installed,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "bytes_downloaded": self.bytes_downloaded,
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+        }
+
+
+# -- the fast path ---------------------------------------------------------------------------
+
+def up_to_date(project: Path, name: str, *, venv: Path | str | None = None, python: str | None = None,
+               frozen: bool = False) -> dict | None:
+    """The stamp when the venv is exactly the (fresh) lock; None when a sync has work to do."""
+    path = venv_path(project, name, venv)
+    stamp = read_stamp(path)
+    if stamp is None or os.path.exists(path / MARKER):
+        return None
+    return stamp if _stamp_matches(stamp, project, name, path, python, frozen) else None
+
+
+def _noop_result(stamp: dict, project: Path, name: str, venv: Path, started: float) -> SyncResult:
+    return SyncResult(profile=name, venv=venv, lock=_lock_path(project, name), noop=True,
+                      unchanged=len(stamp.get("packages", {})), python=stamp.get("python", {}).get("version", ""),
+                      seconds=time.monotonic() - started)
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+_PROC_DRIVER = Path("/proc/driver/nvidia/version")
+_NVRM = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)\s")
+
+
+def parse_proc_version(text: str) -> str | None:
+    """The driver version in ``/proc/driver/nvidia/version`` text, or None."""
+    m = _NVRM.search(text)
+    return m.group(1) if m else None
+
+
+def driver_version() -> str | None:
+    """The host's NVIDIA driver version, or None when there is no GPU driver.
+
+    ``ENVMGR_DRIVER_VERSION`` overrides (``none`` for no driver); else /proc/driver/nvidia.
+    """
+    env = os.environ.get("ENVMGR_DRIVER_VERSION", "").strip()
+    if env:
+        return None if env.lower() in ("none", "0") else env
+    try:
+        return parse_proc_version(_PROC_DRIVER.read_text())
+    except OSError:
+        return None
+
+
+def check_driver(variant: str, cuda: str, min_driver: str, driver: str | None) -> str | None:
+    """None when ``driver`` can run the variant; a warning string for no driver; raise when too old."""
+    from .variants import driver_at_least, kb
+
+    if not cuda or not min_driver:
+        return None
+    if driver is None:
+        return (f"no NVIDIA driver found; installing {variant} (CUDA {cuda}) anyway: it needs driver "
+                f">= {min_driver} to run")
+    if driver_at_least(driver, min_driver):
+        return None
+    can = kb().variants_for_driver(driver)
+    raise CheckFailed(
+        f"NVIDIA driver {driver} is too old for {variant} (CUDA {cuda} needs >= {min_driver}); "
+        f"this driver can run: {', '.join(can) if can else 'no CUDA variant (cpu only)'}",
+        hint="update the driver, pick another variant, or pass --skip-driver-check",
+    )
+
+
+# -- python ----------------------------------------------------------------------------------
+
+def find_python(version: str) -> str:
+    """An interpreter for ``version`` (``3.11``) via ``uv python find``; a one-line error naming what exists."""
+    import subprocess
+
+    from .uvtool import clean_env, uv_bin
+
+    env = clean_env({"UV_PYTHON_DOWNLOADS": "never"})
+    proc = subprocess.run([uv_bin(), "python", "find", "--system", "--no-config", "--no-project", version],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode == 0 and proc.stdout.strip():
+        return proc.stdout.strip().splitlines()[-1]
+    listed = subprocess.run([uv_bin(), "python", "list", "--only-installed", "--output-format", "json",
+                             "--no-config"], capture_output=True, text=True, env=env)
+    found: dict[str, str] = {}
+    try:
+        for entry in json.loads(listed.stdout or "[]"):
+            found.setdefault(entry["version"], entry["path"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    seen = ", ".join(f"{v} ({p})" for v, p in list(found.items())[:6]) or "none"
+    raise UserError(f"no Python {version} found (found: {seen})",
+                    hint=f"install one (`uv python install {version}`) or pass --python PATH")
+
+
+# -- sync ------------------------------------------------------------------------------------
+
+@contextmanager
+def _venv_lock(venv: Path, log: Log):
+    path = _flock_path(venv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another envmgr sync of {venv}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _venv_state(venv: Path) -> str:
+    """missing | empty | venv | ours (envmgr was creating it) | foreign (not a venv: never touched)."""
+    if venv.is_symlink() or venv.is_file():
+        return "foreign"
+    if not venv.exists():
+        return "missing"
+    if (venv / MARKER).exists():
+        return "ours"
+    if (venv / "pyvenv.cfg").is_file():
+        return "venv"
+    return "empty" if not any(venv.iterdir()) else "foreign"
+
+
+def _clear(venv: Path) -> None:
+    """Empty a venv (ours or a real venv) but keep the marker that says it is ours."""
+    import shutil
+
+    for entry in venv.iterdir():
+        if entry.name == MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _check_inputs(venv: Path, find_links: Iterable[Path], locked: bool, frozen: bool) -> None:
+    if locked and frozen:
+        raise UserError("--locked and --frozen contradict each other", hint="--locked checks the lock; --frozen skips the check")
+    for d in find_links:
+        if not Path(d).is_dir():
+            raise UserError(f"--find-links {d}: not a folder")
+    if _venv_state(venv) == "foreign":
+        raise UserError(f"{venv} exists and is not a venv; refusing to touch it", hint="pass --venv with another path")
+
+
+def _ensure_fresh(project: Path, name: str, *, locked: bool, offline: bool, log: Log) -> tuple[bool, dict]:
+    """Re-lock when stale (or fail with --locked). Returns (relocked, fresh key for the stamp)."""
+    from . import locker, lockfile, profiles
+
+    result = locker.check(project, [name])[0]
+    relocked = False
+    if not result.fresh:
+        why = "; ".join(result.reasons)
+        if locked:
+            raise StaleError(f"{name}: {result.path} is stale ({why}) and --locked forbids re-locking",
+                             hint=f"run `envmgr lock {name}` and commit the lock")
+        if offline:
+            raise UserError(f"{name}: {result.path} is stale ({why}) and --offline cannot re-lock",
+                            hint="re-lock online, or pass --frozen to use the lock as it is")
+        log(f"{name}: lock is stale ({why}); re-locking")
+        locker.lock_profiles(project, [name], log=log)
+        relocked = True
+    profile = profiles.load(project, name)
+    lock = lockfile.read(result.path)
+    fresh = {"files": {str(p): _file_sha(p) for p in profile.files}, "resolver": _resolver_key(lock.meta.resolver)}
+    return relocked, fresh
+
+
+def _auth(project: Path, name: str):
+    """Credentials from the profile's index URLs (``user:token@host``, ``${VAR}`` expanded)."""
+    from . import fetch, profiles
+
+    try:
+        p = profiles.load(project, name)
+    except EnvmgrError:
+        return fetch.Auth()
+    urls = [u for u in (p.index_url, p.torch_index, *p.extra_index_urls) if "://" in u]
+    return fetch.Auth.from_urls(fetch.expand_env(u) for u in urls if "@" in u)
+
+
+def sync(project: Path, name: str = "default", *, venv: Path | str | None = None, python: str | None = None,
+         locked: bool = False, frozen: bool = False, offline: bool = False, find_links: Iterable[Path] = (),
+         skip_driver_check: bool = False, reporter=None, log: Log | None = None) -> SyncResult:
+    """Make the profile's venv exactly its lock. See the module docstring for the guarantees."""
+    started = time.monotonic()
+    log = log or _nolog
+    path = venv_path(project, name, venv)
+    find_links = [Path(d) for d in find_links]
+    if not (locked and frozen):
+        stamp = up_to_date(project, name, venv=path, python=python, frozen=frozen)
+        if stamp is not None:
+            return _noop_result(stamp, project, name, path, started)
+    return _sync_slow(project, name, path, python=python, locked=locked, frozen=frozen, offline=offline,
+                      find_links=find_links, skip_driver_check=skip_driver_check, reporter=reporter, log=log,
+                      started=started)
+
+
+def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, offline, find_links,
+               skip_driver_check, reporter, log: Log, started: float) -> SyncResult:
+    from . import fetch, install, lockfile, profiles
+
+    # Every input is checked before anything on disk changes.
+    _check_inputs(venv, find_links, locked, frozen)
+    requested = install.query_python(python) if python else None
+    if frozen:
+        lockfile.read(_lock_path(project, name))  # a missing or bad lock is a one-line error now
+    else:
+        profiles.load(project, name)
+
+    with _venv_lock(venv, log):
+        stamp = up_to_date(project, name, venv=venv, python=python, frozen=frozen)
+        if stamp is not None:  # another sync did it while we waited
+            return _noop_result(stamp, project, name, venv, started)
+        relocked, fresh = (False, None) if frozen else _ensure_fresh(project, name, locked=locked, offline=offline, log=log)
+        lock_file = _lock_path(project, name)
+        lock_bytes = lock_file.read_bytes()
+        lock = lockfile.loads(lock_bytes.decode("utf-8"), lock_file)
+        want = lock.meta.python
+        if requested is not None and requested.minor != want:
+            raise UserError(f"--python {python} is Python {requested.version}; the lock needs Python {want}")
+
+        # Which interpreter, and does the venv have to be (re)created?
+        state = _venv_state(venv)
+        current = None
+        if state == "venv" or state == "ours":
+            try:
+                current = install.query_python(install.venv_python(venv))
+            except UserError:
+                current = None  # a half-made venv: recreate it
+        recreate = current is None or current.minor != want or (
+            requested is not None and os.path.realpath(requested.executable) != os.path.realpath(current.executable))
+        if recreate:
+            base = requested.executable if requested else find_python(want)
+            target = requested or install.query_python(base)
+        else:
+            base, target = None, current
+        site = None if recreate else install.site_packages(venv)
+        now = install.installed(site)
+        damaged = install.broken(site, now.values())
+        plan = install.plan(lock, {n: d.version for n, d in now.items()}, env=target.markers, reinstall=damaged)
+
+        warnings: list[str] = []
+        if plan.install and not skip_driver_check:
+            warning = check_driver(lock.meta.variant, lock.meta.cuda, lock.meta.min_driver, driver_version())
+            if warning:
+                warnings.append(warning)
+                log(f"warning: {warning}")
+
+        # Fetch and verify every file first: a bad hash or a dead network fails here, venv untouched.
+        items = [(p.key, p.install_file) for p in plan.install]
+        cache_missing = [f for _, f in items if not fetch.cached_path(f).exists()
+                         and not any((d / f.filename).is_file() for d in find_links)]
+        files = fetch.fetch(items, auth=_auth(project, name) if cache_missing and not offline else None,
+                            offline=offline, find_links=find_links, reporter=reporter) if items else {}
+
+        if plan.empty and not recreate and not damaged:
+            log(f"{name}: {venv} already matches the lock")
+        else:
+            _drop_stamp(venv)
+            if recreate:
+                log(f"{name}: creating {venv} with Python {target.version}")
+                _clear(venv)
+                install.create_venv(venv, base, prompt=name, allow_existing=True)
+            for line in plan.lines():
+                log(f"  {line}")
+        result = install.install(lock, venv, files=files, reinstall=damaged)
+        site = install.site_packages(venv)
+        dists = [d for n, d in install.installed(site).items()]
+        _write_stamp(venv, {
+            "format": STAMP_FORMAT,
+            "profile": name,
+            "lock": {"path": str(lock_file), "sha256": _sha256(lock_bytes)},
+            "lock_digest": lock.digest(),
+            "fresh": fresh,
+            "python": {
+                "version": result.python.version,
+                "cfg": _file_sha(venv / "pyvenv.cfg"),
+                "base": os.path.realpath(venv / "bin" / "python"),
+                "requested": os.path.realpath(python) if python else None,
+            },
+            "packages": {d.name: d.version for d in dists},
+            "dirs": _stamp_dirs(venv, site, dists),
+        })
+        try:
+            os.unlink(venv / MARKER)
+        except FileNotFoundError:
+            pass
+    return SyncResult(
+        profile=name, venv=venv, lock=lock_file, noop=plan.empty and not recreate, seconds=time.monotonic() - started,
+        installed=[f"{p.key}=={p.version}" for p in plan.install],
+        removed=plan.to_json()["removed"], unchanged=len(plan.unchanged),
+        bytes_downloaded=sum(f.size for f in cache_missing) if not offline else 0,
+        relocked=relocked, created=recreate, python=result.python.version, warnings=warnings, lines=plan.lines(),
+    )
+
+
+# -- check -----------------------------------------------------------------------------------
+
+@dataclass
+class DriftReport:
+    profile: str
+    venv: Path
+    lock: Path
+    problems: list[str]
+
+    @property
+    def exact(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        if self.exact:
+            return f"{self.profile}: {self.venv} matches {self.lock}"
+        return f"{self.profile}: {self.venv} differs from {self.lock}:\n" + "\n".join(f"  {p}" for p in self.problems)
+
+    def to_json(self) -> dict:
+        return {"profile": self.profile, "venv": str(self.venv), "lock": str(self.lock), "exact": self.exact,
+                "problems": self.problems}
+
+
+def check(project: Path, name: str = "default", *, venv: Path | str | None = None, python: str | None = None,
+          frozen: bool = False) -> DriftReport:
+    """How the venv differs from the lock (and whether the lock is stale, unless ``frozen``); changes nothing."""
+    from . import install, locker, lockfile
+
+    path = venv_path(project, name, venv)
+    lock_file = _lock_path(project, name)
+    problems: list[str] = []
+    if not frozen:
+        fresh = locker.check(project, [name])[0]
+        if not fresh.fresh:
+            problems.append(f"the lock is stale: {'; '.join(fresh.reasons)}")
+    lock = lockfile.read(lock_file)
+    state = _venv_state(path)
+    if state == "foreign":
+        raise UserError(f"{path} exists and is not a venv", hint="pass --venv with the venv's path")
+    if state in ("missing", "empty"):
+        problems.append(f"{path} does not exist (run `envmgr sync {name}`)")
+        return DriftReport(name, path, lock_file, problems)
+    if state == "ours":
+        problems.append("an earlier sync was interrupted")
+    try:
+        info = install.query_python(install.venv_python(path))
+    except UserError as exc:
+        problems.append(f"its python does not run ({exc.message})")
+        return DriftReport(name, path, lock_file, problems)
+    if python:
+        requested = install.query_python(python)
+        if os.path.realpath(requested.executable) != os.path.realpath(info.executable):
+            problems.append(f"it runs {os.path.realpath(info.executable)}, not --python {python}")
+    problems += install.drift(lock, path, info)
+    return DriftReport(name, path, lock_file, problems)
+
+
+# -- run -------------------------------------------------------------------------------------
+
+def activated_env(venv: Path, base: dict | None = None) -> dict:
+    """The environment a command sees inside ``venv`` (as ``source VENV/bin/activate`` sets it)."""
+    env = dict(os.environ if base is None else base)
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+    return env
+
+
+def run(project: Path, name: str, cmd: list[str], *, log: Log | None = None, **options) -> None:
+    """Sync when needed, then replace this process with ``cmd`` inside the venv (like ``uv run``)."""
+    import shutil
+
+    if not cmd:
+        raise UserError("no command given", hint=f"envmgr run {name} -- python -c 'import torch'")
+    result = sync(project, name, log=log, **options)
+    env = activated_env(result.venv)
+    exe = shutil.which(cmd[0], path=env["PATH"])
+    if exe is None:
+        raise UserError(f"{cmd[0]}: command not found in {result.venv}/bin or on PATH")
+    os.execve(exe, cmd, env)
