@@ -88,11 +88,16 @@ def runs_on(capability: tuple[int, int], arch_list: tuple[str, ...], ptx: str = 
     """Whether a build with ``arch_list`` (+ PTX of ``ptx``) runs on a GPU of ``capability``.
 
     Compiled code runs on GPUs of the same major and an equal or higher minor; PTX is
-    JIT-compiled for any GPU at or above its arch.
+    JIT-compiled for any GPU at or above its arch; ``sm_90a`` code runs on 9.0 only.
     """
     for arch in arch_list:
         cap = parse_arch(arch)
-        if cap and not cap[2] and cap[0] == capability[0] and cap[1] <= capability[1]:
+        if cap is None:
+            continue
+        if cap[2]:  # sm_90a: arch-specific code runs on that capability only
+            if cap[:2] == tuple(capability):
+                return True
+        elif cap[0] == capability[0] and cap[1] <= capability[1]:
             return True
     cap = parse_arch(ptx) if ptx else None
     return bool(cap and cap[:2] <= capability)
@@ -129,6 +134,8 @@ class KeyChange:
     level: str = ""
     old_package: str = ""  # the package carrying it (nvidia-cudnn-cu12), "" for CUDA's own fact
     new_package: str = ""
+    old_label: str = ""  # local version labels, when they changed
+    new_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -289,7 +296,10 @@ def _key_changes(old: Lock | None, new: Lock | None) -> list[KeyChange]:
                 kind = "renamed"
         else:
             kind, level = ("added" if b else "removed"), ""
-        out.append(KeyChange(label, va, vb, kind, level, a.key if a else "", b.key if b else ""))
+        la, lb = _label(va), _label(vb)
+        if not (a and b) or la == lb:
+            la = lb = ""
+        out.append(KeyChange(label, va, vb, kind, level, a.key if a else "", b.key if b else "", la, lb))
     return out
 
 

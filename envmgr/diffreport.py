@@ -81,7 +81,10 @@ def _arch_text(archs: tuple[str, ...], ptx: str) -> str:
 
 
 def _key_table(d: ProfileDiff) -> list[str]:
-    rows = [f"| **{k.component}** | {_cell(k.old)} | {_cell(k.new)} | {_cell(_change_text(k.kind, k.level))} |" for k in d.key]
+    rows = [
+        f"| **{k.component}** | {_cell(k.old)} | {_cell(k.new)} | {_cell(_change_text(k.kind, k.level, k.old_label, k.new_label))} |"
+        for k in d.key
+    ]
     for name, label in (("min-driver", "minimum driver"), ("toolkit-driver", "driver for PTX JIT")):
         f = d.fact(name)
         if f:
@@ -206,6 +209,9 @@ def _headline(d: ProfileDiff) -> str:
     if d.status == "removed":
         return "lock removed"
     parts = [f"{k.component} {k.old or '(none)'} → {k.new or '(none)'}" for k in d.key]
+    variant = d.fact("variant")
+    if variant:
+        parts.append(f"variant {variant.old} → {variant.new}")
     if d.arch and (d.arch.added or d.arch.removed or d.arch.old_ptx != d.arch.new_ptx):
         parts.append(f"GPU archs {_arch_delta(d.arch)}")
     f = d.fact("min-driver")
