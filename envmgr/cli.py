@@ -201,6 +201,62 @@ def run(
                 offline=offline, skip_driver_check=skip_driver_check, log=_sync_log(not quiet))
 
 # --- image commands ----------------------------------------------------------------------
+
+@app.command("export-image")
+def export_image(
+    name: Optional[str] = typer.Argument(None, help="Profile whose lock becomes the image (default: default)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base image: HOST/NAME:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE (default: [image] base)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write an OCI layout DIR, or FILE.tar (docker load and OCI tools read it)."),
+    push: Optional[str] = typer.Option(None, "--push", help="Push to HOST/NAME:TAG (skips blobs the registry has)."),
+    load: bool = typer.Option(False, "--load", help="Load into the local engine through the docker SDK (honours DOCKER_HOST)."),
+    tag: Optional[str] = typer.Option(None, "--tag", "-t", help="Image name:tag (default: from profile and lock digest)."),
+    builder: str = typer.Option("native", "--builder", help="native (default, no daemon), docker or podman (Containerfile.in through the docker SDK)."),
+    layer_threshold: int = typer.Option(1 << 20, "--layer-threshold", help="Wheel bytes from which a package gets its own layer."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Do not byte-compile the venv."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Layers compressed at once (default: one per CPU)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary (digest, layers with sizes, seconds)."),
+) -> None:
+    """Build a reproducible, layered OCI image from the lock and a base image, without a daemon."""
+    from . import settings
+    from .oci import export as exporting
+
+    show = not quiet and not as_json
+    opts = exporting.Options(name=name or "default", base=base, output=output, push=push, load=load, tag=tag,
+                             threshold=layer_threshold, jobs=jobs, compile=not no_compile)
+    reporter = _DownloadBar() if show and err.is_terminal and settings.progress_enabled() else None
+    if builder == "native":
+        result = exporting.export(_project(), opts, reporter=reporter, log=_sync_log(show))
+    elif builder in ("docker", "podman"):
+        from .oci import build as building
+
+        result = building.build(_project(), opts, engine=builder, log=_sync_log(show))
+    else:
+        raise typer.BadParameter("--builder must be native, docker or podman")
+    if as_json:
+        _print_json(result.to_json())
+    elif not quiet:
+        for note in result.notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
+        out.print(f"{result.tag} {result.digest}", markup=False, highlight=False)
+        for where, what in result.outputs.items():
+            if where != "config":
+                out.print(f"  {where}: {what}", markup=False, highlight=False)
+
+
+@app.command("base")
+def base_image(
+    suite: str = typer.Argument("bookworm", help="Debian suite (bookworm)."),
+    output: Path = typer.Option(Path(".envmgr/bases/bookworm"), "--output", "-o", help="OCI layout directory to write."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror URL (default: mmdebstrap's)."),
+) -> None:
+    """Build a Debian + python3 base image with mmdebstrap into an OCI layout (no registry needed)."""
+    from . import settings
+    from .oci import debian
+
+    dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, log=_sync_log(True))
+    out.print(f"oci:{dest}", markup=False, highlight=False)
+
 # --- report commands (diff, export) ------------------------------------------------------
 
 def _emit_text(text: str, output: Optional[Path]) -> None:

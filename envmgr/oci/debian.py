@@ -1,0 +1,83 @@
+"""A Debian bookworm + python3 base image, built locally by mmdebstrap (``envmgr base``).
+
+mmdebstrap writes a root filesystem tar (~190 MB, ~20 s, from Debian's mirror); it becomes
+a single-layer OCI image in a layout directory, so an export needs no container registry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+from . import image as im
+from .layers import BlobStore, TarStream
+from .layout import write_dir
+
+SUITES = ("bookworm",)
+PACKAGES = ("python3", "python3-venv", "libstdc++6", "ca-certificates")
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def mmdebstrap(suite: str, dest_tar: Path, *, packages=PACKAGES, mirror: str | None = None, log=None) -> Path:
+    """Run mmdebstrap into ``dest_tar`` (written to a temp sibling, then renamed)."""
+    if suite not in SUITES:
+        raise UserError(f"unknown suite {suite!r}", hint=f"known: {', '.join(SUITES)}")
+    exe = shutil.which("mmdebstrap")
+    if not exe:
+        raise UserError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
+    dest_tar.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest_tar.name}.", suffix=".tar", dir=dest_tar.parent)
+    os.close(fd)
+    cmd = [exe, "--variant=apt", "--include=" + ",".join(packages), "--quiet", suite, tmp]
+    if mirror:
+        cmd.append(mirror)
+    if log:
+        log(f"running {' '.join(cmd[:-1] if not mirror else cmd)} (about 20 s)")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"mmdebstrap failed: {tail[0]}", hint="it needs Debian's mirror and root or subuids")
+    os.replace(tmp, dest_tar)
+    return dest_tar
+
+
+def import_rootfs(rootfs_tar: Path, dest: Path, *, cache: Path, name: str, arch: str | None = None,
+                  env_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") -> Path:
+    """A root filesystem tar -> a single-layer OCI layout at ``dest`` (tagged ``name``)."""
+    store = BlobStore(cache / "oci")
+    fh, tmp = store.temp()
+    try:
+        with fh, open(rootfs_tar, "rb") as src:
+            sink = TarStream(fh)
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                sink.write(chunk)
+            sink.close()
+        digest = "sha256:" + sink.codec.sha.hexdigest()
+        path = store.commit(tmp, digest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    layer = im.Layer(digest=digest, diff_id="sha256:" + sink.sha.hexdigest(), size=sink.codec.size,
+                     media_type=im.OCI_LAYER_GZIP, path=path, title="rootfs", created_by="mmdebstrap")
+    config = {
+        "architecture": arch or ARCH.get(os.uname().machine, os.uname().machine),
+        "os": "linux",
+        "created": im.epoch_iso(0),
+        "config": {"Env": [f"PATH={env_path}"], "Cmd": ["/bin/bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+        "history": [{"created": im.epoch_iso(0), "created_by": "mmdebstrap", "comment": name}],
+    }
+    image = im.Image(config=im.canonical_json(config), layers=(layer,))
+    return write_dir(image, dest, name=name)
+
+
+def build_base(suite: str, dest: Path, *, cache: Path, mirror: str | None = None, log=None) -> Path:
+    """mmdebstrap + import: an OCI layout at ``dest`` holding ``SUITE-python``."""
+    with tempfile.TemporaryDirectory(prefix=".mmdebstrap-", dir=cache if cache.is_dir() else None) as tmp:
+        rootfs = mmdebstrap(suite, Path(tmp) / "rootfs.tar", mirror=mirror, log=log)
+        return import_rootfs(rootfs, dest, cache=cache, name=f"envmgr-base:{suite}-python")

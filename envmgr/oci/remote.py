@@ -1,0 +1,365 @@
+"""A registry client over the OCI distribution API: pull and push, no daemon.
+
+Auth: on a 401 the ``WWW-Authenticate`` challenge is followed, Bearer (token from the realm,
+with basic credentials when there are any) or Basic. Credentials come from
+``ENVMGR_REGISTRY_USERNAME``/``ENVMGR_REGISTRY_PASSWORD``, else ``$DOCKER_CONFIG/config.json``
+or ``~/.docker/config.json`` (``auths``), else podman's ``auth.json``. Registries on
+localhost/127.0.0.1 (and those in ``ENVMGR_INSECURE_REGISTRIES``) are spoken to over plain
+HTTP. A reference without a registry host uses ``ENVMGR_DEFAULT_REGISTRY``.
+
+Push, per blob: ``HEAD`` (skip when present), a cross-repository mount for blobs the base
+came with, else ``POST`` + one streamed ``PUT``; then the manifest, whose digest the registry
+must echo. Pulled blobs are verified against their digest before they enter the blob store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode, urljoin
+
+import requests
+
+from ..errors import NetworkError, UserError
+from ..fetch import NullReporter
+from . import image as im
+from .layers import BlobStore
+from .layout import manifest_to_image, pick_platform
+
+TIMEOUT = (10, 300)
+CHUNK = 1 << 20
+ACCEPT = ", ".join((im.OCI_INDEX, im.DOCKER_LIST, im.OCI_MANIFEST, im.DOCKER_MANIFEST))
+
+
+@dataclass(frozen=True)
+class Ref:
+    host: str
+    repo: str
+    tag: str = ""
+    digest: str = ""
+
+    @property
+    def reference(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        s = f"{self.host}/{self.repo}"
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def parse_ref(text: str) -> Ref:
+    """``[HOST[:PORT]/]REPO[:TAG][@sha256:...]``."""
+    rest, digest = (text.split("@", 1) + [""])[:2]
+    if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise UserError(f"{text!r}: bad digest {digest!r}")
+    first, _, remainder = rest.partition("/")
+    if remainder and ("." in first or ":" in first or first == "localhost"):
+        host, path = first, remainder
+    else:
+        host = os.environ.get("ENVMGR_DEFAULT_REGISTRY", "")
+        if not host:
+            raise UserError(f"image reference {text!r} names no registry host",
+                            hint="write HOST/NAME:TAG, use oci:DIR or docker-archive:FILE, or set ENVMGR_DEFAULT_REGISTRY")
+        path = rest if "/" in rest else f"library/{rest}"
+    tag = ""
+    if ":" in path.rsplit("/", 1)[-1]:
+        path, tag = path.rsplit(":", 1)
+        if not _TAG.match(tag):
+            raise UserError(f"{text!r}: bad tag {tag!r}")
+    if not _REPO.match(path):
+        raise UserError(f"{text!r}: bad repository name {path!r}", hint="lowercase letters, digits, '.', '_', '-', '/'")
+    if not tag and not digest:
+        raise UserError(f"{text!r} has no tag or digest", hint="name a tag explicitly (envmgr never assumes 'latest')")
+    return Ref(host=host, repo=path, tag=tag, digest=digest)
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+def _auth_files() -> list[Path]:
+    out = []
+    cfg = os.environ.get("DOCKER_CONFIG")
+    out.append(Path(cfg) / "config.json" if cfg else Path.home() / ".docker" / "config.json")
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        out.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        out.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    return out
+
+
+def credentials(host: str) -> tuple[str, str] | None:
+    user, password = os.environ.get("ENVMGR_REGISTRY_USERNAME"), os.environ.get("ENVMGR_REGISTRY_PASSWORD")
+    if user and password is not None:
+        return user, password
+    for f in _auth_files():
+        try:
+            auths = json.loads(f.read_text()).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, entry in auths.items():
+            k = re.sub(r"^https?://", "", key).split("/", 1)[0]
+            if k != host or not isinstance(entry, dict):
+                continue
+            if entry.get("auth"):
+                try:
+                    u, _, p = base64.b64decode(entry["auth"]).decode().partition(":")
+                    return u, p
+                except (ValueError, UnicodeDecodeError):
+                    continue
+            if entry.get("username"):
+                return entry["username"], entry.get("password", "")
+    return None
+
+
+def _insecure(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    extra = [h.strip() for h in os.environ.get("ENVMGR_INSECURE_REGISTRIES", "").split(",") if h.strip()]
+    return name in ("localhost", "[::1]") or name.startswith("127.") or host in extra or name in extra
+
+
+# -- the client -------------------------------------------------------------------------------
+
+@dataclass
+class Registry:
+    host: str
+    creds: tuple[str, str] | None = None
+    _auth: dict = field(default_factory=dict)  # scope -> Authorization header value
+    _local: threading.local = field(default_factory=threading.local)
+
+    @classmethod
+    def for_host(cls, host: str) -> "Registry":
+        return cls(host=host, creds=credentials(host))
+
+    @property
+    def base(self) -> str:
+        return f"{'http' if _insecure(self.host) else 'https'}://{self.host}"
+
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "s", None)
+        if s is None:
+            s = self._local.s = requests.Session()
+            s.headers["User-Agent"] = "envmgr"
+        return s
+
+    def _authorize(self, challenge: str, scope: str) -> str:
+        scheme, _, params = challenge.partition(" ")
+        if scheme.lower() == "basic":
+            if not self.creds:
+                raise NetworkError(f"registry {self.host}: HTTP 401, credentials required",
+                                   hint="docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD")
+            return "Basic " + base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
+        if scheme.lower() != "bearer":
+            raise NetworkError(f"registry {self.host}: unsupported auth scheme {scheme!r}")
+        attrs = dict(re.findall(r'(\w+)="([^"]*)"', params))
+        if "realm" not in attrs:
+            raise NetworkError(f"registry {self.host}: Bearer challenge without realm")
+        query = [("service", attrs["service"])] if "service" in attrs else []
+        query += [("scope", s) for s in scope.split(" ") if s]
+        try:
+            resp = self._session().get(attrs["realm"] + ("&" if "?" in attrs["realm"] else "?") + urlencode(query),
+                                       auth=self.creds, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise NetworkError(f"registry {self.host}: token request failed: {type(exc).__name__}")
+        if resp.status_code in (401, 403):
+            raise NetworkError(f"registry {self.host}: credentials refused (HTTP {resp.status_code})",
+                               hint="docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD")
+        if resp.status_code >= 400:
+            raise NetworkError(f"registry {self.host}: token request gave HTTP {resp.status_code}")
+        data = resp.json()
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise NetworkError(f"registry {self.host}: token response without a token")
+        return f"Bearer {token}"
+
+    def request(self, method: str, path: str, *, scope: str, headers: dict | None = None, body=None,
+                stream: bool = False, ok=(200,), what: str = "") -> requests.Response:
+        """``body`` is bytes or a callable returning a fresh file object (retried after auth)."""
+        url = path if path.startswith("http") else self.base + path
+        for attempt in range(2):
+            h = dict(headers or {})
+            if scope in self._auth:
+                h["Authorization"] = self._auth[scope]
+            data = body() if callable(body) else body
+            try:
+                resp = self._session().request(method, url, headers=h, data=data, stream=stream, timeout=TIMEOUT,
+                                               allow_redirects=True)
+            except requests.RequestException as exc:
+                raise NetworkError(f"cannot reach registry {self.host}: {type(exc).__name__}",
+                                   hint="check the address and that the registry runs")
+            finally:
+                if hasattr(data, "close"):
+                    data.close()
+            if resp.status_code == 401 and attempt == 0 and "WWW-Authenticate" in resp.headers:
+                self._auth[scope] = self._authorize(resp.headers["WWW-Authenticate"], scope)
+                continue
+            break
+        if resp.status_code in ok:
+            return resp
+        if resp.status_code == 401:
+            raise NetworkError(f"registry {self.host}: HTTP 401 for {what or path} (credentials missing or refused)",
+                               hint="docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD")
+        if resp.status_code == 403:
+            raise NetworkError(f"registry {self.host}: HTTP 403 for {what or path} (not allowed)")
+        if resp.status_code == 404:
+            raise NetworkError(f"registry {self.host}: {what or path} not found (HTTP 404)")
+        raise NetworkError(f"registry {self.host}: HTTP {resp.status_code} for {what or path}: {resp.text[:200].strip()}")
+
+
+# -- pull -------------------------------------------------------------------------------------
+
+def _download(reg: Registry, ref: Ref, digest: str, size: int, store: BlobStore, scope: str, reporter) -> Path:
+    if store.has(digest, size):
+        reporter.advance(size)
+        return store.path(digest)
+    resp = reg.request("GET", f"/v2/{ref.repo}/blobs/{digest}", scope=scope, stream=True, what=f"blob {digest}")
+    fh, tmp = store.temp()
+    h = hashlib.sha256()
+    try:
+        with fh, resp:
+            for chunk in resp.iter_content(CHUNK):
+                fh.write(chunk)
+                h.update(chunk)
+                reporter.advance(len(chunk))
+        if "sha256:" + h.hexdigest() != digest:
+            raise NetworkError(f"registry {reg.host}: blob {digest} arrived with a different digest")
+        return store.commit(tmp, digest)
+    except requests.RequestException as exc:
+        raise NetworkError(f"registry {reg.host}: download of {digest} broke off: {type(exc).__name__}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pull(ref: Ref, *, os_: str, arch: str, store: BlobStore, reporter=None) -> tuple[im.Image, str]:
+    """The image ``ref`` for os/arch, its blobs in ``store``; returns (image, manifest digest)."""
+    reporter = reporter or NullReporter()
+    reg = Registry.for_host(ref.host)
+    scope = f"repository:{ref.repo}:pull"
+    where = f"base {ref}"
+    resp = reg.request("GET", f"/v2/{ref.repo}/manifests/{ref.reference}", scope=scope, headers={"Accept": ACCEPT},
+                       what=f"image {ref}")
+    body = resp.content
+    if ref.digest and im.sha256_digest(body) != ref.digest:
+        raise NetworkError(f"registry {reg.host}: {ref} answered with a manifest of another digest")
+    mt = json.loads(body).get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0]
+    if mt in im.INDEX_TYPES:
+        desc = pick_platform(json.loads(body), os_, arch, where)
+        resp = reg.request("GET", f"/v2/{ref.repo}/manifests/{desc['digest']}", scope=scope,
+                           headers={"Accept": ACCEPT}, what=f"image {ref} ({os_}/{arch})")
+        body = resp.content
+        if im.sha256_digest(body) != desc["digest"]:
+            raise NetworkError(f"registry {reg.host}: manifest {desc['digest']} arrived with a different digest")
+    manifest = json.loads(body)
+    blobs = [(manifest["config"]["digest"], int(manifest["config"]["size"]))]
+    blobs += [(d["digest"], int(d["size"])) for d in manifest.get("layers", [])]
+    reporter.start(sum(s for _, s in blobs), f"pulling {ref}")
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda b: _download(reg, ref, b[0], b[1], store, scope, reporter), blobs))
+    finally:
+        reporter.finish()
+    return manifest_to_image(body, store.path, where), im.sha256_digest(body)
+
+
+# -- push -------------------------------------------------------------------------------------
+
+@dataclass
+class PushResult:
+    digest: str
+    ref: str
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    mounted: list[str] = field(default_factory=list)
+
+
+def _with_query(location: str, base: str, **params) -> str:
+    url = urljoin(base + "/", location)
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+def push(image: im.Image, ref: Ref, *, mount_from: Ref | None = None, reporter=None) -> PushResult:
+    reporter = reporter or NullReporter()
+    reg = Registry.for_host(ref.host)
+    scope = f"repository:{ref.repo}:pull,push"
+    if mount_from and mount_from.host == ref.host and mount_from.repo != ref.repo:
+        scope += f" repository:{mount_from.repo}:pull"
+    else:
+        mount_from = None
+    result = PushResult(digest=image.digest(), ref=str(ref))
+    base_digests = {layer.digest for layer in image.layers if layer.title == "base"}
+    lock = threading.Lock()
+
+    def one(blob) -> None:
+        digest, size, src = blob
+        head = reg.request("HEAD", f"/v2/{ref.repo}/blobs/{digest}", scope=scope, ok=(200, 404), what=f"blob {digest}")
+        if head.status_code == 200:
+            with lock:
+                result.skipped.append(digest)
+            reporter.advance(size)
+            return
+        if mount_from and digest in base_digests:
+            resp = reg.request("POST", f"/v2/{ref.repo}/blobs/uploads/?" + urlencode({"mount": digest, "from": mount_from.repo}),
+                               scope=scope, ok=(201, 202), what=f"mount of {digest}")
+            if resp.status_code == 201:
+                with lock:
+                    result.mounted.append(digest)
+                reporter.advance(size)
+                return
+            location = resp.headers["Location"]
+        else:
+            resp = reg.request("POST", f"/v2/{ref.repo}/blobs/uploads/", scope=scope, ok=(202,), what="blob upload")
+            location = resp.headers["Location"]
+        url = _with_query(location, reg.base, digest=digest)
+        body = (lambda: _Reading(src, size, reporter)) if isinstance(src, Path) else src
+        reg.request("PUT", url, scope=scope, body=body, ok=(201, 204),
+                    headers={"Content-Type": "application/octet-stream"}, what=f"upload of {digest}")
+        with lock:
+            result.uploaded.append(digest)
+
+    blobs = image.blobs()
+    reporter.start(sum(s for _, s, _ in blobs), f"pushing {ref}")
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(one, blobs))
+    finally:
+        reporter.finish()
+    manifest = image.manifest()
+    resp = reg.request("PUT", f"/v2/{ref.repo}/manifests/{ref.tag or ref.digest}", scope=scope, body=manifest,
+                       headers={"Content-Type": im.OCI_MANIFEST}, ok=(201, 200), what=f"manifest {ref}")
+    echoed = resp.headers.get("Docker-Content-Digest")
+    if echoed and echoed != result.digest:
+        raise NetworkError(f"registry {reg.host} stored the manifest as {echoed}, expected {result.digest}")
+    return result
+
+
+class _Reading:
+    """A file object that reports progress as requests streams it."""
+
+    def __init__(self, path: Path, size: int, reporter) -> None:
+        self.fh = open(path, "rb")
+        self.size = size
+        self.reporter = reporter
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.fh.read(CHUNK if n is None or n < 0 else n)
+        self.reporter.advance(len(b))
+        return b
+
+    def close(self) -> None:
+        self.fh.close()

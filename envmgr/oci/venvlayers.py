@@ -1,0 +1,157 @@
+"""The venv in layers: which packages share a layer (a pure plan), staging, byte-compiling and
+the entries of each layer.
+
+Plan (from the lock alone, before anything is installed, so cached layers need no install):
+one layer per large package (``nvidia-*``, ``torch``, ``triton``, any wheel of at least
+``threshold`` bytes), stable families first; the other packages share one layer; the top
+layer (built by the exporter) holds what no package owns. A layer's cache key names every
+input of its bytes: the packages' hashes, the venv path, the interpreters, the installer,
+the epoch, the compressor.
+
+Staging: only the packages of layers that miss the cache are installed (the shared install
+step, into a relocatable venv in a temp folder), then byte-compiled with
+``UNCHECKED_HASH`` pycs whose recorded source paths are the final ones in the image.
+Ownership comes from each ``*.dist-info/RECORD``; a ``.pyc`` belongs to its source's owner.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import UserError
+from ..lockfile import LockedPackage
+from .layers import Entry, file_entry
+
+DEFAULT_THRESHOLD = 1 << 20  # wheel bytes: a package this big gets its own layer
+MAX_ENV_LAYERS = 40
+_FAMILY = re.compile(r"^(nvidia-.*|torch|triton|pytorch-triton.*)$")
+
+
+@dataclass(frozen=True)
+class Group:
+    title: str  # "torch", "nvidia-cublas", "small packages"
+    packages: tuple[LockedPackage, ...]
+
+    @property
+    def wheel_bytes(self) -> int:
+        return sum(p.size for p in self.packages)
+
+    def key_parts(self) -> list:
+        return sorted((p.key, p.version, p.install_file.sha256) for p in self.packages)
+
+
+def _order(p: LockedPackage) -> tuple:
+    if p.key.startswith("nvidia-"):
+        return (0, p.key)
+    if p.key in ("triton", "pytorch-triton") or p.key.startswith("pytorch-triton"):
+        return (1, p.key)
+    if p.key == "torch":
+        return (2, p.key)
+    return (3, p.key)
+
+
+def plan(packages, *, threshold: int = DEFAULT_THRESHOLD, max_layers: int = MAX_ENV_LAYERS) -> list[Group]:
+    """Packages -> layer groups, base-most first. Pure: the same lock gives the same plan."""
+    own = [p for p in packages if _FAMILY.match(p.key) or p.size >= threshold]
+    rest = [p for p in packages if p not in own]
+    budget = max(1, max_layers - 2)  # the shared layer and the top layer
+    if len(own) > budget:
+        own.sort(key=lambda p: (-p.size, p.key))
+        rest += own[budget:]
+        own = own[:budget]
+    groups = [Group(p.key, (p,)) for p in sorted(own, key=_order)]
+    if rest:
+        groups.append(Group("small packages", tuple(sorted(rest, key=lambda p: p.key))))
+    return groups
+
+
+# -- staging ----------------------------------------------------------------------------------
+
+def compile_tree(python: Path, site: Path, image_site: str) -> None:
+    """Byte-compile ``site`` in place: unchecked-hash pycs naming ``image_site`` paths."""
+    for pyc in site.rglob("*.pyc"):
+        pyc.unlink()
+    cmd = [str(python), "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+           "-s", str(site), "-p", image_site, str(site)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONHASHSEED"] = "0"
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+
+
+def _record(dist: Path) -> list[str]:
+    try:
+        with open(dist / "RECORD", newline="", encoding="utf-8") as fh:
+            return [row[0] for row in csv.reader(fh) if row and row[0]]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{dist}: cannot read RECORD: {exc}")
+
+
+# Installer bookkeeping that names this machine (cache timestamps, local file URLs): dropped,
+# with its RECORD rows, so the same lock gives the same bytes anywhere.
+_MACHINE_FILES = ("uv_cache.json", "direct_url.json")
+
+
+def normalize_dist_info(dist: Path) -> None:
+    drop = {f"{dist.name}/{name}" for name in _MACHINE_FILES if (dist / name).exists()}
+    if not drop:
+        return
+    record = dist / "RECORD"
+    lines = record.read_text("utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if next(csv.reader([line]), [""])[0] not in drop]
+    tmp = dist / ".RECORD.tmp"
+    tmp.write_text("".join(kept), "utf-8")
+    os.replace(tmp, record)
+    for name in _MACHINE_FILES:
+        (dist / name).unlink(missing_ok=True)
+
+
+def _pyc_of(rel_py: str, cache_tag: str) -> str:
+    p = PurePosixPath(rel_py)
+    return str(p.parent / "__pycache__" / f"{p.stem}.{cache_tag}.pyc")
+
+
+def owned_entries(venv: Path, site: Path, packages, *, image_venv: str, cache_tag: str) -> dict[str, list[Entry]]:
+    """Package key -> the entries (image paths) of the files its RECORD lists, plus its pycs."""
+    from ..variants import canonical
+
+    by_key = {p.key: p for p in packages}
+    out: dict[str, list[Entry]] = {k: [] for k in by_key}
+    venv_root = venv.absolute()
+    root = image_venv.strip("/")
+    for dist in sorted(site.glob("*.dist-info")):
+        name = canonical(dist.name[: -len(".dist-info")].rsplit("-", 1)[0])
+        if name not in out:
+            continue
+        normalize_dist_info(dist)
+        seen = set()
+        for rel in _record(dist):
+            src = Path(os.path.normpath(site / rel))
+            try:
+                inside = src.relative_to(venv_root)
+            except ValueError:
+                continue  # RECORD pointing outside the venv: not ours to ship
+            rel_venv = inside.as_posix()
+            for path in (rel_venv, _pyc_of(rel_venv, cache_tag) if rel_venv.endswith(".py") else None):
+                if not path or path in seen:
+                    continue
+                full = venv_root / path
+                if not full.is_file():
+                    continue
+                seen.add(path)
+                out[name].append(file_entry(f"{root}/{path}", full))
+    missing = [k for k, v in out.items() if not v]
+    if missing:
+        raise UserError(f"the staged venv lacks files of {', '.join(sorted(missing))}")
+    return out
+
+
+def host_cache_tag(python: Path) -> str:
+    proc = subprocess.run([str(python), "-c", "import sys; print(sys.implementation.cache_tag)"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or sys.implementation.cache_tag

@@ -1,0 +1,193 @@
+"""Real components for the image tests: locks over the fixture index, a Debian bookworm +
+python3 base built by mmdebstrap (cached between runs), a docker-registry with htpasswd auth,
+podman (runc) and its Docker-compatible socket.
+
+Each helper skips the test when its tool is missing, so the suite still runs where they are
+not installed; CI installs them all (see the lead's ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from envmgr import lockfile
+from envmgr.lockfile import Lock, LockedFile, LockedPackage, LockMeta
+from fixture_index import PYPI, TORCH
+
+BASE_PACKAGES = ("python3", "python3-venv", "libstdc++6", "ca-certificates")
+TEST_CACHE = Path(os.environ.get("ENVMGR_TEST_CACHE") or Path.home() / ".cache" / "envmgr-test")
+
+# (index, variant, project, version): a small torch-shaped environment.
+DEFAULT_PICKS = (
+    (TORCH, "cpu", "torch", "2.7.1+cpu"),
+    (PYPI, None, "numpy", "2.2.0"),
+    (PYPI, None, "fixture-app", "1.0.0"),
+    (PYPI, None, "typing-extensions", "4.12.2"),
+    (PYPI, None, "filelock", "3.16.1"),
+)
+
+
+def envmgr_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "envmgr.cli", *args]
+
+
+def envmgr(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real CLI, as a user runs it."""
+    return subprocess.run(envmgr_argv(*args), capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def make_lock(index, picks=DEFAULT_PICKS, *, profile: str = "imgtest", variant: str = "cpu", python: str = "3.11") -> Lock:
+    packages = []
+    for idx, var, project, version in picks:
+        items = [i for i in index.listings(idx, var, project) if i.version == version
+                 and ("-cp311-" in i.filename or "-py3-none-any" in i.filename)]
+        assert items, (idx, var, project, version)
+        item = items[0]
+        url = index.file_url(item.filename, idx)
+        packages.append(LockedPackage(name=item.project, version=version, index=index.pypi_url if idx == PYPI else index.torch_url(var),
+                                      wheels=(LockedFile(url=url, sha256=item.sha256, size=item.size),)))
+    inputs = {"requirements": sorted(p.name for p in packages), "variant": variant, "python": python}
+    meta = LockMeta(profile=profile, fingerprint=lockfile.fingerprint(inputs), inputs=inputs, resolver="uv",
+                    resolver_version="0.13", python=python, platform="linux-x86_64", variant=variant,
+                    torch_index=index.torch_url(variant), cuda="", min_driver="")
+    return Lock(packages=tuple(sorted(packages, key=lambda p: p.key)), meta=meta, requires_python=f"=={python}.*")
+
+
+def write_project(root: Path, lock: Lock, *, image: dict | None = None) -> Path:
+    """A project with ``profiles/NAME.toml`` (an [image] table) and ``locks/pylock.NAME.toml``."""
+    import tomlkit
+
+    name = lock.meta.profile
+    (root / "profiles").mkdir(parents=True, exist_ok=True)
+    doc = {"variant": lock.meta.variant, "torch": "==2.7.1", "python": lock.meta.python}
+    if image:
+        doc["image"] = image
+    (root / "profiles" / f"{name}.toml").write_text(tomlkit.dumps(doc))
+    lockfile.write_atomic(lockfile.lock_path(root, name), lock.dumps())
+    return root
+
+
+# -- the Debian base ------------------------------------------------------------------------------
+
+def need(*tools: str) -> None:
+    for tool in tools:
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed")
+
+
+def bookworm_rootfs() -> Path:
+    """mmdebstrap's bookworm + python3 rootfs tar, built once and kept in ~/.cache/envmgr-test."""
+    need("mmdebstrap")
+    key = hashlib.sha256(json.dumps(["bookworm", "apt", BASE_PACKAGES]).encode()).hexdigest()[:12]
+    tar = TEST_CACHE / f"bookworm-python-{key}.tar"
+    if not tar.is_file():
+        from envmgr.oci.debian import mmdebstrap
+
+        mmdebstrap("bookworm", tar, packages=BASE_PACKAGES)
+    return tar
+
+
+def bookworm_layout(dest: Path, cache: Path) -> Path:
+    from envmgr.oci.debian import import_rootfs
+
+    return import_rootfs(bookworm_rootfs(), dest, cache=cache, name="envmgr-base:bookworm-python")
+
+
+# -- a registry -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """docker-registry (distribution 2.8) on 127.0.0.1 with htpasswd auth, storage in a temp dir."""
+
+    def __init__(self, root: Path, user: str = "tester", password: str = "s3cret") -> None:
+        need("docker-registry", "htpasswd")
+        self.user, self.password = user, password
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        root.mkdir(parents=True, exist_ok=True)
+        htpasswd = root / "htpasswd"
+        line = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True).stdout
+        htpasswd.write_text(line.strip() + "\n")
+        config = root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: error\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"auth:\n  htpasswd:\n    realm: envmgr-test\n    path: {htpasswd}\n"
+        )
+        self.log = open(root / "registry.log", "w")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("docker-registry did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# -- podman ---------------------------------------------------------------------------------------
+
+def podman_ok() -> None:
+    need("podman", "runc")
+    proc = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"podman does not work here: {proc.stderr.strip()[-200:]}")
+
+
+def podman(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
+class PodmanService:
+    """``podman system service`` on a unix socket: the Docker-compatible API the SDK talks to."""
+
+    def __init__(self, root: Path) -> None:
+        podman_ok()
+        self.sock = root / "podman.sock"
+        self.url = f"unix://{self.sock}"
+        self.proc = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not self.sock.exists():
+            time.sleep(0.1)
+        if not self.sock.exists():
+            self.stop()
+            raise RuntimeError("podman system service did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
