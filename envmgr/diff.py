@@ -441,10 +441,15 @@ class _GitBase:
             raise UserError("git is not installed", hint="install git or pass --base DIR")
 
     def verify(self) -> None:
-        if self._git("rev-parse", "--git-dir").returncode != 0:
-            raise UserError(f"{self.project} is not in a git repository", hint="pass --base DIR with the old locks")
+        res = self._git("rev-parse", "--git-dir")
+        if res.returncode != 0:
+            why = (res.stderr.strip().splitlines() or [""])[0]
+            detail = f" ({why})" if why and "not a git repository" not in why else ""
+            raise UserError(f"{self.project} is not in a git repository{detail}", hint="pass --base DIR with the old locks")
         if self.ref.startswith("-") or self._git("rev-parse", "--verify", "--quiet", f"{self.ref}^{{commit}}").returncode != 0:
-            raise UserError(f"unknown git ref {self.ref!r}", hint="name a commit, branch or tag, or pass --base DIR")
+            raise UserError(
+                f"unknown git ref {self.ref!r}", hint="name a commit, branch or tag, or a directory holding the old locks"
+            )
 
     def names(self) -> list[str]:
         res = self._git("ls-tree", "--name-only", self.ref, "--", "locks/")
