@@ -296,11 +296,65 @@ def url_digest(url: str, *, cache: Path | None = None, auth: Auth | None = None,
     with _get(url, auth, stream=True) as resp:
         tmp, digest, size = _stream_to(resp, _mkdir(files_dir(cache)), NullReporter())
     if keep:
-        _place(tmp, files_dir(cache) / digest / unquote(urlsplit(url).path.rsplit("/", 1)[-1]))
+        _place(tmp, files_dir(cache) / digest / _url_filename(url))
     else:
         tmp.unlink(missing_ok=True)
     remember_url_digest(url, digest, size, cache=cache)
     return digest, size
+
+
+def _url_filename(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def cached_url_file(url: str, *, cache: Path | None = None) -> Path | None:
+    """The verified cached copy of the file at ``url``, if its bytes were kept."""
+    hit = cached_url_digest(url, cache=cache)
+    if not hit:
+        return None
+    path = files_dir(cache) / hit[0] / _url_filename(url)
+    return path if path.is_file() else None
+
+
+def download_to_cache(url: str, *, auth: Auth | None = None, cache: Path | None = None,
+                      sink=None, on_response=None) -> Path:
+    """Download ``url`` once into the file cache, remembering its hash by URL.
+
+    ``on_response(resp)`` is called before the body is read and ``sink(chunk)`` with every
+    chunk, so a caller can pass the bytes on while they arrive (the routing index does,
+    for a resolver that hashes a file the index publishes no hash for). A sink that fails
+    (its reader went away) is dropped; the download still completes into the cache.
+    """
+    with _get(url, auth, stream=True) as resp:
+        if on_response:
+            on_response(resp)
+
+        dest_dir = _mkdir(files_dir(cache))
+        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=dest_dir)
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in resp.iter_content(CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+                    if sink is not None:
+                        try:
+                            sink(chunk)
+                        except OSError:
+                            sink = None
+        except requests.RequestException as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise NetworkError(f"download of {redact(url)} broke off after {size} bytes: {type(exc).__name__}",
+                               hint="retry when the network is back")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    digest = h.hexdigest()
+    path = _place(Path(tmp), files_dir(cache) / digest / _url_filename(url))
+    remember_url_digest(url, digest, size, cache=cache)
+    return path
 
 
 def cached_url_digest(url: str, *, cache: Path | None = None) -> tuple[str, int] | None:

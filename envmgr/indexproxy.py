@@ -5,14 +5,22 @@ index only; for any other project from the default index (then the extra indexes
 one with the project wins). Hrefs are rewritten to absolute upstream URLs, so files and
 PEP 658 metadata are fetched from the real index, and the ``#sha256`` fragments and
 ``data-*`` attributes pass through untouched.
+
+With ``serve_unhashed`` (the uv backend), a file the index publishes no hash for is served
+through this index instead: the first request downloads it from upstream once, passing the
+bytes on while they arrive and keeping them, hashed, in envmgr's file cache (hash cached by
+URL); any later request (uv asks twice while writing a pylock) is answered from the cache.
+``original(url)`` maps such a local URL back to the upstream one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
+import shutil
 import threading
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from packaging.utils import canonicalize_name
@@ -29,10 +37,14 @@ class RoutingIndex:
     """
 
     def __init__(self, default: str, extra: tuple[str, ...] = (), torch: str | None = None,
-                 family: set[str] = frozenset(), known_hash=None):
+                 family: set[str] = frozenset(), known_hash=None, serve_unhashed: bool = False):
         self.default, self.extra, self.torch, self.family = default, extra, torch, family
         self.known_hash = known_hash or (lambda url: None)
+        self.serve_unhashed = serve_unhashed
         self.unhashed: set[str] = set()
+        self._files: dict[str, str] = {}  # token -> upstream URL (with credentials) of a served file
+        self._file_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def sources(self, project: str) -> list[str]:
@@ -44,8 +56,70 @@ class RoutingIndex:
         for url in self.sources(project):
             files = indexclient.project_page(url, project)
             if files:
-                return _render(project, [_with_credentials(self._fill(f), url) for f in files])
+                return _render(project, [self._local(_with_credentials(self._fill(f), url)) for f in files])
         return None
+
+    def _local(self, f: indexclient.IndexFile) -> indexclient.IndexFile:
+        """An unhashed file, when serving them, gets a URL on this index (see the module doc)."""
+        if not self.serve_unhashed or f.sha256:
+            return f
+        token = hashlib.sha256(f.url.encode()).hexdigest()[:24]
+        with self._lock:
+            self._files[token] = f.url
+        return replace(f, url=f"{self.base}/files/{token}/{quote(f.filename)}")
+
+    def original(self, url: str) -> str:
+        """The upstream URL of a file this index served itself (other URLs unchanged)."""
+        prefix = f"{self.base}/files/"
+        if not url.startswith(prefix):
+            return url
+        token = url[len(prefix):].split("/", 1)[0]
+        with self._lock:
+            return self._files.get(token, url)
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler, token: str, name: str) -> None:
+        from . import fetch
+
+        with self._lock:
+            upstream = self._files.get(token)
+            lock = self._file_locks.setdefault(token, threading.Lock())
+        if upstream is None:
+            handler.send_error(404)
+            return
+        auth = fetch.Auth.from_urls([upstream])
+        if name.endswith(".metadata"):  # PEP 658: small, passed through
+            with fetch._get(upstream + ".metadata", auth) as resp:
+                _send(handler, resp.content, "application/octet-stream")
+            return
+        with lock:  # one download per file, however many requests
+            cached = fetch.cached_url_file(upstream)
+            if cached is not None:
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/octet-stream")
+                handler.send_header("Content-Length", str(cached.stat().st_size))
+                handler.end_headers()
+                with cached.open("rb") as fh:
+                    shutil.copyfileobj(fh, handler.wfile)
+                return
+
+            started = []
+
+            def start(resp) -> None:
+                started.append(True)
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/octet-stream")
+                if resp.headers.get("Content-Length"):
+                    handler.send_header("Content-Length", resp.headers["Content-Length"])
+                else:
+                    handler.close_connection = True
+                handler.end_headers()
+
+            try:
+                fetch.download_to_cache(upstream, auth=auth, sink=handler.wfile.write, on_response=start)
+            except EnvmgrError:
+                if not started:
+                    raise
+                handler.close_connection = True  # the body stops short: the client sees the break
 
     def _fill(self, f: indexclient.IndexFile) -> indexclient.IndexFile:
         if f.sha256:
@@ -62,6 +136,12 @@ class RoutingIndex:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 parts = [p for p in self.path.split("?")[0].split("/") if p]
+                if len(parts) == 3 and parts[0] == "files":
+                    try:
+                        router._serve_file(self, parts[1], unquote(parts[2]))
+                    except EnvmgrError as exc:
+                        self.send_error(502, str(exc)[:200])
+                    return
                 if len(parts) != 2 or parts[0] != "simple":
                     self.send_error(404)
                     return
@@ -73,12 +153,7 @@ class RoutingIndex:
                 if body is None:
                     self.send_error(404)
                     return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                _send(self, body.encode(), "text/html; charset=utf-8")
 
             def log_message(self, *args):
                 pass
@@ -89,14 +164,26 @@ class RoutingIndex:
         return self
 
     @property
-    def url(self) -> str:
+    def base(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/simple"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/simple"
 
     def __exit__(self, *exc) -> None:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+
+
+def _send(handler: BaseHTTPRequestHandler, data: bytes, content_type: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def _with_credentials(f: indexclient.IndexFile, index_url: str) -> indexclient.IndexFile:

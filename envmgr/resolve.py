@@ -148,7 +148,7 @@ class UvBackend:
 
     def _run(self, req: Request, idx: Indexes, extra_family: list[str]) -> list[Pinned]:
         if not idx.torch:
-            return self._compile(req, idx, extra_family, None, set())
+            return self._compile(req, idx, extra_family, None)
         from .fetch import cached_url_digest
         from .indexproxy import RoutingIndex
 
@@ -157,12 +157,13 @@ class UvBackend:
             return hit[0] if hit else None
 
         # The torch index goes through a local view that fills hashes envmgr has already
-        # computed (so uv downloads nothing it hashed before) and notes the unhashed files.
-        with RoutingIndex(idx.torch, known_hash=known) as proxy:
-            return self._compile(req, idx, extra_family, proxy.url, proxy.unhashed)
+        # computed (so uv downloads nothing it hashed before) and serves the unhashed files
+        # itself, so that uv's downloads of one reach the upstream index once.
+        with RoutingIndex(idx.torch, known_hash=known, serve_unhashed=True) as proxy:
+            return self._compile(req, idx, extra_family, proxy)
 
-    def _compile(self, req: Request, idx: Indexes, extra_family: list[str], torch_url: str | None,
-                 unhashed: set[str]) -> list[Pinned]:
+    def _compile(self, req: Request, idx: Indexes, extra_family: list[str], proxy) -> list[Pinned]:
+        torch_url = proxy.url if proxy else None
         p = req.profile
         work = req.workdir
         project = tomlkit.document()
@@ -203,15 +204,16 @@ class UvBackend:
                 hint="see the resolver's explanation below",
                 detail=_scrub(proc.stderr, idx),
             )
-        return self._parse(out.read_text(), idx, {strip_credentials(u) for u in unhashed})
+        unhashed = {strip_credentials(u) for u in proxy.unhashed} if proxy else set()
+        return self._parse(out.read_text(), idx, unhashed, proxy.original if proxy else (lambda u: u))
 
     @staticmethod
-    def _parse(text: str, idx: Indexes, unhashed: set[str]) -> list[Pinned]:
+    def _parse(text: str, idx: Indexes, unhashed: set[str], original=lambda u: u) -> list[Pinned]:
         data = tomllib.loads(text)
         pinned = []
         for pkg in data.get("packages", []):
             def f(raw: dict) -> UnfinishedFile:
-                url = strip_credentials(raw["url"])
+                url = strip_credentials(original(raw["url"]))
                 return UnfinishedFile(url, raw.get("hashes", {}).get("sha256"), raw.get("size"), url in unhashed)
 
             wheels = tuple(sorted((f(w) for w in pkg.get("wheels", [])), key=lambda w: w.url))
