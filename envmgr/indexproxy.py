@@ -42,6 +42,7 @@ class RoutingIndex:
         self.known_hash = known_hash or (lambda url: None)
         self.serve_unhashed = serve_unhashed
         self.unhashed: set[str] = set()
+        self.errors: list[str] = []  # unexpected failures while serving (shown with the resolver's)
         self._files: dict[str, str] = {}  # token -> upstream URL (with credentials) of a served file
         self._file_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -158,7 +159,8 @@ class RoutingIndex:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self._server.router = self
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -176,6 +178,21 @@ class RoutingIndex:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """No traceback on the user's terminal when a resolver hangs up mid-answer (it gave up:
+    its own error says why); anything unexpected is kept in ``router.errors``."""
+
+    router: RoutingIndex
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        self.router.errors.append(f"routing index: {type(exc).__name__}: {exc}")
 
 
 def _send(handler: BaseHTTPRequestHandler, data: bytes, content_type: str) -> None:

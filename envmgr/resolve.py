@@ -199,10 +199,11 @@ class UvBackend:
             cmd += ["--upgrade-package", name]
         proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=clean_env())
         if proc.returncode != 0:
+            errors = "\n".join(proxy.errors) if proxy else ""
             raise ResolutionError(
                 f"profile {p.name}: uv could not resolve {', '.join(p.requirements)}",
                 hint="see the resolver's explanation below",
-                detail=_scrub(proc.stderr, idx),
+                detail=_scrub("\n".join(x for x in (proc.stderr, errors) if x), idx),
             )
         unhashed = {strip_credentials(u) for u in proxy.unhashed} if proxy else set()
         return self._parse(out.read_text(), idx, unhashed, proxy.original if proxy else (lambda u: u))
