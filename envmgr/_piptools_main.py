@@ -24,10 +24,17 @@ def main() -> None:
 
     prepare.RequirementPreparer.prepare_linked_requirements_more = metadata_only
 
+    from pip._internal.exceptions import PipError
     from piptools.scripts.compile import cli
 
     sys.argv[0] = "pip-compile"
-    cli()
+    try:
+        cli()
+    except PipError as exc:
+        # pip-compile lets pip's resolution errors escape as tracebacks; the message is
+        # the explanation (what pip already printed above it says which versions exist).
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
