@@ -100,7 +100,8 @@ class Profile:
 
     def lock_inputs(self, resolver: str, resolver_version: str) -> dict:
         """Every input that affects resolution; the lock's fingerprint covers exactly these."""
-        from .fetch import redact  # credentials never reach a lock
+        # Credentials (user:token@, ${VAR}@) never reach a lock, not even the user name.
+        from .fetch import strip_credentials
 
         major_minor = ".".join(resolver_version.split(".")[:2])
         return {
@@ -108,9 +109,9 @@ class Profile:
             "variant": self.variant,
             "python": self.python,
             "platform": self.platform,
-            "index-url": redact(self.index_url),
-            "torch-index": redact(self.torch_index),
-            "extra-index-urls": [redact(u) for u in self.extra_index_urls],
+            "index-url": strip_credentials(self.index_url),
+            "torch-index": strip_credentials(self.torch_index),
+            "extra-index-urls": [strip_credentials(u) for u in self.extra_index_urls],
             "resolver": f"{resolver} {major_minor}",
         }
 
