@@ -265,7 +265,10 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
         try:
             parsed = Requirement(req)
         except InvalidRequirement as exc:
-            raise ProfileError(f"{where('packages')}: bad requirement {req!r}: {exc}")
+            # packaging's message spans lines (a caret under the column); keep the first
+            reason = str(exc).splitlines()[0] if str(exc) else "not PEP 508"
+            raise ProfileError(f"{where('packages')}: bad requirement {req!r}: {reason}",
+                               hint="write NAME, NAME==VERSION or NAME>=X,<Y")
         if canonical(parsed.name) == "torch":
             raise ProfileError(f"{where('packages')}: torch is set by the 'torch' key, not in packages", hint="remove it from packages")
     index_url = data.get("index-url", PYPI)
