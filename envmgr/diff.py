@@ -10,8 +10,8 @@ being supported; the download size. :func:`diff_locks` is pure; rendering lives 
 
 The I/O half (:func:`load_pairs`) reads the base locks from git (``git show
 REF:./locks/pylock.NAME.toml``) or from a directory, and the new ones from the working tree.
-Both are read strictly, plus :func:`check_consistency`: a package whose version was edited
-by hand no longer matches its files' names, and that is an error, not a diff.
+Both are read strictly: ``lockfile.loads`` also rejects a package whose version was edited
+by hand so it no longer matches its files' names; that is an error, not a diff.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import LockFileError, UserError
 from .lockfile import Lock, LockedPackage, changed_inputs, lock_path, lock_profile_name, loads
-from .variants import canonical
 
 # -- key components -----------------------------------------------------------------------
 
@@ -389,34 +387,6 @@ def diff_locks(old: Lock | None, new: Lock | None, profile: str = "") -> Profile
 
 # -- consistency --------------------------------------------------------------------------
 
-def check_consistency(lock: Lock, where: str | Path = "<lock>") -> None:
-    """Every file's name must carry its package's name and version.
-
-    A version edited by hand (the URL and hash left as they were) would otherwise make a
-    diff show an upgrade that installs nothing new, or an export pin a version whose hash
-    can never match. LockFileError names the package and the file.
-    """
-    for pkg in lock.packages:
-        for f in pkg.files:
-            name = f.filename
-            try:
-                if name.endswith(".whl"):
-                    fname, fversion = parse_wheel_filename(name)[:2]
-                else:
-                    fname, fversion = parse_sdist_filename(name)
-            except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-                continue  # a name packaging cannot parse: nothing to compare against
-            try:
-                same_version = fversion == Version(pkg.version)
-            except InvalidVersion:
-                same_version = False
-            if canonical(fname) != pkg.key or not same_version:
-                raise LockFileError(
-                    f"{where}: package {pkg.key} {pkg.version} does not match its file {name} (edited by hand?)",
-                    hint="regenerate it with `envmgr lock`",
-                )
-
-
 # -- reading both sides -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -466,7 +436,6 @@ class _GitBase:
         if res.returncode != 0:
             return None  # absent at the base: every package is new
         lock = loads(res.stdout, f"{self.ref}:locks/pylock.{profile}.toml")
-        check_consistency(lock, f"{self.ref}:locks/pylock.{profile}.toml")
         return lock
 
 
@@ -484,7 +453,6 @@ def _read_dir(directory: Path, profile: str) -> Lock | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise LockFileError(f"{path}: cannot read: {exc}")
     lock = loads(text, path)
-    check_consistency(lock, path)
     return lock
 
 

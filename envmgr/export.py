@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from . import sbom
-from .diff import check_consistency
+from .lockfile import check_consistency
 from .errors import UserError
 from .lockfile import Lock, dumps
 from .variants import kb

@@ -19,6 +19,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import tomlkit
+from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from .errors import LockFileError
 from .variants import canonical
@@ -273,13 +275,43 @@ def loads(text: str, path: Path | str = "<lock>") -> Lock:
             f"{path}: [tool.envmgr] fingerprint does not match its inputs (edited by hand?)",
             hint="regenerate it with `envmgr lock`",
         )
-    return Lock(
+    lock = Lock(
         packages=tuple(packages),
         meta=meta,
         requires_python=raw.get("requires-python", ""),
         environments=tuple(raw.get("environments", ())),
         path=Path(path) if path != "<lock>" else None,
     )
+    check_consistency(lock, path)
+    return lock
+
+
+def check_consistency(lock: Lock, where: str | Path = "<lock>") -> None:
+    """Every file's name must carry its package's name and version.
+
+    A version edited by hand (the URL and hash left as they were) would otherwise make a
+    diff show an upgrade that installs nothing new, or an export pin a version whose hash
+    can never match. LockFileError names the package and the file.
+    """
+    for pkg in lock.packages:
+        for f in pkg.files:
+            name = f.filename
+            try:
+                if name.endswith(".whl"):
+                    fname, fversion = parse_wheel_filename(name)[:2]
+                else:
+                    fname, fversion = parse_sdist_filename(name)
+            except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+                continue  # a name packaging cannot parse: nothing to compare against
+            try:
+                same_version = fversion == Version(pkg.version)
+            except InvalidVersion:
+                same_version = False
+            if canonical(fname) != pkg.key or not same_version:
+                raise LockFileError(
+                    f"{where}: package {pkg.key} {pkg.version} does not match its file {name} (edited by hand?)",
+                    hint="regenerate it with `envmgr lock`",
+                )
 
 
 def read(path: Path) -> Lock:

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from envmgr import diff, diffreport
+from envmgr import diff, diffreport, lockfile
 from envmgr.errors import LockFileError
 from envmgr.lockfile import Lock, LockedFile, LockedPackage, LockMeta, fingerprint
 from envmgr.variants import kb
@@ -218,7 +218,7 @@ def test_describe_arch():
 # -- consistency --------------------------------------------------------------------------
 
 def test_consistent_lock_passes():
-    diff.check_consistency(make_lock(variant="cu128", torch="2.7.1"))
+    lockfile.check_consistency(make_lock(variant="cu128", torch="2.7.1"))
 
 
 def test_hand_edited_version_is_detected():
@@ -226,7 +226,7 @@ def test_hand_edited_version_is_detected():
     torch = lock.package("torch")
     edited = lock.with_packages([p for p in lock.packages if p.key != "torch"] + [replace(torch, version="2.7.1+cu126")])
     with pytest.raises(LockFileError, match=r"package torch 2\.7\.1\+cu126 does not match its file torch-2\.7\.0\+cu126-.*edited by hand"):
-        diff.check_consistency(edited, "locks/pylock.gpu.toml")
+        lockfile.check_consistency(edited, "locks/pylock.gpu.toml")
 
 
 def test_file_of_another_package_is_detected():
@@ -234,7 +234,7 @@ def test_file_of_another_package_is_detected():
     numpy = lock.package("numpy")
     swapped = replace(numpy, wheels=lock.package("filelock").wheels)
     with pytest.raises(LockFileError, match="package numpy"):
-        diff.check_consistency(lock.with_packages([p for p in lock.packages if p.key != "numpy"] + [swapped]))
+        lockfile.check_consistency(lock.with_packages([p for p in lock.packages if p.key != "numpy"] + [swapped]))
 
 
 # -- markdown -----------------------------------------------------------------------------

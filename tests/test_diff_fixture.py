@@ -10,7 +10,6 @@ import pytest
 from test_diff_cli import envmgr, git
 from test_export_pip import write_profile
 
-pytestmark = pytest.mark.slow
 
 
 def test_variant_and_torch_change_between_real_locks(tmp_path: Path, fixture_index):

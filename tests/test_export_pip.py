@@ -16,7 +16,6 @@ from envmgr import sbom
 from envmgr.lockfile import lock_path, read
 from test_diff_cli import envmgr
 
-pytestmark = pytest.mark.slow
 
 
 def write_profile(project: Path, name: str, fixture_index, *, variant: str = "cu126", torch: str = ">=2.7,<2.8",

@@ -29,7 +29,6 @@ import fixture_index as fx
 from fixture_index import TORCH, FixtureIndex
 from test_diff_cli import git
 
-pytestmark = pytest.mark.slow
 
 WORKFLOW = Path(__file__).resolve().parents[1] / ".github" / "workflows" / "lock-update.yml"
 EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
