@@ -131,8 +131,11 @@ def list_profiles(project: Path) -> list[str]:
 
 def load(project: Path, name: str) -> Profile:
     path = profile_path(project, name)
+    if name.startswith("_") and path.is_file():
+        raise ProfileError(f"{path} is a shared base, not a profile (files starting with '_' are for 'extends')",
+                           hint=f"profiles here: {', '.join(list_profiles(project)) or 'none'}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ProfileError(f"{name!r} is not a profile name", hint="use letters, digits, '-', '_', '.'")
+        raise ProfileError(f"{name!r} is not a profile name", hint="a name starts with a letter or digit, then letters, digits, '-', '_', '.'")
     if not path.is_file():
         known = ", ".join(list_profiles(project)) or "none"
         raise ProfileError(f"no profile {name!r}: {path} does not exist", hint=f"profiles here: {known}")
