@@ -37,6 +37,8 @@ def variants_table(torch: str | None = None) -> dict:
                 "arch_list": list(facts.arch_list),
                 "ptx": facts.ptx,
                 "pypi_default": v == r.pypi_default,
+                # where the driver minimum and the arch list come from (keys of "sources" or text)
+                "sources": list(facts.sources),
             })
         rows.append({
             "torch": r.minor,
