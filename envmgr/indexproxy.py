@@ -162,7 +162,8 @@ class RoutingIndex:
         self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.router = self
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # a short poll interval: shutdown() waits for the loop to notice (0.5 s by default)
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     @property
