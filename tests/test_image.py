@@ -355,3 +355,19 @@ def test_load_through_docker_sdk_into_podman(project, tmp_path):
         svc.stop()
     proc = export(project, "--load", env={"DOCKER_HOST": f"unix://{tmp_path / 'no.sock'}"})
     _assert_clean_failure(proc, "cannot reach a container engine", project)
+
+
+def test_engine_build_from_containerfile_in(project, tmp_path):
+    """--builder podman: Containerfile.in filled from the lock, built offline through the docker SDK."""
+    svc = fx.PodmanService(tmp_path)
+    try:
+        env = {"DOCKER_HOST": svc.url}
+        summary = export_json(project, "--builder", "podman", "--tag", "localhost/envmgr-engine:test", env=env)
+        try:
+            run = fx.podman("run", "--rm", "localhost/envmgr-engine:test", "sh", "-c",
+                            "id -u; fixture-app; python -c 'import torch; print(torch.__version__)'")
+            assert run.stdout.split() == ["1000", "fixture-app", "1.0.0", "numpy", "2.2.0", "2.7.1+cpu"], run.stdout
+        finally:
+            fx.podman("rmi", "-f", summary["outputs"]["id"], check=False)
+    finally:
+        svc.stop()

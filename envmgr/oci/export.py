@@ -170,25 +170,32 @@ def _top_entries(lock: lockfile.Lock, venv: str, facts: sources.BaseFacts, user_
     return ly.with_parents(entries)
 
 
-def _stage(lock, packages, facts: sources.BaseFacts, host_python: str, venv_path: str, opts: Options, reporter, notes,
-           tmp: Path) -> dict[str, list[ly.Entry]]:
-    """Install ``packages`` into a relocatable venv under ``tmp``; byte-compile; entries by package."""
+@dataclass(frozen=True)
+class _Staged:
+    venv: Path
+    site: Path
+    python: Path
+    cache_tag: str
+    compile: bool
+
+
+def _stage(lock, packages, facts: sources.BaseFacts, host_python: str, opts: Options, reporter, notes,
+           tmp: Path) -> _Staged:
+    """Install ``packages`` (only those) into a relocatable venv under ``tmp``."""
     from .. import fetch, install
 
     files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
     staged = tmp / "venv"
-    sub = lock.with_packages(packages)
-    result = install.install(sub, staged, python=host_python, files=files, reporter=reporter, relocatable=True)
+    result = install.install(lock.with_packages(packages), staged, python=host_python, files=files, reporter=reporter,
+                             relocatable=True)
     site = install.site_packages(staged)
     if site is None:
         raise EnvmgrError(f"the staged venv {staged} has no site-packages")
     python = install.venv_python(staged)
-    cache_tag = venvlayers.host_cache_tag(python)
-    if opts.compile and result.python.minor == facts.version:
-        venvlayers.compile_tree(python, site, f"{venv_path}/lib/python{facts.version}/site-packages")
-    elif opts.compile:
+    compile_ok = opts.compile and result.python.minor == facts.version
+    if opts.compile and not compile_ok:
         notes.append(f"byte-compilation skipped: staging python {result.python.version} is not the base's {facts.version}")
-    return venvlayers.owned_entries(staged, site, packages, image_venv=venv_path, cache_tag=cache_tag)
+    return _Staged(staged, site, python, venvlayers.host_cache_tag(python), compile_ok)
 
 
 def export(project: Path, opts: Options, *, reporter=None, log=None) -> Result:
@@ -250,36 +257,47 @@ def export(project: Path, opts: Options, *, reporter=None, log=None) -> Result:
     staging_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="export-", dir=staging_root))
     try:
-        entries: dict[str, list[ly.Entry]] = {}
+        user_cfg, user_entries, home = _user_files(conf.get("user", DEFAULT_USER), facts)
         if misses:
-            miss_pkgs = [p for i in misses for p in groups[i].packages]
             if not host_python:
                 raise UserError(f"no Python {facts.version} on this machine to stage the venv with",
                                 hint=f"install python{facts.version} (the base's version), or use a base with this machine's python")
-            entries = _stage(lock, miss_pkgs, facts, host_python, venv_path, opts, reporter, res.notes, tmp)
+            miss_pkgs = [p for i in misses for p in groups[i].packages]
+            st = _stage(lock, miss_pkgs, facts, host_python, opts, reporter, res.notes, tmp)
             step("install")
-        user_cfg, user_entries, home = _user_files(conf.get("user", DEFAULT_USER), facts)
-        home_ids = (int(user_cfg.split(":")[0]), int(user_cfg.split(":")[1]))
+            image_site = f"{venv_path}/lib/python{facts.version}/site-packages"
 
-        # Build the missing layers, largest first, in parallel; then the top layer.
-        todo = []
-        for i in misses:
-            es = [e for p in groups[i].packages for e in entries[p.key]]
-            todo.append((i, ly.with_parents(es)))
-        total = sum(e.size for _, es in todo for e in es)
-        res.installed_bytes = total
-        todo.sort(key=lambda t: -sum(e.size for e in t[1]))
-        reporter.start(total, f"compressing {len(todo)} layer(s)")
-        try:
-            jobs = opts.jobs or max(2, os.cpu_count() or 2)
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futs = {i: pool.submit(ly.build_layer, es, layer_cache.store, mtime=epoch, progress=reporter.advance)
-                        for i, es in todo}
-                for i, fut in futs.items():
-                    built[i] = fut.result()
-                    layer_cache.put(keys[i], built[i])
-        finally:
-            reporter.finish()
+            def entries_of(i: int) -> list[ly.Entry]:
+                owned = venvlayers.owned_entries(st.venv, st.site, groups[i].packages, image_venv=venv_path,
+                                                 cache_tag=st.cache_tag)
+                return ly.with_parents(e for p in groups[i].packages for e in owned[p.key])
+
+            # Compile group by group (fewest .py files first) while finished groups compress:
+            # the big nvidia libraries are in layers before torch's sources are compiled.
+            pre = {i: entries_of(i) for i in misses}
+            total = sum(e.size for es in pre.values() for e in es)
+            reporter.start(total, f"compiling and compressing {len(misses)} layer(s)")
+            futs: dict = {}
+            try:
+                jobs = opts.jobs or max(2, os.cpu_count() or 2)
+                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                    def submit(i: int) -> None:
+                        es = entries_of(i) if st.compile else pre[i]
+                        res.installed_bytes += sum(e.size for e in es)
+                        futs[i] = pool.submit(ly.build_layer, es, layer_cache.store, mtime=epoch, progress=reporter.advance)
+
+                    if st.compile:
+                        py = {i: [e.src for e in pre[i] if e.src is not None and e.path.endswith(".py")] for i in misses}
+                        order = sorted(misses, key=lambda i: (len(py[i]), -sum(e.size for e in pre[i])))
+                        venvlayers.compile_groups(st.python, st.site, image_site, [(i, py[i]) for i in order], submit)
+                    else:
+                        for i in sorted(misses, key=lambda i: -sum(e.size for e in pre[i])):
+                            submit(i)
+                    for i, fut in futs.items():
+                        built[i] = fut.result()
+                        layer_cache.put(keys[i], built[i])
+            finally:
+                reporter.finish()
         top_entries = _top_entries(lock, venv_path, facts, user_entries)
         top = ly.build_layer(top_entries, layer_cache.store, mtime=epoch)
         step("layers")

@@ -73,15 +73,68 @@ def plan(packages, *, threshold: int = DEFAULT_THRESHOLD, max_layers: int = MAX_
 
 # -- staging ----------------------------------------------------------------------------------
 
-def compile_tree(python: Path, site: Path, image_site: str) -> None:
-    """Byte-compile ``site`` in place: unchecked-hash pycs naming ``image_site`` paths."""
+# Run by the staging interpreter. marshal format 2 has no back-references: format 3+ flags an
+# object for reuse when its refcount is above one, which depends on what else the compiling
+# process holds, so the same source can give different pyc bytes. Format 2 is read by every
+# python 3; with PYTHONHASHSEED=0 (set ordering) the bytes depend on the source only.
+_COMPILE = r"""
+import importlib.util, json, marshal, os, sys
+from concurrent.futures import ProcessPoolExecutor
+
+job = json.load(sys.stdin)
+site, image_site = job["site"], job["image_site"]
+tag = sys.implementation.cache_tag
+
+def one(path):
+    try:
+        with open(path, "rb") as fh:
+            source = fh.read()
+        code = compile(source, image_site + "/" + os.path.relpath(path, site), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+        return 0
+    head, name = os.path.split(path)
+    out_dir = os.path.join(head, "__pycache__")
+    os.makedirs(out_dir, exist_ok=True)
+    data = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + importlib.util.source_hash(source) + marshal.dumps(code, 2)
+    dest = os.path.join(out_dir, name[:-3] + "." + tag + ".pyc")
+    with open(dest + ".tmp", "wb") as fh:
+        fh.write(data)
+    os.replace(dest + ".tmp", dest)
+    return 1
+
+with ProcessPoolExecutor(max_workers=job["jobs"]) as pool:
+    for i, paths in job["groups"]:
+        n = sum(pool.map(one, sorted(paths), chunksize=32)) if paths else 0
+        print(i, n, flush=True)
+"""
+
+
+def compile_groups(python: Path, site: Path, image_site: str, groups: list[tuple[int, list[Path]]],
+                   on_done, jobs: int = 0) -> int:
+    """Byte-compile each group's ``.py`` files in order (unchecked-hash pycs naming
+    ``image_site`` paths), calling ``on_done(i)`` as each group finishes; returns the count."""
     for pyc in site.rglob("*.pyc"):
         pyc.unlink()
-    cmd = [str(python), "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-           "-s", str(site), "-p", image_site, str(site)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONHASHSEED"] = "0"
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    job = {"site": str(site), "image_site": image_site, "jobs": jobs or os.cpu_count() or 1,
+           "groups": [(i, [str(p) for p in paths]) for i, paths in groups]}
+    proc = subprocess.Popen([str(python), "-I", "-c", _COMPILE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    import json
+    import threading
+
+    feeder = threading.Thread(target=lambda: (proc.stdin.write(json.dumps(job)), proc.stdin.close()), daemon=True)
+    feeder.start()
+    count = 0
+    for line in proc.stdout:  # type: ignore[union-attr]
+        i, n = line.split()
+        count += int(n)
+        on_done(int(i))
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    if proc.wait() != 0:
+        raise UserError(f"byte-compiling the staged venv failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    return count
 
 
 def _record(dist: Path) -> list[str]:

@@ -1,0 +1,189 @@
+"""bench/image: native export-image vs `podman build` of the rendered Containerfile.in.
+
+On a real venv (the default profile's torch stack, several GB), in one run:
+  1. native full export (empty layer cache, empty uv cache) -> OCI layout
+  2. native re-export after one small package changed (layer cache warm)
+  3. `podman build` of the rendered Containerfile.in, no cache (through podman's Docker API)
+  4. the same podman build after the same one-package change (its cache allowed)
+Prints seconds, MB/s of installed bytes, the ratios and the image sizes.
+
+    python bench/image.py [--profile default] [--base oci:DIR] [--work DIR]
+
+Needs: podman (+ runc), mmdebstrap when no --base is given (the bookworm base is built once
+and cached), the lock's files (fetched once into ENVMGR_CACHE_DIR or ~/.cache/envmgr-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from envmgr import lockfile  # noqa: E402
+from envmgr.lockfile import LockedFile  # noqa: E402
+
+
+def envmgr(args: list[str], env: dict, cwd: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "envmgr.cli", *args, "--json", "-q"], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=cwd)
+    if proc.returncode != 0:
+        sys.exit(f"envmgr {' '.join(args)} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def bookworm_base(cache: Path) -> str:
+    from envmgr.oci.debian import import_rootfs, mmdebstrap
+
+    layout = cache / "bookworm-layout"
+    if not (layout / "index.json").is_file():
+        tar = cache / "bookworm-python.tar"
+        if not tar.is_file():
+            print("building the bookworm base with mmdebstrap (once) ...", flush=True)
+            mmdebstrap("bookworm", tar)
+        import_rootfs(tar, layout, cache=cache, name="envmgr-base:bookworm-python")
+    return f"oci:{layout}"
+
+
+def changed_lock(lock: lockfile.Lock, name: str) -> lockfile.Lock:
+    """The lock with ``name`` swapped for its previous release on the lock's own index."""
+    import requests
+    from packaging.utils import parse_wheel_filename
+
+    pkg = lock.package(name)
+    page = requests.get(f"{pkg.index.rstrip('/')}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+                        timeout=30).json()
+    best = None
+    for f in page["files"]:
+        if not f["filename"].endswith("-py3-none-any.whl") or f.get("yanked"):
+            continue
+        version = parse_wheel_filename(f["filename"])[1]
+        if str(version) != pkg.version and (best is None or version > best[0]) and version < parse_wheel_filename(pkg.install_file.filename)[1]:
+            best = (version, f)
+    if not best:
+        sys.exit(f"no other release of {name} to switch to")
+    version, f = best
+    new = type(pkg)(name=pkg.name, version=str(version), index=pkg.index, marker=pkg.marker,
+                    wheels=(LockedFile(url=f["url"], sha256=f["hashes"]["sha256"], size=int(f.get("size") or 0)),))
+    return lock.with_packages([new if p.key == pkg.key else p for p in lock.packages])
+
+
+def podman_service(sock: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if sock.exists():
+            return proc
+        time.sleep(0.1)
+    proc.terminate()
+    sys.exit("podman system service did not start")
+
+
+def engine_build(project: Path, name: str, base: str, sock: Path, nocache: bool, env: dict) -> dict:
+    from envmgr.oci import build
+    from envmgr.oci.export import Options
+
+    old = dict(os.environ)
+    os.environ.update({**env, "DOCKER_HOST": f"unix://{sock}"})
+    try:
+        started = time.monotonic()
+        res = build.build(project, Options(name=name, base=base, load=True), engine="podman", nocache=nocache)
+        res.seconds["total"] = round(time.monotonic() - started, 3)
+        return res.to_json()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--base")
+    ap.add_argument("--change", default="filelock", help="the small package to change")
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--skip-podman", action="store_true")
+    args = ap.parse_args()
+
+    cache = Path(os.environ.get("ENVMGR_CACHE_DIR") or Path.home() / ".cache" / "envmgr-bench")
+    work = args.work or Path(tempfile.mkdtemp(prefix="envmgr-bench-image-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = args.base or bookworm_base(cache)
+
+    # A private project: the repo's profiles and the profile's lock, then the changed lock.
+    proj = work / "project"
+    shutil.rmtree(proj, ignore_errors=True)
+    shutil.copytree(REPO / "profiles", proj / "profiles")
+    lock = lockfile.read(lockfile.lock_path(REPO, args.profile))
+    lockfile.write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
+    changed = changed_lock(lock, args.change)
+
+    from envmgr import fetch
+
+    env = {"ENVMGR_CACHE_DIR": str(cache), "ENVMGR_NO_PROGRESS": "1"}
+    os.environ["ENVMGR_CACHE_DIR"] = str(cache)
+    fetch.fetch([(p.key, p.install_file) for p in (*lock.packages, *changed.packages)])  # not timed: both need the files
+
+    shutil.rmtree(cache / "oci" / "layers", ignore_errors=True)
+    uv_cache = work / "uv-cache"
+    shutil.rmtree(uv_cache, ignore_errors=True)
+    native_env = {**env, "UV_CACHE_DIR": str(uv_cache)}
+    print(f"native full export of {args.profile} ...", flush=True)
+    full = envmgr(["export-image", args.profile, "--base", base, "--output", str(work / "native-full")], native_env, proj)
+    lockfile.write_atomic(lockfile.lock_path(proj, args.profile), changed.dumps())
+    print(f"native re-export after {args.change} changed ...", flush=True)
+    one = envmgr(["export-image", args.profile, "--base", base, "--output", str(work / "native-one")], native_env, proj)
+    rebuilt = [layer["title"] for layer in one["layers"] if not layer["cached"]]
+
+    installed = full["installed_bytes"]
+    native_size = sum(layer["size"] for layer in full["layers"])
+    base_size = sum(p.stat().st_size for p in (work / "native-full" / "blobs" / "sha256").iterdir()) - native_size
+    rows = [("native full export", full["seconds"]["total"]), (f"native, {args.change} changed", one["seconds"]["total"])]
+
+    podman_full = podman_one = None
+    if not args.skip_podman:
+        lockfile.write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
+        sock = work / "podman.sock"
+        svc = podman_service(sock)
+        try:
+            print("podman build (no cache) ...", flush=True)
+            podman_full = engine_build(proj, args.profile, base, sock, True, env)
+            lockfile.write_atomic(lockfile.lock_path(proj, args.profile), changed.dumps())
+            print(f"podman build after {args.change} changed ...", flush=True)
+            podman_one = engine_build(proj, args.profile, base, sock, False, env)
+        finally:
+            for res in (podman_full, podman_one):
+                if res:
+                    subprocess.run(["podman", "rmi", "-f", res["outputs"]["id"]], capture_output=True)
+            svc.terminate()
+            svc.wait()
+        rows += [("podman build (no cache)", podman_full["seconds"]["total"]),
+                 (f"podman build, {args.change} changed", podman_one["seconds"]["total"])]
+
+    print()
+    print(f"venv: {installed / 1e9:.2f} GB installed, {len(full['layers'])} env layers; "
+          f"machine: {os.cpu_count()} CPUs; base {base}")
+    for label, secs in rows:
+        extra = f"  ({installed / 1e6 / secs:,.0f} MB/s of installed bytes)" if label == "native full export" else ""
+        print(f"{label:<36} {secs:8.1f} s{extra}")
+    print(f"native one-package change rebuilt: {', '.join(rebuilt)}")
+    print(f"digest: full {full['digest']}  after change {one['digest']}")
+    print(f"image size, native: {(native_size + base_size) / 1e9:.2f} GB compressed "
+          f"({native_size / 1e9:.2f} GB env layers + {base_size / 1e9:.2f} GB base)")
+    if podman_full:
+        print(f"image size, podman: {podman_full['outputs']['size'] / 1e9:.2f} GB (engine storage, uncompressed)")
+        r_full = podman_full["seconds"]["total"] / full["seconds"]["total"]
+        r_one = podman_one["seconds"]["total"] / one["seconds"]["total"]
+        print(f"ratio full export  (podman / native): {r_full:5.1f}x  (target >= 3x)")
+        print(f"ratio one change   (podman / native): {r_one:5.1f}x  (target >= 20x)")
+
+
+if __name__ == "__main__":
+    main()
