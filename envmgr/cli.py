@@ -305,6 +305,70 @@ def export_cmd(
 
 # --- gpu commands (check, doctor, init) --------------------------------------------------
 
+@app.command("check")
+def check_cmd(
+    name: Optional[str] = typer.Argument(None, help="Profile whose venv to check, and whose lock to compare with (default: default)."),
+    python: Optional[str] = typer.Option(None, "--python", help="Check this interpreter (a path, a name on PATH, or a venv dir) instead of the profile's venv."),
+    image: Optional[str] = typer.Option(None, "--image", help="Check inside this image: a reference, oci:DIR[:TAG], oci-archive:FILE."),
+    image_python: Optional[str] = typer.Option(None, "--image-python", help="The interpreter inside the image (default: the profile's [image] venv, else /opt/venv/bin/python)."),
+    engine: str = typer.Option("auto", "--engine", help="Container engine for --image: auto, podman (CDI GPUs) or docker (SDK, --gpus all)."),
+    require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail (exit 1) when no GPU is usable instead of skipping the GPU checks."),
+    world: int = typer.Option(1, "--world", help="Also run an N-GPU all-reduce with N torchrun-style worker processes."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds before the probe counts as hung."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema envmgr-check/1)."),
+) -> None:
+    """Prove the environment computes on this GPU: torch, CUDA, driver, archs, real kernels, NCCL."""
+    from .errors import CheckFailed
+    from .gpu import check as gpu_check, render
+
+    report = gpu_check.check(_project(), name=name, python=python, image=image, image_python=image_python,
+                             engine=engine, require_gpu=require_gpu, world=world, timeout=timeout)
+    if as_json:
+        _print_json(report)
+    else:
+        render.render_check(out, report)
+    if not report["ok"]:
+        raise CheckFailed(f"{report['summary']['fail']} check(s) failed: {', '.join(gpu_check.failed(report))}")
+
+
+@app.command("doctor")
+def doctor_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema envmgr-doctor/1)."),
+) -> None:
+    """The driver, the CUDA it supports and the GPUs here; which profile and variant can run, and why not.
+
+    Env: ENVMGR_DRIVER_VERSION pretends the driver is that version."""
+    from .gpu import doctor, render
+
+    data = doctor.report(_project())
+    if as_json:
+        _print_json(data)
+    else:
+        render.render_doctor(out, data)
+
+
+@app.command("init")
+def init_cmd(
+    name: str = typer.Argument("default", help="Profile to write: profiles/NAME.toml."),
+    variant: str = typer.Option("auto", "--variant", help="auto (what envmgr doctor recommends here), cpu or cuNNN."),
+    torch: Optional[str] = typer.Option(None, "--torch", help="torch version or specifier (default: the newest release with the variant)."),
+    python: Optional[str] = typer.Option(None, "--python", help="Target python MAJOR.MINOR (default: this one, if the release supports it)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing profile."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Write a profile for this machine's variant (or the one named)."""
+    from .gpu import doctor
+
+    result = doctor.init_profile(_project(), name, variant=variant, torch=torch, python=python, force=force)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        out.print(f"wrote {result.path}: {result.variant}, torch {result.torch}, python {result.python} ({result.reason})",
+                  highlight=False, markup=False)
+        out.print(f"next: envmgr lock {result.name} && envmgr sync {result.name} && envmgr check {result.name}",
+                  highlight=False, markup=False)
+
+
 
 def main() -> None:
     try:

@@ -1,0 +1,986 @@
+"""envmgr's GPU probe: proves that an environment's torch really computes on this machine.
+
+Input: expectations as JSON (``--expect-json '{...}'`` or ``--expect-file PATH``, ``-`` for
+stdin), all keys optional::
+
+    {"torch": "2.7.1+cu126", "python": "3.11", "variant": "cu126", "cuda": "12.6",
+     "cudnn": "9.5.1.17", "nccl": "2.26.2", "min_driver": "525.60.13",
+     "toolkit_driver": "560.28.03", "arch_list": ["sm_50", ...], "ptx": "",
+     "driver_table": {"12.6": ["525.60.13", "560.28.03"], ...},
+     "require_gpu": false, "world": 1, "dist_backend": "nccl", "sizes": {...}}
+
+Output: one JSON document on stdout (schema ``envmgr-probe/1``, described in
+``envmgr.gpu.schema``), exit 0 whenever the document was written, whatever the checks found.
+Each finished check is also written to stderr as a line ``envmgr-probe: {...}`` so a caller
+can tell how far a probe got that crashed (a segfault in a driver, a hang).
+
+Constraints: stdlib + torch only (no envmgr imports), Python 3.8+, so the environment's own
+interpreter runs it -- a venv, any python, or the one inside an image. torch is imported
+once and every kernel runs in this one process; ``--world N`` adds N-1 worker processes
+(torchrun-style environment variables) for an N-GPU all-reduce.
+
+The pure helpers at the top (arch coverage, version comparison, CUDA-runtime conflicts) are
+also what ``envmgr doctor`` decides with, so both agree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+SCHEMA = "envmgr-probe/1"
+PROGRESS_PREFIX = "envmgr-probe: "
+
+# Kernel sizes; ``expect["sizes"]`` overrides any of them (tests use small ones).
+DEFAULT_SIZES = {
+    "gpu_mm_check": 1024,  # fp32 matmul checked against float64
+    "gpu_mm_perf": 8192,  # bf16/fp16 matmul for TFLOP/s
+    "gpu_conv": [32, 64, 56],  # batch, channels, height=width; 3x3 kernel
+    "gpu_sdpa": [8, 16, 2048, 128],  # batch, heads, sequence, head dim
+    "gpu_copy_mib": 256,
+    "allreduce_elems": 1 << 20,
+    "cpu_mm": 512,
+    "cpu_conv": [4, 16, 32],
+    "cpu_sdpa": [2, 4, 128, 64],
+    "cpu_copy_mib": 64,
+    "reps": 5,
+}
+
+
+# -- pure helpers (no torch) ----------------------------------------------------------------
+
+def version_tuple(text):
+    """``"580.159.04"`` -> ``(580, 159, 4)``; non-numeric parts are ignored."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(text or "")))
+
+
+def driver_at_least(driver, minimum):
+    return version_tuple(driver) >= version_tuple(minimum)
+
+
+def cuda_int(version):
+    """``"13.0"`` -> 13000 (the ``cuDriverGetVersion`` encoding); ``None`` if unknown."""
+    parts = version_tuple(version)
+    if not parts:
+        return None
+    return parts[0] * 1000 + (parts[1] if len(parts) > 1 else 0) * 10
+
+
+def cuda_str(value):
+    """13000 -> ``"13.0"``, 12020 -> ``"12.2"``."""
+    if value is None:
+        return None
+    return "%d.%d" % (value // 1000, (value % 1000) // 10)
+
+
+_ARCH_RE = re.compile(r"^(sm|compute|lto)_(\d+)([a-z]?)$")
+
+
+def parse_arch(entry):
+    """``sm_86`` -> ``("sm", 8, 6, "")``; ``compute_90`` -> PTX; ``sm_90a`` -> arch-specific.
+
+    The last digit is the minor version: ``sm_120`` is 12.0, ``sm_89`` is 8.9.
+    """
+    m = _ARCH_RE.match(str(entry).strip())
+    if not m:
+        return None
+    digits = m.group(2)
+    if len(digits) < 2:
+        return None
+    return (m.group(1), int(digits[:-1]), int(digits[-1]), m.group(3))
+
+
+def arch_name(capability):
+    return "sm_%d%d" % (capability[0], capability[1])
+
+
+def arch_coverage(capability, arch_list, ptx=(), driver="", toolkit_driver=""):
+    """Can code compiled for ``arch_list`` run on a GPU of ``capability`` (major, minor)?
+
+    - SASS (``sm_XY``) runs on the same major with the same or a higher minor: sm_86 code
+      runs on sm_89, not the other way round, and never across majors (sm_90 is not sm_100).
+      Arch-specific builds (``sm_90a``) run only on exactly that capability; family ones
+      (``sm_100f``) like plain SASS.
+    - PTX (``compute_XY`` entries, or ``ptx``: arch names whose PTX is embedded) is compiled
+      by the driver for any capability at or above it, which needs the driver of the CUDA
+      toolkit that wrote it (``toolkit_driver``); with an older driver (minor-version
+      compatibility) there is no JIT.
+
+    Returns ``{"covered": bool, "via": str | None, "reason": str}``.
+    """
+    cap = (int(capability[0]), int(capability[1]))
+    gpu = arch_name(cap)
+    sass, ptxs = [], []
+    for entry in arch_list:
+        parsed = parse_arch(entry)
+        if parsed is None:
+            continue
+        kind, major, minor, suffix = parsed
+        if kind == "compute":
+            ptxs.append((major, minor, entry))
+        elif kind == "sm":
+            sass.append((major, minor, suffix, entry))
+    for entry in ptx or ():
+        parsed = parse_arch(entry)
+        if parsed is not None:
+            ptxs.append((parsed[1], parsed[2], entry))
+    exact = [e for (ma, mi, _s, e) in sass if (ma, mi) == cap]
+    if exact:
+        return {"covered": True, "via": exact[0], "reason": "%s is compiled in" % exact[0]}
+    compatible = [(mi, e) for (ma, mi, s, e) in sass if ma == cap[0] and mi <= cap[1] and s != "a"]
+    if compatible:
+        via = max(compatible)[1]
+        return {"covered": True, "via": via,
+                "reason": "%s code runs on %s (binary compatible within major %d)" % (via, gpu, cap[0])}
+    usable_ptx = sorted((ma, mi, e) for (ma, mi, e) in ptxs if (ma, mi) <= cap)
+    compiled = " ".join(e for (_ma, _mi, _s, e) in sorted(sass)) or "nothing"
+    if usable_ptx:
+        via = usable_ptx[-1][2]
+        label = via if via.startswith("compute_") else "PTX of " + via
+        if driver and toolkit_driver and not driver_at_least(driver, toolkit_driver):
+            return {"covered": False, "via": None,
+                    "reason": "%s is not compiled in (%s); %s would need JIT, which needs driver >= %s (have %s)"
+                    % (gpu, compiled, label, toolkit_driver, driver)}
+        need = " (JIT needs driver >= %s)" % toolkit_driver if toolkit_driver and not driver else ""
+        return {"covered": True, "via": via,
+                "reason": "%s is JIT-compiled for %s by the driver%s" % (label, gpu, need)}
+    lower_minor = [e for (ma, mi, s, e) in sass if ma == cap[0] and mi > cap[1]]
+    why = "%s is not compiled in (%s)" % (gpu, compiled)
+    if lower_minor:
+        why += "; %s code does not run on the lower minor %s" % (lower_minor[0], gpu)
+    return {"covered": False, "via": None, "reason": why + " and no PTX reaches it"}
+
+
+def cudnn_tuple(value):
+    """torch.backends.cudnn.version(): 91900 -> (9, 19, 0) (cuDNN 9), 8700 -> (8, 7, 0)."""
+    value = int(value)
+    if value >= 90000:
+        return (value // 10000, (value % 10000) // 100, value % 100)
+    return (value // 1000, (value % 1000) // 100, value % 100)
+
+
+def split_local(version):
+    """``"2.7.1+cu126"`` -> ``("2.7.1", "cu126")``."""
+    public, _, local = str(version).partition("+")
+    return public, local
+
+
+def compare_torch_version(actual, expected):
+    """The lock's pin against ``torch.__version__``; a pin without a local label
+    (PyPI's build, ``2.7.1``) matches ``2.7.1+cu126``. Returns ``(ok, reason)``."""
+    a_pub, a_local = split_local(actual)
+    e_pub, e_local = split_local(expected)
+    if version_tuple(a_pub) != version_tuple(e_pub) or (e_local and a_local != e_local):
+        return False, "torch %s installed, expected %s" % (actual, expected)
+    return True, "torch %s matches the expected %s" % (actual, expected)
+
+
+_LIB_RE = re.compile(r"/lib(cudart|cublasLt|cublas|cudnn|nccl)(?:-[0-9a-f]{8})?\.so(\.[0-9.]+)?$")
+
+
+def cuda_libraries(maps_text):
+    """CUDA runtime libraries mapped into a process, from ``/proc/PID/maps`` text."""
+    seen = []
+    for line in maps_text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6:
+            path = parts[5].strip()
+            if _LIB_RE.search(path) and path not in seen:
+                seen.append(path)
+    return seen
+
+
+def runtime_conflicts(loaded, torch_cuda, ld_runtimes=None):
+    """Two CUDA runtimes in one process is a crash waiting to happen.
+
+    ``loaded``: library paths mapped in (``cuda_libraries``); ``torch_cuda``: torch.version.cuda;
+    ``ld_runtimes``: {directory on LD_LIBRARY_PATH: [libcudart file names there]}.
+    Returns a list of problems, empty when fine.
+    """
+    problems = []
+    by_lib = {}
+    for path in loaded:
+        m = _LIB_RE.search(path)
+        by_lib.setdefault(m.group(1), []).append(path)
+    for lib, paths in sorted(by_lib.items()):
+        if len(paths) > 1:
+            problems.append("two copies of lib%s loaded: %s" % (lib, ", ".join(paths)))
+    want = version_tuple(torch_cuda)[:1] if torch_cuda else ()
+    for path in by_lib.get("cudart", []):
+        m = _LIB_RE.search(path)
+        major = version_tuple(m.group(2) or "")[:1]
+        if want and major and major != want:
+            problems.append("%s is a CUDA %d runtime, torch is built for CUDA %s" % (path, major[0], torch_cuda))
+    for directory, names in sorted((ld_runtimes or {}).items()):
+        for name in names:
+            major = version_tuple(name.split(".so", 1)[1])[:1]
+            if want and major and major != want:
+                problems.append("LD_LIBRARY_PATH holds a CUDA %d runtime (%s/%s), torch is built for CUDA %s"
+                                % (major[0], directory, name, torch_cuda))
+    return problems
+
+
+def first_line(text, limit=300):
+    text = str(text).strip()
+    line = text.splitlines()[0] if text else ""
+    return line[:limit]
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+class Skip(Exception):
+    pass
+
+
+class Fail(Exception):
+    def __init__(self, reason, metrics=None):
+        super().__init__(reason)
+        self.metrics = metrics or {}
+
+
+class Probe:
+    def __init__(self, expect):
+        self.expect = expect
+        self.sizes = dict(DEFAULT_SIZES)
+        self.sizes.update(expect.get("sizes") or {})
+        self.checks = []
+        self.torch = None
+        self.doc = {
+            "schema": SCHEMA,
+            "ok": True,
+            "python": {"version": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable},
+            "torch": None,
+            "driver": {"version": None, "cuda": None, "source": None},
+            "gpus": [],
+            "libraries": [],
+            "checks": self.checks,
+            "import_s": None,
+            "total_s": None,
+        }
+        self.gpu_state = "unknown"  # "ok" | "none" | "cpu-build" | "broken"
+        self.gpu_reason = ""
+
+    # Each check: fn() returns (reason, metrics) to pass, raises Skip/Fail, or anything else
+    # (a RuntimeError from a kernel) to fail with its first line.
+    def run(self, name, title, fn):
+        start = time.perf_counter()
+        metrics = {}
+        try:
+            reason, metrics = fn()
+            status = "pass"
+        except Skip as exc:
+            status, reason = "skip", str(exc)
+        except Fail as exc:
+            status, reason, metrics = "fail", str(exc), exc.metrics
+        except Exception as exc:  # a kernel that did not run: that is the finding
+            status, reason = "fail", "%s: %s" % (type(exc).__name__, first_line(exc))
+        entry = {"name": name, "title": title, "status": status, "reason": reason,
+                 "seconds": round(time.perf_counter() - start, 6), "metrics": metrics or {}}
+        self.checks.append(entry)
+        if status == "fail":
+            self.doc["ok"] = False
+        try:
+            sys.stderr.write(PROGRESS_PREFIX + json.dumps(entry) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
+        return status
+
+    def skip_all(self, names_titles, reason):
+        for name, title in names_titles:
+            self.run(name, title, _raiser(Skip(reason)))
+
+
+def _raiser(exc):
+    def fn():
+        raise exc
+    return fn
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def driver_facts():
+    """The NVIDIA driver as this process sees it: libcuda's CUDA version, NVML's driver
+    version (ctypes, no pynvml), else /sys and /proc."""
+    out = {"version": None, "cuda": None, "source": None}
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+        v = ctypes.c_int(0)
+        if libcuda.cuDriverGetVersion(ctypes.byref(v)) == 0 and v.value:
+            out["cuda"] = v.value
+    except (OSError, AttributeError):
+        pass
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        init = getattr(nvml, "nvmlInit_v2", None) or nvml.nvmlInit
+        if init() == 0:
+            try:
+                buf = ctypes.create_string_buffer(96)
+                if nvml.nvmlSystemGetDriverVersion(buf, ctypes.c_uint(96)) == 0 and buf.value:
+                    out["version"], out["source"] = buf.value.decode(), "nvml"
+                if out["cuda"] is None:
+                    v = ctypes.c_int(0)
+                    fn = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None) or nvml.nvmlSystemGetCudaDriverVersion
+                    if fn(ctypes.byref(v)) == 0 and v.value:
+                        out["cuda"] = v.value
+            finally:
+                nvml.nvmlShutdown()
+    except (OSError, AttributeError):
+        pass
+    if out["version"] is None:
+        text = _read("/sys/module/nvidia/version").strip()
+        if re.fullmatch(r"\d+(\.\d+)+", text):
+            out["version"], out["source"] = text, "sys"
+    if out["version"] is None:
+        m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", _read("/proc/driver/nvidia/version"))
+        if m:
+            out["version"], out["source"] = m.group(1), "proc"
+    return out
+
+
+def _ld_runtimes():
+    found = {}
+    for directory in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
+        if directory:
+            names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(directory, "libcudart.so.*")))
+            if names:
+                found[directory] = names
+    return found
+
+
+def _free_port():
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+# The all-reduce both the main probe (rank 0) and the --world workers run. A string so that
+# workers can be started as ``python -c`` without this file on disk (inside an image, the
+# probe itself arrives on stdin).
+DIST_SOURCE = r'''
+def allreduce(torch, backend, rank, world, local_rank, elems, timeout_s=120.0):
+    import datetime, time
+    import torch.distributed as dist
+    t0 = time.perf_counter()
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        init_s = time.perf_counter() - t0
+        x = torch.full((elems,), float(rank + 1), device=device)
+        dist.all_reduce(x)  # warm-up: NCCL sets up its communicator lazily
+        x.fill_(float(rank + 1))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        dist.all_reduce(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        op_s = time.perf_counter() - t1
+        want = world * (world + 1) / 2.0
+        got = float(x[0].item()), float(x[-1].item())
+        return {"rank": rank, "ok": got == (want, want), "got": got[0], "want": want,
+                "init_s": init_s, "allreduce_s": op_s}
+    finally:
+        dist.destroy_process_group()
+'''
+
+WORKER_SOURCE = DIST_SOURCE + r'''
+import json, os, sys
+try:
+    import torch
+    r = allreduce(torch, os.environ["ENVMGR_DIST_BACKEND"], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                  int(os.environ["LOCAL_RANK"]), int(os.environ["ENVMGR_DIST_ELEMS"]))
+except Exception as exc:
+    r = {"rank": int(os.environ.get("RANK", -1)), "ok": False, "error": "%s: %s" % (type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")}
+sys.stdout.write(json.dumps(r) + "\n")
+'''
+
+
+def _dist():
+    ns = {}
+    exec(DIST_SOURCE, ns)
+    return ns["allreduce"]
+
+
+def _timed(fn, sync, reps):
+    """Best of ``reps`` runs after one warm-up; ``sync`` waits for the device."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(max(1, reps)):
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _relerr(torch, got, ref):
+    ref = ref.double()
+    scale = float(ref.abs().max()) or 1.0
+    return float((got.double() - ref).abs().max()) / scale
+
+
+class Kernels:
+    """The kernel checks for one device (``cuda:i`` or ``cpu``)."""
+
+    def __init__(self, torch, device, sizes):
+        self.torch = torch
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.sizes = sizes
+        self.gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def randn(self, *shape, dtype=None):
+        t = self.torch.randn(*shape, generator=self.gen)
+        return t.to(device=self.device, dtype=dtype or self.torch.float32)
+
+    def matmul_fp32(self):
+        torch = self.torch
+        n = self.sizes["gpu_mm_check" if self.cuda else "cpu_mm"]
+        a, b = self.randn(n, n), self.randn(n, n)
+        old_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            secs = _timed(lambda: a @ b, self.sync, self.sizes["reps"])
+            c = a @ b
+            ref = a.double() @ b.double()
+            self.sync()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old_tf32
+        err = _relerr(torch, c, ref)
+        metrics = {"n": n, "max_rel_err": err, "tflops": 2.0 * n ** 3 / secs / 1e12, "kernel_s": secs}
+        if not err < 1e-4:
+            raise Fail("fp32 matmul differs from the float64 reference by %.3g (limit 1e-4)" % err, metrics)
+        return "%dx%d fp32 matmul within %.1e of float64, %.2f TFLOP/s" % (n, n, err, metrics["tflops"]), metrics
+
+    def matmul_half(self, dtype_name):
+        torch = self.torch
+        dtype = getattr(torch, dtype_name)
+        if dtype_name == "bfloat16" and self.cuda:
+            supported = torch.cuda.is_bf16_supported()
+            if not supported:
+                raise Skip("bf16 is not supported on this GPU")
+        n = self.sizes["gpu_mm_perf"]
+        a, b = self.randn(n, n, dtype=dtype), self.randn(n, n, dtype=dtype)
+        secs = _timed(lambda: a @ b, self.sync, self.sizes["reps"])
+        c = a @ b
+        k = min(64, n)
+        ref = a[:k].float() @ b[:, :k].float()
+        err = _relerr(torch, c[:k, :k], ref)
+        tflops = 2.0 * n ** 3 / secs / 1e12
+        metrics = {"n": n, "tflops": tflops, "max_rel_err": err, "kernel_s": secs}
+        if not err < 2e-2:
+            raise Fail("%s matmul differs from fp32 by %.3g" % (dtype_name, err), metrics)
+        return "%dx%d %s matmul: %.1f TFLOP/s" % (n, n, dtype_name, tflops), metrics
+
+    def conv2d(self):
+        torch = self.torch
+        F = torch.nn.functional
+        batch, ch, hw = self.sizes["gpu_conv" if self.cuda else "cpu_conv"]
+        dtype = torch.float16 if self.cuda else torch.float32
+        if self.cuda and not (torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled):
+            raise Fail("cuDNN is not available to torch")
+        x = self.randn(batch, ch, hw, hw, dtype=dtype)
+        w = self.randn(ch, ch, 3, 3, dtype=dtype) * (1.0 / math.sqrt(ch * 9))
+        secs = _timed(lambda: F.conv2d(x, w, padding=1), self.sync, self.sizes["reps"])
+        y = F.conv2d(x[:1], w, padding=1)
+        ref = F.conv2d(x[:1].double().cpu(), w.double().cpu(), padding=1)
+        err = _relerr(torch, y.cpu(), ref)
+        flops = 2.0 * batch * ch * ch * 9 * hw * hw
+        metrics = {"shape": [batch, ch, hw, hw], "dtype": str(dtype).replace("torch.", ""),
+                   "tflops": flops / secs / 1e12, "max_rel_err": err, "kernel_s": secs}
+        if self.cuda:
+            metrics["cudnn"] = torch.backends.cudnn.version()
+        limit = 1e-2 if self.cuda else 1e-4
+        if not err < limit:
+            raise Fail("conv2d differs from the float64 reference by %.3g" % err, metrics)
+        what = "cuDNN %s conv2d" % metrics["dtype"] if self.cuda else "fp32 conv2d"
+        return "%s %s: %.2f TFLOP/s" % (what, "x".join(map(str, metrics["shape"])), metrics["tflops"]), metrics
+
+    def sdpa(self):
+        torch = self.torch
+        F = torch.nn.functional
+        if not hasattr(F, "scaled_dot_product_attention"):
+            raise Skip("torch %s has no scaled_dot_product_attention (added in 2.0)" % torch.__version__)
+        b, h, s, d = self.sizes["gpu_sdpa" if self.cuda else "cpu_sdpa"]
+        dtype = torch.float32
+        if self.cuda:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        q, k, v = (self.randn(b, h, s, d, dtype=dtype) for _ in range(3))
+        secs = _timed(lambda: F.scaled_dot_product_attention(q, k, v), self.sync, self.sizes["reps"])
+        out = F.scaled_dot_product_attention(q, k, v)
+        q0, k0, v0 = (t[0, 0].double() for t in (q, k, v))
+        ref = torch.softmax(q0 @ k0.transpose(0, 1) / math.sqrt(d), dim=-1) @ v0
+        err = _relerr(torch, out[0, 0], ref)
+        metrics = {"shape": [b, h, s, d], "dtype": str(dtype).replace("torch.", ""),
+                   "tflops": 4.0 * b * h * s * s * d / secs / 1e12, "max_rel_err": err, "kernel_s": secs}
+        limit = 3e-2 if self.cuda else 1e-4
+        if not err < limit:
+            raise Fail("attention differs from the reference by %.3g" % err, metrics)
+        return "%s attention %s: %.2f TFLOP/s" % (metrics["dtype"], "x".join(map(str, [b, h, s, d])), metrics["tflops"]), metrics
+
+    def copy(self):
+        torch = self.torch
+        mib = self.sizes["gpu_copy_mib" if self.cuda else "cpu_copy_mib"]
+        n = mib * (1 << 20) // 4
+        src = torch.arange(n, dtype=torch.int32, device=self.device)
+        dst = torch.empty_like(src)
+        secs = _timed(lambda: dst.copy_(src), self.sync, self.sizes["reps"])
+        ok = bool(torch.equal(src, dst))
+        gbps = 2.0 * n * 4 / secs / 1e9  # read + write
+        metrics = {"mib": mib, "gbps": gbps, "kernel_s": secs}
+        if not ok:
+            raise Fail("the copy does not equal its source", metrics)
+        return "%d MiB %s copy: %.1f GB/s" % (mib, "device" if self.cuda else "memory", gbps), metrics
+
+
+# -- the probe ----------------------------------------------------------------------------
+
+GPU_KERNELS = (
+    ("matmul_fp32", "fp32 matmul vs float64"),
+    ("matmul_bf16", "bf16 matmul"),
+    ("matmul_fp16", "fp16 matmul"),
+    ("conv2d", "cuDNN conv2d"),
+    ("sdpa", "scaled-dot-product attention"),
+    ("copy", "device copy"),
+)
+CPU_KERNELS = (
+    ("matmul_fp32", "fp32 matmul vs float64"),
+    ("conv2d", "conv2d"),
+    ("sdpa", "scaled-dot-product attention"),
+    ("copy", "memory copy"),
+)
+
+
+def _kernel_fn(make, name):
+    """The check for kernel ``name``; ``make()`` builds the device's Kernels inside the check,
+    so a torch that cannot even do that fails the check rather than the probe."""
+    cache = []
+
+    def fn():
+        if not cache:
+            cache.append(make())
+        k = cache[0]
+        if name == "matmul_bf16":
+            return k.matmul_half("bfloat16")
+        if name == "matmul_fp16":
+            return k.matmul_half("float16")
+        return getattr(k, name)()
+    return fn
+
+
+def run_probe(expect, p=None):
+    t_start = time.perf_counter()
+    p = p if p is not None else Probe(expect)
+    doc = p.doc
+    e = expect
+
+    if e.get("python"):
+        def python_version():
+            have = "%d.%d" % sys.version_info[:2]
+            if version_tuple(have) != version_tuple(e["python"])[:2]:
+                raise Fail("python %s, the lock is for %s" % (have, e["python"]))
+            return "python %s" % doc["python"]["version"], {}
+        p.run("python.version", "Python matches the lock", python_version)
+
+    # torch imports
+    holder = {}
+
+    def import_torch():
+        t = time.perf_counter()
+        try:
+            import torch  # noqa: the only heavy import, done once
+        except ModuleNotFoundError as exc:
+            if getattr(exc, "name", "") == "torch":
+                raise Fail("no torch in this environment (No module named 'torch')", {"missing": True})
+            raise
+        doc["import_s"] = time.perf_counter() - t
+        holder["torch"] = torch
+        return "torch %s imported in %.2f s" % (torch.__version__, doc["import_s"]), {"import_s": doc["import_s"]}
+
+    if p.run("torch.import", "torch imports", import_torch) != "pass":
+        doc["total_s"] = time.perf_counter() - t_start
+        doc["driver"] = driver_facts()
+        return doc
+    torch = holder["torch"]
+    p.torch = torch
+    arch_flags = []
+    try:
+        flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else None
+        arch_flags = flags.split() if flags else []
+    except Exception:
+        arch_flags = []
+    cudnn = None
+    nccl = None
+    if torch.version.cuda:
+        try:
+            cudnn = torch.backends.cudnn.version()
+        except Exception:
+            cudnn = None
+        try:
+            v = torch.cuda.nccl.version()
+            nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        except Exception:
+            nccl = None
+    doc["torch"] = {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "hip": getattr(torch.version, "hip", None),
+        "cudnn": cudnn,
+        "nccl": nccl,
+        "git": getattr(torch.version, "git_version", None),
+        "arch_list": arch_flags,
+        "path": os.path.dirname(torch.__file__),
+    }
+    doc["driver"] = driver = driver_facts()
+    doc["libraries"] = cuda_libraries(_read("/proc/self/maps"))
+
+    if e.get("torch"):
+        def torch_version():
+            ok, reason = compare_torch_version(torch.__version__, e["torch"])
+            if not ok:
+                raise Fail(reason)
+            return reason, {}
+        p.run("torch.version", "torch version matches the lock", torch_version)
+
+    def cuda_build():
+        built = torch.version.cuda
+        variant = e.get("variant") or ""
+        want = e.get("cuda") or ""
+        if variant == "cpu" or (variant == "" and not want):
+            if built and variant == "cpu":
+                raise Fail("a CUDA %s build of torch where the cpu variant was locked" % built)
+            return ("CPU build" if not built else "CUDA %s build" % built), {}
+        if variant.startswith("rocm"):
+            if not getattr(torch.version, "hip", None):
+                raise Fail("not a ROCm build of torch where %s was locked" % variant)
+            return "ROCm %s build" % torch.version.hip, {}
+        if not built:
+            raise Fail("a CPU-only build of torch where %s (CUDA %s) was locked" % (variant or "a CUDA variant", want))
+        if want and version_tuple(built)[:2] != version_tuple(want)[:2]:
+            raise Fail("torch is built for CUDA %s, the lock is for CUDA %s (%s)" % (built, want, variant))
+        extra = {}
+        if e.get("arch_list") and arch_flags:
+            lock_sm = sorted(a for a in e["arch_list"] if a.startswith("sm_"))
+            real_sm = sorted(a for a in arch_flags if a.startswith("sm_"))
+            if lock_sm != real_sm:
+                extra["arch_list_lock"] = e["arch_list"]
+                extra["arch_list_torch"] = arch_flags
+                return "CUDA %s build (its arch list differs from the lock's: %s)" % (built, " ".join(arch_flags)), extra
+        return "CUDA %s build" % built, extra
+    p.run("torch.cuda_build", "CUDA build matches the lock", cuda_build)
+
+    def libraries():
+        if not torch.version.cuda:
+            raise Skip("CPU build: no cuDNN or NCCL")
+        found, problems = [], []
+        if e.get("cudnn"):
+            if cudnn is None:
+                problems.append("cuDNN %s locked, torch finds no cuDNN" % e["cudnn"])
+            else:
+                have, want = cudnn_tuple(cudnn), version_tuple(e["cudnn"])[:3]
+                if have != want:
+                    problems.append("cuDNN %s loaded, the lock pins %s" % (".".join(map(str, have)), e["cudnn"]))
+                else:
+                    found.append("cuDNN %s" % ".".join(map(str, have)))
+        if e.get("nccl") and nccl:
+            if version_tuple(nccl)[:3] != version_tuple(e["nccl"])[:3]:
+                problems.append("NCCL %s loaded, the lock pins %s" % (nccl, e["nccl"]))
+            else:
+                found.append("NCCL %s" % nccl)
+        metrics = {"cudnn": cudnn, "nccl": nccl}
+        if problems:
+            raise Fail("; ".join(problems), metrics)
+        if not found:
+            return "cuDNN %s, NCCL %s (nothing locked to compare)" % (cudnn, nccl), metrics
+        return ", ".join(found) + " match the lock", metrics
+    p.run("torch.libraries", "cuDNN and NCCL match the lock", libraries)
+
+    def runtimes():
+        problems = runtime_conflicts(doc["libraries"], torch.version.cuda, _ld_runtimes())
+        metrics = {"loaded": doc["libraries"]}
+        if problems:
+            raise Fail("; ".join(problems), metrics)
+        if not torch.version.cuda:
+            return "CPU build: no CUDA runtime", metrics
+        cudart = [x for x in doc["libraries"] if "libcudart" in x]
+        return "one CUDA runtime: %s" % (cudart[0] if cudart else "(static or not yet loaded)"), metrics
+    p.run("cuda.runtimes", "one CUDA runtime in the process", runtimes)
+
+    # CUDA available?
+    require = bool(e.get("require_gpu"))
+
+    def available():
+        if getattr(torch.version, "hip", None):
+            p.gpu_state, p.gpu_reason = "cpu-build", "a ROCm build: envmgr's GPU checks cover CUDA"
+            raise Skip(p.gpu_reason)
+        if not torch.version.cuda:
+            p.gpu_state, p.gpu_reason = "cpu-build", "CPU build of torch: no GPU checks"
+            if require:
+                raise Fail("--require-gpu, but torch is a CPU-only build")
+            raise Skip(p.gpu_reason)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ok = torch.cuda.is_available()
+            count = torch.cuda.device_count() if ok else 0
+        said = "; ".join(first_line(w.message) for w in caught if "CUDA" in str(w.message) or "driver" in str(w.message))
+        if ok and count:
+            p.gpu_state = "ok"
+            names = [torch.cuda.get_device_name(i) for i in range(count)]
+            return "%d GPU%s: %s" % (count, "" if count == 1 else "s", ", ".join(names)), {"device_count": count}
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        no_gpu = None
+        if driver["cuda"] is None and driver["version"] is None and not os.path.exists("/dev/nvidiactl"):
+            no_gpu = "no NVIDIA driver (libcuda.so.1 not found)"
+        elif visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+            no_gpu = "no GPU visible (CUDA_VISIBLE_DEVICES=%r)" % visible
+        elif "no CUDA-capable device" in said:
+            no_gpu = "no CUDA-capable device"
+        if no_gpu:
+            p.gpu_state, p.gpu_reason = "none", no_gpu
+            if require:
+                raise Fail("--require-gpu, but " + no_gpu)
+            raise Skip(no_gpu + ": GPU checks skipped")
+        p.gpu_state, p.gpu_reason = "broken", "CUDA is not available"
+        raise Fail("torch.cuda.is_available() is False: %s" % (said or "a driver is present but CUDA did not initialise"))
+    p.run("cuda.available", "CUDA available", available)
+
+    def driver_minimum():
+        if p.gpu_state in ("cpu-build",) or (p.gpu_state == "none" and driver["version"] is None and driver["cuda"] is None):
+            raise Skip(p.gpu_reason or "no driver")
+        have, have_cuda = driver["version"], driver["cuda"]
+        built = torch.version.cuda
+        table = e.get("driver_table") or {}
+        minimum, toolkit = e.get("min_driver") or "", e.get("toolkit_driver") or ""
+        if not minimum and built:
+            row = table.get(".".join(map(str, version_tuple(built)[:2])))
+            if row:
+                minimum, toolkit = row[0], row[1]
+        metrics = {"driver": have, "driver_cuda": cuda_str(have_cuda), "min_driver": minimum, "toolkit_driver": toolkit}
+        if have_cuda and built and version_tuple(cuda_str(have_cuda))[:1] < version_tuple(built)[:1]:
+            raise Fail("driver %s supports CUDA %s; torch needs a CUDA %d driver (>= %s)"
+                       % (have or "?", cuda_str(have_cuda), version_tuple(built)[0], minimum or "?"), metrics)
+        if have and minimum:
+            if not driver_at_least(have, minimum):
+                raise Fail("driver %s is older than %s, the minimum for CUDA %s" % (have, minimum, built or e.get("cuda")), metrics)
+            if toolkit and not driver_at_least(have, toolkit):
+                return ("driver %s >= %s (minor-version compatibility: no PTX JIT below %s)" % (have, minimum, toolkit)), metrics
+            return "driver %s >= %s (CUDA %s)" % (have, minimum, cuda_str(have_cuda) or "?"), metrics
+        if have_cuda and built:
+            return "driver supports CUDA %s; torch built for %s" % (cuda_str(have_cuda), built), metrics
+        raise Skip("driver version unknown")
+    p.run("driver.minimum", "driver meets the variant's minimum", driver_minimum)
+
+    gpu_ok = p.gpu_state == "ok"
+    count = torch.cuda.device_count() if gpu_ok else 0
+    for i in range(count):
+        try:
+            props = torch.cuda.get_device_properties(i)
+            entry = {"index": i, "name": props.name, "capability": [props.major, props.minor],
+                     "memory_mib": int(props.total_memory // (1 << 20)),
+                     "sms": getattr(props, "multi_processor_count", None)}
+            uuid = getattr(props, "uuid", None)
+            if uuid is not None:
+                entry["uuid"] = str(uuid)
+        except Exception as exc:
+            entry = {"index": i, "name": None, "capability": None, "error": first_line(exc)}
+        doc["gpus"].append(entry)
+
+    def arch():
+        if not gpu_ok:
+            raise Skip(p.gpu_reason or "CUDA is not available")
+        ptx = [e["ptx"]] if e.get("ptx") and not arch_flags else []
+        results, bad = [], []
+        for g in doc["gpus"]:
+            if not g.get("capability"):
+                bad.append("GPU %d: capability unknown (%s)" % (g["index"], g.get("error")))
+                continue
+            cov = arch_coverage(g["capability"], arch_flags or e.get("arch_list") or [], ptx,
+                                driver["version"] or "", e.get("toolkit_driver") or "")
+            results.append({"index": g["index"], "capability": arch_name(g["capability"]), **cov})
+            if not cov["covered"]:
+                bad.append("GPU %d %s: %s" % (g["index"], g["name"], cov["reason"]))
+        metrics = {"arch_list": arch_flags, "gpus": results}
+        if bad:
+            raise Fail("; ".join(bad), metrics)
+        return "; ".join("GPU %d %s: %s" % (r["index"], r["capability"], r["reason"]) for r in results), metrics
+    p.run("gpu.arch", "GPU architectures covered by the build", arch)
+
+    # Start --world workers now, so their `import torch` overlaps with the kernels below.
+    world = int(e.get("world") or 1)
+    backend = e.get("dist_backend") or "nccl"
+    workers = []
+    world_env = None
+    world_problem = None
+    if world > 1:
+        if backend == "nccl" and not gpu_ok:
+            world_problem = Skip(p.gpu_reason or "CUDA is not available")
+        elif backend == "nccl" and count < world:
+            world_problem = Fail("--world %d needs %d GPUs, %d visible" % (world, world, count))
+        else:
+            world_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                             WORLD_SIZE=str(world), ENVMGR_DIST_BACKEND=backend,
+                             ENVMGR_DIST_ELEMS=str(p.sizes["allreduce_elems"]))
+            for rank in range(1, world):
+                env = dict(world_env, RANK=str(rank), LOCAL_RANK=str(rank))
+                workers.append(subprocess.Popen([sys.executable, "-c", WORKER_SOURCE], env=env,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        if gpu_ok:
+            for i in range(count):
+                shared = []  # one Kernels per device, built by the first check that runs
+
+                def make(i=i, shared=shared):
+                    if not shared:
+                        shared.append(Kernels(torch, "cuda:%d" % i, p.sizes))
+                    return shared[0]
+                for name, title in GPU_KERNELS:
+                    p.run("gpu%d.%s" % (i, name), "GPU %d: %s" % (i, title), _kernel_fn(make, name))
+        else:
+            shared = []
+
+            def make(shared=shared):
+                if not shared:
+                    shared.append(Kernels(torch, "cpu", p.sizes))
+                return shared[0]
+            for name, title in CPU_KERNELS:
+                p.run("cpu.%s" % name, "CPU: %s" % title, _kernel_fn(make, name))
+            reason = p.gpu_reason or "CUDA is not available"
+            p.skip_all([("gpu.kernels", "GPU kernels")], reason)
+
+        def nccl_single():
+            if not gpu_ok:
+                raise Skip(p.gpu_reason or "CUDA is not available")
+            import torch.distributed as dist
+            if not dist.is_available() or not dist.is_nccl_available():
+                raise Fail("torch is built without NCCL")
+            saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+            try:
+                r = _dist()(torch, "nccl", 0, 1, 0, p.sizes["allreduce_elems"])
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            metrics = {"init_s": r["init_s"], "allreduce_s": r["allreduce_s"], "nccl": nccl}
+            if not r["ok"]:
+                raise Fail("single-rank all_reduce gave %s, expected %s" % (r["got"], r["want"]), metrics)
+            return "NCCL %s single-rank all_reduce (init %.2f s)" % (nccl, r["init_s"]), metrics
+        p.run("nccl.allreduce", "NCCL all-reduce (1 rank)", nccl_single)
+
+        if world > 1:
+            def world_allreduce():
+                if world_problem is not None:
+                    raise world_problem
+                saved = dict(os.environ)
+                os.environ.update(world_env, RANK="0", LOCAL_RANK="0")
+                try:
+                    mine = _dist()(torch, backend, 0, world, 0, p.sizes["allreduce_elems"])
+                except Exception as exc:
+                    mine = {"rank": 0, "ok": False, "error": "%s: %s" % (type(exc).__name__, first_line(exc))}
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+                ranks = [mine]
+                for w in workers:
+                    try:
+                        out, err = w.communicate(timeout=180)
+                        lines = [x for x in out.splitlines() if x.startswith("{")]
+                        ranks.append(json.loads(lines[-1]) if lines else
+                                     {"ok": False, "error": "worker exited %s: %s" % (w.returncode, first_line(err[-2000:]))})
+                    except subprocess.TimeoutExpired:
+                        w.kill()
+                        ranks.append({"ok": False, "error": "worker timed out"})
+                bad = [r for r in ranks if not r.get("ok")]
+                metrics = {"world": world, "backend": backend, "ranks": ranks}
+                if bad:
+                    raise Fail("; ".join("rank %s: %s" % (r.get("rank", "?"), r.get("error") or "wrong sum %s" % r.get("got"))
+                                         for r in bad), metrics)
+                return "%s all_reduce over %d ranks (%.2f ms)" % (backend, world, 1000 * mine["allreduce_s"]), metrics
+            p.run("nccl.allreduce_world", "all-reduce over --world ranks", world_allreduce)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    doc["total_s"] = time.perf_counter() - t_start
+    return doc
+
+
+def _parse_args(argv):
+    expect = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--expect-json":
+            expect.update(json.loads(argv[i + 1]))
+            i += 2
+        elif arg == "--expect-file":
+            path = argv[i + 1]
+            expect.update(json.loads(sys.stdin.read() if path == "-" else _read(path)))
+            i += 2
+        elif arg == "--require-gpu":
+            expect["require_gpu"] = True
+            i += 1
+        elif arg == "--world":
+            expect["world"] = int(argv[i + 1])
+            i += 2
+        else:
+            raise SystemExit("probe: unknown argument %r (use --expect-json JSON, --expect-file PATH|-, --require-gpu, --world N)" % arg)
+    return expect
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    expect = _parse_args(argv)
+    # Libraries (NCCL's INFO lines, a driver banner) may write to fd 1; the document must be
+    # the only thing on stdout, so keep a private copy of it and point fd 1 at stderr.
+    sys.stdout.flush()
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    probe = Probe(expect)
+    try:
+        doc = run_probe(expect, probe)
+    except BaseException as exc:  # report what we have rather than a bare traceback
+        doc = probe.doc
+        doc["ok"] = False
+        doc["error"] = "%s: %s" % (type(exc).__name__, first_line(exc))
+    data = (json.dumps(doc, default=str) + "\n").encode()
+    while data:
+        data = data[os.write(out_fd, data):]
+    os.close(out_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
