@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 from .errors import UserError
 
@@ -17,8 +18,20 @@ _LEAKY_PREFIXES = ("UV_INDEX", "UV_EXTRA_INDEX", "UV_DEFAULT_INDEX", "UV_FIND_LI
                    "PIP_")
 
 
-@functools.cache
+# Threads (profiles locked at once, the version asked alongside a resolution) call these
+# concurrently; find_uv_bin() reads sysconfig, whose first use is not thread-safe (a racing
+# reader sees EXE as None), so each runs under a lock of its own.
+_bin_lock = threading.Lock()
+_version_lock = threading.Lock()
+
+
 def uv_bin() -> str:
+    with _bin_lock:
+        return _uv_bin()
+
+
+@functools.cache
+def _uv_bin() -> str:
     try:
         from uv import find_uv_bin
 
@@ -30,9 +43,15 @@ def uv_bin() -> str:
         return found
 
 
-@functools.cache
 def uv_version() -> str:
-    out = subprocess.run([uv_bin(), "--version"], capture_output=True, text=True, check=True).stdout
+    binary = uv_bin()
+    with _version_lock:
+        return _uv_version(binary)
+
+
+@functools.cache
+def _uv_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
     m = re.search(r"uv (\d+\.\d+\.\d+\S*)", out)
     return m.group(1) if m else out.strip()
 
