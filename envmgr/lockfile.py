@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import tomlkit
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
@@ -148,6 +147,8 @@ def changed_inputs(old: dict, new: dict) -> list[str]:
 # -- serialisation ------------------------------------------------------------------------
 
 def _file_table(f: LockedFile):
+    import tomlkit
+
     t = tomlkit.inline_table()
     t.append("name", f.filename)
     t.append("url", f.url)
@@ -159,6 +160,8 @@ def _file_table(f: LockedFile):
 
 
 def dumps(lock: Lock) -> str:
+    import tomlkit  # imported when writing only: reading needs just tomllib
+
     doc = tomlkit.document()
     doc.add(tomlkit.comment(f"envmgr lock for profile {lock.meta.profile!r}; regenerate with: envmgr lock {lock.meta.profile}"))
     doc.add("lock-version", LOCK_VERSION)
