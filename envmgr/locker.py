@@ -179,18 +179,22 @@ def lock_one(project: Path, name: str, *, resolver: str | None = None, upgrade: 
                     log(f"{name}: ignoring the pins of an unreadable lock ({exc.message})")
                 previous_text = None
         backend = resolve.backend(resolver or default_resolver(previous))
-        version = backend.version()
         idx = resolve.Indexes.of(profile)
-        if log:
-            log(f"{name}: resolving with {backend.name} {version} for python {profile.python} on {profile.platform}")
-        with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
-            pinned = backend.resolve(resolve.Request(
-                profile=profile,
-                workdir=Path(tmp),
-                previous=None if upgrade else previous_text,
-                upgrade=upgrade,
-                upgrade_packages=tuple(upgrade_packages),
-            ))
+        # The resolver's version (`uv --version`) is asked alongside the resolution, not before it.
+        with ThreadPoolExecutor(max_workers=1) as side:
+            version_of = side.submit(backend.version)
+            if log:
+                log(f"{name}: resolving with {backend.name} {version_of.result()} for python {profile.python} "
+                    f"on {profile.platform}")
+            with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
+                pinned = backend.resolve(resolve.Request(
+                    profile=profile,
+                    workdir=Path(tmp),
+                    previous=None if upgrade else previous_text,
+                    upgrade=upgrade,
+                    upgrade_packages=tuple(upgrade_packages),
+                ))
+            version = version_of.result()
         packages = resolve.finish(pinned, auth=Auth.from_urls(idx.all_urls()))
         _verify(profile, idx, packages)
         auth = Auth.from_urls(idx.all_urls())

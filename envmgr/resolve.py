@@ -20,6 +20,7 @@ index pages itself.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -29,11 +30,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import tomlkit
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from . import indexclient
 from .errors import ResolutionError, UserError
 from .fetch import expand_env, redact, strip_credentials
 from .lockfile import LockedFile, LockedPackage
@@ -166,23 +165,14 @@ class UvBackend:
         torch_url = proxy.url if proxy else None
         p = req.profile
         work = req.workdir
-        project = tomlkit.document()
-        proj = tomlkit.table()
-        proj.add("name", f"envmgr-lock-{canonical(p.name)}")
-        proj.add("version", "0")
-        proj.add("dependencies", [*p.requirements, *extra_family])
-        project.add("project", proj)
+        lines = ["[project]", f"name = {_toml_str('envmgr-lock-' + canonical(p.name))}", 'version = "0"',
+                 f"dependencies = [{', '.join(_toml_str(r) for r in (*p.requirements, *extra_family))}]"]
         if idx.torch:
             names = sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)} | set(extra_family))
-            uv = tomlkit.table(is_super_table=True)
-            uv.add("sources", {n: {"index": "envmgr-torch"} for n in names})
-            index = tomlkit.aot()
-            index.append({"name": "envmgr-torch", "url": torch_url or idx.torch, "explicit": True})
-            uv.add("index", index)
-            tool = tomlkit.table(is_super_table=True)
-            tool.add("uv", uv)
-            project.add("tool", tool)
-        (work / "pyproject.toml").write_text(tomlkit.dumps(project))
+            lines += ["", "[tool.uv.sources]", *(f'{n} = {{ index = "envmgr-torch" }}' for n in names),
+                      "", "[[tool.uv.index]]", 'name = "envmgr-torch"', f"url = {_toml_str(torch_url or idx.torch)}",
+                      "explicit = true"]
+        (work / "pyproject.toml").write_text("\n".join(lines) + "\n")
         out = work / "pylock.toml"
         if req.previous is not None:
             out.write_text(req.previous)  # uv keeps these pins unless told to upgrade
@@ -197,13 +187,18 @@ class UvBackend:
             cmd.append("--upgrade")
         for name in req.upgrade_packages:
             cmd += ["--upgrade-package", name]
-        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=clean_env())
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+        try:
+            # While uv works (network-bound, seconds), import what writing the lock needs.
+            import tomlkit  # noqa: F401
+        finally:
+            _stdout, stderr = proc.communicate()
         if proc.returncode != 0:
             errors = "\n".join(proxy.errors) if proxy else ""
             raise ResolutionError(
                 f"profile {p.name}: uv could not resolve {', '.join(p.requirements)}",
                 hint="see the resolver's explanation below",
-                detail=_scrub("\n".join(x for x in (proc.stderr, errors) if x), idx),
+                detail=_scrub("\n".join(x for x in (stderr, errors) if x), idx),
             )
         unhashed = {strip_credentials(u) for u in proxy.unhashed} if proxy else set()
         return self._parse(out.read_text(), idx, unhashed, proxy.original if proxy else (lambda u: u))
@@ -227,6 +222,11 @@ class UvBackend:
         return pinned
 
 
+def _toml_str(text: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's (\\" \\\\ \\n \\uXXXX); DEL must be escaped too."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _scrub(text: str, idx: Indexes) -> str:
     """Resolver output with credentials removed and noise trimmed."""
     for url in idx.all_urls():
@@ -247,6 +247,7 @@ class PipToolsBackend:
         return version("pip-tools")
 
     def resolve(self, req: Request) -> list[Pinned]:
+        from . import indexclient
         from .indexproxy import RoutingIndex
 
         p = req.profile
@@ -337,8 +338,13 @@ def finish(pinned: list[Pinned], *, auth, cache: Path | None = None) -> list[Loc
         return LockedFile(f.url, f.sha256, size)
 
     files = [f for p in pinned for f in (*p.wheels, *((p.sdist,) if p.sdist else ()))]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        finished = dict(zip(files, pool.map(done, files)))
+    # Files with a published hash and size need nothing (no thread, no request); the rest in parallel.
+    finished = {f: LockedFile(f.url, f.sha256, f.size) for f in files
+                if f.sha256 is not None and f.size is not None and not f.computed}
+    todo = [f for f in files if f not in finished]
+    if todo:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            finished.update(zip(todo, pool.map(done, todo)))
     return [
         LockedPackage(p.name, p.version, p.index, tuple(finished[w] for w in p.wheels),
                       finished[p.sdist] if p.sdist else None, p.marker)
