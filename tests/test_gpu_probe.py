@@ -141,3 +141,35 @@ def test_runner_via_dash_c_and_stdin(torch_python):
 def test_bad_probe_argument_is_refused(torch_python):
     r = subprocess.run([sys.executable, str(PROBE), "--bogus"], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown argument" in r.stderr
+
+
+GPU_BRANCHES = r'''
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("probe", sys.argv[1])
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+import torch
+# The GPU branches (bf16/fp16 matmul, fp16 conv, bf16 attention, their tolerances) on CPU
+# tensors: there is no GPU here, and these lines would otherwise first run on one.
+torch.cuda.is_bf16_supported = lambda *a, **k: True
+torch.backends.cudnn.is_available = lambda: True
+torch.backends.cudnn.version = lambda: 91900
+sizes = dict(probe.DEFAULT_SIZES, gpu_mm_check=256, gpu_mm_perf=256, gpu_conv=[2, 8, 16], gpu_sdpa=[1, 2, 64, 32],
+             gpu_copy_mib=4, reps=1)
+k = probe.Kernels(torch, "cpu", sizes)
+k.cuda, k.sync = True, (lambda: None)
+p = probe.Probe({})
+for name, title in probe.GPU_KERNELS:
+    p.run("gpu0." + name, title, probe._kernel_fn(lambda: k, name))
+print(json.dumps(p.checks))
+'''
+
+
+def test_gpu_kernel_branches_on_cpu_tensors(torch_python):
+    r = subprocess.run([torch_python, "-c", GPU_BRANCHES, str(PROBE)], capture_output=True, text=True, timeout=300, cwd="/")
+    assert r.returncode == 0, r.stderr
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert [c for c in checks.values() if c["status"] != "pass"] == []
+    assert "bfloat16 matmul" in checks["gpu0.matmul_bf16"]["reason"] and "tflops" in checks["gpu0.matmul_bf16"]["metrics"]
+    assert checks["gpu0.conv2d"]["reason"].startswith("cuDNN float16 conv2d") and checks["gpu0.conv2d"]["metrics"]["cudnn"] == 91900
+    assert "gbps" in checks["gpu0.copy"]["metrics"]

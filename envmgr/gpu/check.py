@@ -21,11 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import lockfile, profiles
+from typing import TYPE_CHECKING
+
 from ..errors import UserError
 from ..settings import venv_root
 from ..variants import kb
 from . import runner
+
+if TYPE_CHECKING:  # the lock and profile modules load only when a profile is checked
+    from .. import lockfile, profiles
 
 CHECK_SCHEMA = "envmgr-check/1"
 
@@ -80,6 +84,8 @@ def expectations_from_profile(p: profiles.Profile) -> dict:
 
 
 def profile_expectations(project: Path, name: str) -> tuple[dict, str, profiles.Profile]:
+    from .. import lockfile, profiles
+
     p = profiles.load(project, name)
     path = lockfile.lock_path(project, name)
     if path.is_file():

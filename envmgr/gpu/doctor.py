@@ -72,8 +72,9 @@ def assess(facts: VariantFacts, host: detect_mod.Host, torch_label: str = "") ->
     else:
         native = bool(facts.toolkit_driver) and driver_at_least(host.driver, facts.toolkit_driver)
     if not reasons and not native:
-        notes.append(f"runs through CUDA minor-version compatibility (driver's CUDA {host.cuda or '?'} < {facts.cuda}): "
-                     f"no PTX JIT below driver {facts.toolkit_driver or '?'}")
+        no_jit = facts.toolkit_driver and not driver_at_least(host.driver, facts.toolkit_driver)
+        notes.append(f"runs through CUDA minor-version compatibility (driver's CUDA {host.cuda or '?'} < {facts.cuda})"
+                     + (f": no PTX JIT below driver {facts.toolkit_driver}" if no_jit else ""))
     ptx = (facts.ptx,) if facts.ptx else ()
     if not host.gpus:
         notes.append("no GPU detected: GPU architecture not checked")

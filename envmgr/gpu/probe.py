@@ -248,12 +248,13 @@ class Fail(Exception):
 
 
 class Probe:
+    """Records checks into the document and reports each one on stderr as it finishes."""
+
     def __init__(self, expect):
         self.expect = expect
         self.sizes = dict(DEFAULT_SIZES)
         self.sizes.update(expect.get("sizes") or {})
         self.checks = []
-        self.torch = None
         self.doc = {
             "schema": SCHEMA,
             "ok": True,
@@ -266,8 +267,6 @@ class Probe:
             "import_s": None,
             "total_s": None,
         }
-        self.gpu_state = "unknown"  # "ok" | "none" | "cpu-build" | "broken"
-        self.gpu_reason = ""
 
     # Each check: fn() returns (reason, metrics) to pass, raises Skip/Fail, or anything else
     # (a RuntimeError from a kernel) to fail with its first line.
@@ -580,15 +579,11 @@ CPU_KERNELS = (
 )
 
 
-def _kernel_fn(make, name):
-    """The check for kernel ``name``; ``make()`` builds the device's Kernels inside the check,
-    so a torch that cannot even do that fails the check rather than the probe."""
-    cache = []
-
+def _kernel_fn(get, name):
+    """The check for kernel ``name``; ``get()`` builds the device's Kernels inside the first
+    check that needs them, so a torch that cannot even do that fails checks, not the probe."""
     def fn():
-        if not cache:
-            cache.append(make())
-        k = cache[0]
+        k = get()
         if name == "matmul_bf16":
             return k.matmul_half("bfloat16")
         if name == "matmul_fp16":
@@ -597,84 +592,86 @@ def _kernel_fn(make, name):
     return fn
 
 
-def run_probe(expect, p=None):
-    t_start = time.perf_counter()
-    p = p if p is not None else Probe(expect)
-    doc = p.doc
-    e = expect
+class Checks:
+    """The checks, in the order they run; each method is one check for ``Probe.run``."""
 
-    if e.get("python"):
-        def python_version():
-            have = "%d.%d" % sys.version_info[:2]
-            if version_tuple(have) != version_tuple(e["python"])[:2]:
-                raise Fail("python %s, the lock is for %s" % (have, e["python"]))
-            return "python %s" % doc["python"]["version"], {}
-        p.run("python.version", "Python matches the lock", python_version)
+    def __init__(self, probe):
+        self.p = probe
+        self.e = probe.expect
+        self.doc = probe.doc
+        self.torch = None
+        self.arch_flags = []
+        self.cudnn = None
+        self.nccl = None
+        self.driver = {"version": None, "cuda": None, "source": None}
+        self.gpu_state = "unknown"  # ok | none | cpu-build | broken
+        self.gpu_reason = ""
+        self.count = 0
+        self.world = int(self.e.get("world") or 1)
+        self.backend = self.e.get("dist_backend") or "nccl"
+        self.workers = []
+        self.world_env = None
+        self.world_problem = None
 
-    # torch imports
-    holder = {}
+    @property
+    def gpu_ok(self):
+        return self.gpu_state == "ok"
 
-    def import_torch():
+    # -- environment ----------------------------------------------------------------------
+    def python_version(self):
+        have = "%d.%d" % sys.version_info[:2]
+        if version_tuple(have) != version_tuple(self.e["python"])[:2]:
+            raise Fail("python %s, the lock is for %s" % (have, self.e["python"]))
+        return "python %s" % self.doc["python"]["version"], {}
+
+    def import_torch(self):
         t = time.perf_counter()
         try:
-            import torch  # noqa: the only heavy import, done once
+            import torch  # the only heavy import, done once
         except ModuleNotFoundError as exc:
             if getattr(exc, "name", "") == "torch":
                 raise Fail("no torch in this environment (No module named 'torch')", {"missing": True})
             raise
-        doc["import_s"] = time.perf_counter() - t
-        holder["torch"] = torch
-        return "torch %s imported in %.2f s" % (torch.__version__, doc["import_s"]), {"import_s": doc["import_s"]}
+        self.doc["import_s"] = time.perf_counter() - t
+        self.torch = torch
+        return "torch %s imported in %.2f s" % (torch.__version__, self.doc["import_s"]), {"import_s": self.doc["import_s"]}
 
-    if p.run("torch.import", "torch imports", import_torch) != "pass":
-        doc["total_s"] = time.perf_counter() - t_start
-        doc["driver"] = driver_facts()
-        return doc
-    torch = holder["torch"]
-    p.torch = torch
-    arch_flags = []
-    try:
-        flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else None
-        arch_flags = flags.split() if flags else []
-    except Exception:
-        arch_flags = []
-    cudnn = None
-    nccl = None
-    if torch.version.cuda:
+    def gather_facts(self):
+        """torch's build, the driver and the CUDA libraries mapped in: facts, not checks."""
+        torch = self.torch
         try:
-            cudnn = torch.backends.cudnn.version()
+            flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else None
+            self.arch_flags = flags.split() if flags else []
         except Exception:
-            cudnn = None
-        try:
-            v = torch.cuda.nccl.version()
-            nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
-        except Exception:
-            nccl = None
-    doc["torch"] = {
-        "version": torch.__version__,
-        "cuda": torch.version.cuda,
-        "hip": getattr(torch.version, "hip", None),
-        "cudnn": cudnn,
-        "nccl": nccl,
-        "git": getattr(torch.version, "git_version", None),
-        "arch_list": arch_flags,
-        "path": os.path.dirname(torch.__file__),
-    }
-    doc["driver"] = driver = driver_facts()
-    doc["libraries"] = cuda_libraries(_read("/proc/self/maps"))
+            self.arch_flags = []
+        if torch.version.cuda:
+            try:
+                self.cudnn = torch.backends.cudnn.version()
+            except Exception:
+                self.cudnn = None
+            try:
+                v = torch.cuda.nccl.version()
+                self.nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+            except Exception:
+                self.nccl = None
+        self.doc["torch"] = {
+            "version": torch.__version__, "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None),
+            "cudnn": self.cudnn, "nccl": self.nccl, "git": getattr(torch.version, "git_version", None),
+            "arch_list": self.arch_flags, "path": os.path.dirname(torch.__file__),
+        }
+        self.doc["driver"] = self.driver = driver_facts()
+        self.doc["libraries"] = cuda_libraries(_read("/proc/self/maps"))
 
-    if e.get("torch"):
-        def torch_version():
-            ok, reason = compare_torch_version(torch.__version__, e["torch"])
-            if not ok:
-                raise Fail(reason)
-            return reason, {}
-        p.run("torch.version", "torch version matches the lock", torch_version)
+    def torch_version(self):
+        ok, reason = compare_torch_version(self.torch.__version__, self.e["torch"])
+        if not ok:
+            raise Fail(reason)
+        return reason, {}
 
-    def cuda_build():
+    def cuda_build(self):
+        torch, e = self.torch, self.e
         built = torch.version.cuda
-        variant = e.get("variant") or ""
-        want = e.get("cuda") or ""
+        variant, want = e.get("variant") or "", e.get("cuda") or ""
         if variant == "cpu" or (variant == "" and not want):
             if built and variant == "cpu":
                 raise Fail("a CUDA %s build of torch where the cpu variant was locked" % built)
@@ -687,101 +684,94 @@ def run_probe(expect, p=None):
             raise Fail("a CPU-only build of torch where %s (CUDA %s) was locked" % (variant or "a CUDA variant", want))
         if want and version_tuple(built)[:2] != version_tuple(want)[:2]:
             raise Fail("torch is built for CUDA %s, the lock is for CUDA %s (%s)" % (built, want, variant))
-        extra = {}
-        if e.get("arch_list") and arch_flags:
+        if e.get("arch_list") and self.arch_flags:
             lock_sm = sorted(a for a in e["arch_list"] if a.startswith("sm_"))
-            real_sm = sorted(a for a in arch_flags if a.startswith("sm_"))
+            real_sm = sorted(a for a in self.arch_flags if a.startswith("sm_"))
             if lock_sm != real_sm:
-                extra["arch_list_lock"] = e["arch_list"]
-                extra["arch_list_torch"] = arch_flags
-                return "CUDA %s build (its arch list differs from the lock's: %s)" % (built, " ".join(arch_flags)), extra
-        return "CUDA %s build" % built, extra
-    p.run("torch.cuda_build", "CUDA build matches the lock", cuda_build)
+                return ("CUDA %s build (its arch list differs from the lock's: %s)" % (built, " ".join(self.arch_flags)),
+                        {"arch_list_lock": e["arch_list"], "arch_list_torch": self.arch_flags})
+        return "CUDA %s build" % built, {}
 
-    def libraries():
-        if not torch.version.cuda:
+    def libraries(self):
+        if not self.torch.version.cuda:
             raise Skip("CPU build: no cuDNN or NCCL")
-        found, problems = [], []
+        e, found, problems = self.e, [], []
         if e.get("cudnn"):
-            if cudnn is None:
+            if self.cudnn is None:
                 problems.append("cuDNN %s locked, torch finds no cuDNN" % e["cudnn"])
             else:
-                have, want = cudnn_tuple(cudnn), version_tuple(e["cudnn"])[:3]
+                have, want = cudnn_tuple(self.cudnn), version_tuple(e["cudnn"])[:3]
                 if have != want:
                     problems.append("cuDNN %s loaded, the lock pins %s" % (".".join(map(str, have)), e["cudnn"]))
                 else:
                     found.append("cuDNN %s" % ".".join(map(str, have)))
-        if e.get("nccl") and nccl:
-            if version_tuple(nccl)[:3] != version_tuple(e["nccl"])[:3]:
-                problems.append("NCCL %s loaded, the lock pins %s" % (nccl, e["nccl"]))
+        if e.get("nccl") and self.nccl:
+            if version_tuple(self.nccl)[:3] != version_tuple(e["nccl"])[:3]:
+                problems.append("NCCL %s loaded, the lock pins %s" % (self.nccl, e["nccl"]))
             else:
-                found.append("NCCL %s" % nccl)
-        metrics = {"cudnn": cudnn, "nccl": nccl}
+                found.append("NCCL %s" % self.nccl)
+        metrics = {"cudnn": self.cudnn, "nccl": self.nccl}
         if problems:
             raise Fail("; ".join(problems), metrics)
         if not found:
-            return "cuDNN %s, NCCL %s (nothing locked to compare)" % (cudnn, nccl), metrics
+            return "cuDNN %s, NCCL %s (nothing locked to compare)" % (self.cudnn, self.nccl), metrics
         return ", ".join(found) + " match the lock", metrics
-    p.run("torch.libraries", "cuDNN and NCCL match the lock", libraries)
 
-    def runtimes():
-        problems = runtime_conflicts(doc["libraries"], torch.version.cuda, _ld_runtimes())
-        metrics = {"loaded": doc["libraries"]}
+    def runtimes(self):
+        loaded = self.doc["libraries"]
+        problems = runtime_conflicts(loaded, self.torch.version.cuda, _ld_runtimes())
+        metrics = {"loaded": loaded}
         if problems:
             raise Fail("; ".join(problems), metrics)
-        if not torch.version.cuda:
+        if not self.torch.version.cuda:
             return "CPU build: no CUDA runtime", metrics
-        cudart = [x for x in doc["libraries"] if "libcudart" in x]
+        cudart = [x for x in loaded if "libcudart" in x]
         return "one CUDA runtime: %s" % (cudart[0] if cudart else "(static or not yet loaded)"), metrics
-    p.run("cuda.runtimes", "one CUDA runtime in the process", runtimes)
 
-    # CUDA available?
-    require = bool(e.get("require_gpu"))
-
-    def available():
+    # -- the GPU ----------------------------------------------------------------------------
+    def available(self):
+        torch, require = self.torch, bool(self.e.get("require_gpu"))
         if getattr(torch.version, "hip", None):
-            p.gpu_state, p.gpu_reason = "cpu-build", "a ROCm build: envmgr's GPU checks cover CUDA"
-            raise Skip(p.gpu_reason)
+            self.gpu_state, self.gpu_reason = "cpu-build", "a ROCm build: envmgr's GPU checks cover CUDA"
+            raise Skip(self.gpu_reason)
         if not torch.version.cuda:
-            p.gpu_state, p.gpu_reason = "cpu-build", "CPU build of torch: no GPU checks"
+            self.gpu_state, self.gpu_reason = "cpu-build", "CPU build of torch: no GPU checks"
             if require:
                 raise Fail("--require-gpu, but torch is a CPU-only build")
-            raise Skip(p.gpu_reason)
+            raise Skip(self.gpu_reason)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ok = torch.cuda.is_available()
             count = torch.cuda.device_count() if ok else 0
         said = "; ".join(first_line(w.message) for w in caught if "CUDA" in str(w.message) or "driver" in str(w.message))
         if ok and count:
-            p.gpu_state = "ok"
+            self.gpu_state, self.count = "ok", count
             names = [torch.cuda.get_device_name(i) for i in range(count)]
             return "%d GPU%s: %s" % (count, "" if count == 1 else "s", ", ".join(names)), {"device_count": count}
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         no_gpu = None
-        if driver["cuda"] is None and driver["version"] is None and not os.path.exists("/dev/nvidiactl"):
+        if self.driver["cuda"] is None and self.driver["version"] is None and not os.path.exists("/dev/nvidiactl"):
             no_gpu = "no NVIDIA driver (libcuda.so.1 not found)"
         elif visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
             no_gpu = "no GPU visible (CUDA_VISIBLE_DEVICES=%r)" % visible
         elif "no CUDA-capable device" in said:
             no_gpu = "no CUDA-capable device"
         if no_gpu:
-            p.gpu_state, p.gpu_reason = "none", no_gpu
+            self.gpu_state, self.gpu_reason = "none", no_gpu
             if require:
                 raise Fail("--require-gpu, but " + no_gpu)
             raise Skip(no_gpu + ": GPU checks skipped")
-        p.gpu_state, p.gpu_reason = "broken", "CUDA is not available"
+        self.gpu_state, self.gpu_reason = "broken", "CUDA is not available"
         raise Fail("torch.cuda.is_available() is False: %s" % (said or "a driver is present but CUDA did not initialise"))
-    p.run("cuda.available", "CUDA available", available)
 
-    def driver_minimum():
-        if p.gpu_state in ("cpu-build",) or (p.gpu_state == "none" and driver["version"] is None and driver["cuda"] is None):
-            raise Skip(p.gpu_reason or "no driver")
-        have, have_cuda = driver["version"], driver["cuda"]
-        built = torch.version.cuda
-        table = e.get("driver_table") or {}
-        minimum, toolkit = e.get("min_driver") or "", e.get("toolkit_driver") or ""
+    def driver_minimum(self):
+        d = self.driver
+        if self.gpu_state == "cpu-build" or (self.gpu_state == "none" and d["version"] is None and d["cuda"] is None):
+            raise Skip(self.gpu_reason or "no driver")
+        have, have_cuda, built = d["version"], d["cuda"], self.torch.version.cuda
+        minimum, toolkit = self.e.get("min_driver") or "", self.e.get("toolkit_driver") or ""
         if not minimum and built:
-            row = table.get(".".join(map(str, version_tuple(built)[:2])))
+            row = (self.e.get("driver_table") or {}).get(".".join(map(str, version_tuple(built)[:2])))
             if row:
                 minimum, toolkit = row[0], row[1]
         metrics = {"driver": have, "driver_cuda": cuda_str(have_cuda), "min_driver": minimum, "toolkit_driver": toolkit}
@@ -790,151 +780,184 @@ def run_probe(expect, p=None):
                        % (have or "?", cuda_str(have_cuda), version_tuple(built)[0], minimum or "?"), metrics)
         if have and minimum:
             if not driver_at_least(have, minimum):
-                raise Fail("driver %s is older than %s, the minimum for CUDA %s" % (have, minimum, built or e.get("cuda")), metrics)
+                raise Fail("driver %s is older than %s, the minimum for CUDA %s" % (have, minimum, built or self.e.get("cuda")), metrics)
             if toolkit and not driver_at_least(have, toolkit):
                 return ("driver %s >= %s (minor-version compatibility: no PTX JIT below %s)" % (have, minimum, toolkit)), metrics
             return "driver %s >= %s (CUDA %s)" % (have, minimum, cuda_str(have_cuda) or "?"), metrics
         if have_cuda and built:
             return "driver supports CUDA %s; torch built for %s" % (cuda_str(have_cuda), built), metrics
         raise Skip("driver version unknown")
-    p.run("driver.minimum", "driver meets the variant's minimum", driver_minimum)
 
-    gpu_ok = p.gpu_state == "ok"
-    count = torch.cuda.device_count() if gpu_ok else 0
-    for i in range(count):
-        try:
-            props = torch.cuda.get_device_properties(i)
-            entry = {"index": i, "name": props.name, "capability": [props.major, props.minor],
-                     "memory_mib": int(props.total_memory // (1 << 20)),
-                     "sms": getattr(props, "multi_processor_count", None)}
-            uuid = getattr(props, "uuid", None)
-            if uuid is not None:
-                entry["uuid"] = str(uuid)
-        except Exception as exc:
-            entry = {"index": i, "name": None, "capability": None, "error": first_line(exc)}
-        doc["gpus"].append(entry)
+    def gather_gpus(self):
+        for i in range(self.count):
+            try:
+                props = self.torch.cuda.get_device_properties(i)
+                entry = {"index": i, "name": props.name, "capability": [props.major, props.minor],
+                         "memory_mib": int(props.total_memory // (1 << 20)),
+                         "sms": getattr(props, "multi_processor_count", None)}
+                uuid = getattr(props, "uuid", None)
+                if uuid is not None:
+                    entry["uuid"] = str(uuid)
+            except Exception as exc:
+                entry = {"index": i, "name": None, "capability": None, "error": first_line(exc)}
+            self.doc["gpus"].append(entry)
 
-    def arch():
-        if not gpu_ok:
-            raise Skip(p.gpu_reason or "CUDA is not available")
-        ptx = [e["ptx"]] if e.get("ptx") and not arch_flags else []
+    def arch(self):
+        if not self.gpu_ok:
+            raise Skip(self.gpu_reason or "CUDA is not available")
+        e = self.e
+        ptx = [e["ptx"]] if e.get("ptx") and not self.arch_flags else []  # the lock's word only when torch says nothing
         results, bad = [], []
-        for g in doc["gpus"]:
+        for g in self.doc["gpus"]:
             if not g.get("capability"):
                 bad.append("GPU %d: capability unknown (%s)" % (g["index"], g.get("error")))
                 continue
-            cov = arch_coverage(g["capability"], arch_flags or e.get("arch_list") or [], ptx,
-                                driver["version"] or "", e.get("toolkit_driver") or "")
-            results.append({"index": g["index"], "capability": arch_name(g["capability"]), **cov})
+            cov = arch_coverage(g["capability"], self.arch_flags or e.get("arch_list") or [], ptx,
+                                self.driver["version"] or "", e.get("toolkit_driver") or "")
+            results.append(dict(cov, index=g["index"], capability=arch_name(g["capability"])))
             if not cov["covered"]:
                 bad.append("GPU %d %s: %s" % (g["index"], g["name"], cov["reason"]))
-        metrics = {"arch_list": arch_flags, "gpus": results}
+        metrics = {"arch_list": self.arch_flags, "gpus": results}
         if bad:
             raise Fail("; ".join(bad), metrics)
         return "; ".join("GPU %d %s: %s" % (r["index"], r["capability"], r["reason"]) for r in results), metrics
-    p.run("gpu.arch", "GPU architectures covered by the build", arch)
 
-    # Start --world workers now, so their `import torch` overlaps with the kernels below.
-    world = int(e.get("world") or 1)
-    backend = e.get("dist_backend") or "nccl"
-    workers = []
-    world_env = None
-    world_problem = None
-    if world > 1:
-        if backend == "nccl" and not gpu_ok:
-            world_problem = Skip(p.gpu_reason or "CUDA is not available")
-        elif backend == "nccl" and count < world:
-            world_problem = Fail("--world %d needs %d GPUs, %d visible" % (world, world, count))
-        else:
-            world_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                             WORLD_SIZE=str(world), ENVMGR_DIST_BACKEND=backend,
-                             ENVMGR_DIST_ELEMS=str(p.sizes["allreduce_elems"]))
-            for rank in range(1, world):
-                env = dict(world_env, RANK=str(rank), LOCAL_RANK=str(rank))
-                workers.append(subprocess.Popen([sys.executable, "-c", WORKER_SOURCE], env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        if gpu_ok:
-            for i in range(count):
-                shared = []  # one Kernels per device, built by the first check that runs
-
-                def make(i=i, shared=shared):
-                    if not shared:
-                        shared.append(Kernels(torch, "cuda:%d" % i, p.sizes))
-                    return shared[0]
+    # -- kernels ----------------------------------------------------------------------------
+    def run_kernels(self):
+        p = self.p
+        if self.gpu_ok:
+            for i in range(self.count):
+                make = _once(lambda i=i: Kernels(self.torch, "cuda:%d" % i, p.sizes))
                 for name, title in GPU_KERNELS:
                     p.run("gpu%d.%s" % (i, name), "GPU %d: %s" % (i, title), _kernel_fn(make, name))
-        else:
-            shared = []
+            return
+        make = _once(lambda: Kernels(self.torch, "cpu", p.sizes))
+        for name, title in CPU_KERNELS:
+            p.run("cpu.%s" % name, "CPU: %s" % title, _kernel_fn(make, name))
+        p.skip_all([("gpu.kernels", "GPU kernels")], self.gpu_reason or "CUDA is not available")
 
-            def make(shared=shared):
-                if not shared:
-                    shared.append(Kernels(torch, "cpu", p.sizes))
-                return shared[0]
-            for name, title in CPU_KERNELS:
-                p.run("cpu.%s" % name, "CPU: %s" % title, _kernel_fn(make, name))
-            reason = p.gpu_reason or "CUDA is not available"
-            p.skip_all([("gpu.kernels", "GPU kernels")], reason)
+    def nccl_single(self):
+        if not self.gpu_ok:
+            raise Skip(self.gpu_reason or "CUDA is not available")
+        import torch.distributed as dist
+        if not dist.is_available() or not dist.is_nccl_available():
+            raise Fail("torch is built without NCCL")
+        with _environ(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())):
+            r = _dist()(self.torch, "nccl", 0, 1, 0, self.p.sizes["allreduce_elems"])
+        metrics = {"init_s": r["init_s"], "allreduce_s": r["allreduce_s"], "nccl": self.nccl}
+        if not r["ok"]:
+            raise Fail("single-rank all_reduce gave %s, expected %s" % (r["got"], r["want"]), metrics)
+        return "NCCL %s single-rank all_reduce (init %.2f s)" % (self.nccl, r["init_s"]), metrics
 
-        def nccl_single():
-            if not gpu_ok:
-                raise Skip(p.gpu_reason or "CUDA is not available")
-            import torch.distributed as dist
-            if not dist.is_available() or not dist.is_nccl_available():
-                raise Fail("torch is built without NCCL")
-            saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    # -- --world N ----------------------------------------------------------------------------
+    def start_world(self):
+        """Start ranks 1..N-1 now, so their `import torch` overlaps with the kernels."""
+        if self.world <= 1:
+            return
+        if self.backend == "nccl" and not self.gpu_ok:
+            self.world_problem = Skip(self.gpu_reason or "CUDA is not available")
+            return
+        if self.backend == "nccl" and self.count < self.world:
+            self.world_problem = Fail("--world %d needs %d GPUs, %d visible" % (self.world, self.world, self.count))
+            return
+        self.world_env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(self.world),
+                          "ENVMGR_DIST_BACKEND": self.backend, "ENVMGR_DIST_ELEMS": str(self.p.sizes["allreduce_elems"])}
+        for rank in range(1, self.world):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), **self.world_env)
+            self.workers.append(subprocess.Popen([sys.executable, "-c", WORKER_SOURCE], env=env,
+                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+    def world_allreduce(self):
+        if self.world_problem is not None:
+            raise self.world_problem
+        try:
+            with _environ(RANK="0", LOCAL_RANK="0", **self.world_env):
+                mine = _dist()(self.torch, self.backend, 0, self.world, 0, self.p.sizes["allreduce_elems"])
+        except Exception as exc:
+            mine = {"rank": 0, "ok": False, "error": "%s: %s" % (type(exc).__name__, first_line(exc))}
+        ranks = [mine]
+        for w in self.workers:
             try:
-                r = _dist()(torch, "nccl", 0, 1, 0, p.sizes["allreduce_elems"])
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-            metrics = {"init_s": r["init_s"], "allreduce_s": r["allreduce_s"], "nccl": nccl}
-            if not r["ok"]:
-                raise Fail("single-rank all_reduce gave %s, expected %s" % (r["got"], r["want"]), metrics)
-            return "NCCL %s single-rank all_reduce (init %.2f s)" % (nccl, r["init_s"]), metrics
-        p.run("nccl.allreduce", "NCCL all-reduce (1 rank)", nccl_single)
+                out, err = w.communicate(timeout=180)
+                lines = [x for x in out.splitlines() if x.startswith("{")]
+                ranks.append(json.loads(lines[-1]) if lines else
+                             {"ok": False, "error": "worker exited %s: %s" % (w.returncode, first_line(err[-2000:]))})
+            except subprocess.TimeoutExpired:
+                w.kill()
+                ranks.append({"ok": False, "error": "worker timed out"})
+        bad = [r for r in ranks if not r.get("ok")]
+        metrics = {"world": self.world, "backend": self.backend, "ranks": ranks}
+        if bad:
+            raise Fail("; ".join("rank %s: %s" % (r.get("rank", "?"), r.get("error") or "wrong sum %s" % r.get("got"))
+                                 for r in bad), metrics)
+        return "%s all_reduce over %d ranks (%.2f ms)" % (self.backend, self.world, 1000 * mine["allreduce_s"]), metrics
 
-        if world > 1:
-            def world_allreduce():
-                if world_problem is not None:
-                    raise world_problem
-                saved = dict(os.environ)
-                os.environ.update(world_env, RANK="0", LOCAL_RANK="0")
-                try:
-                    mine = _dist()(torch, backend, 0, world, 0, p.sizes["allreduce_elems"])
-                except Exception as exc:
-                    mine = {"rank": 0, "ok": False, "error": "%s: %s" % (type(exc).__name__, first_line(exc))}
-                finally:
-                    os.environ.clear()
-                    os.environ.update(saved)
-                ranks = [mine]
-                for w in workers:
-                    try:
-                        out, err = w.communicate(timeout=180)
-                        lines = [x for x in out.splitlines() if x.startswith("{")]
-                        ranks.append(json.loads(lines[-1]) if lines else
-                                     {"ok": False, "error": "worker exited %s: %s" % (w.returncode, first_line(err[-2000:]))})
-                    except subprocess.TimeoutExpired:
-                        w.kill()
-                        ranks.append({"ok": False, "error": "worker timed out"})
-                bad = [r for r in ranks if not r.get("ok")]
-                metrics = {"world": world, "backend": backend, "ranks": ranks}
-                if bad:
-                    raise Fail("; ".join("rank %s: %s" % (r.get("rank", "?"), r.get("error") or "wrong sum %s" % r.get("got"))
-                                         for r in bad), metrics)
-                return "%s all_reduce over %d ranks (%.2f ms)" % (backend, world, 1000 * mine["allreduce_s"]), metrics
-            p.run("nccl.allreduce_world", "all-reduce over --world ranks", world_allreduce)
-    finally:
-        for w in workers:
+    def stop_world(self):
+        for w in self.workers:
             if w.poll() is None:
                 w.kill()
                 w.wait()
-    doc["total_s"] = time.perf_counter() - t_start
-    return doc
+
+
+class _environ:
+    """Set environment variables for a block, then put the old values back."""
+
+    def __init__(self, **values):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _once(make):
+    cache = []
+
+    def get():
+        if not cache:
+            cache.append(make())
+        return cache[0]
+    return get
+
+
+def run_probe(expect, p=None):
+    """Every check, in order; returns the document (``p.doc``)."""
+    start = time.perf_counter()
+    p = p if p is not None else Probe(expect)
+    c = Checks(p)
+    if expect.get("python"):
+        p.run("python.version", "Python matches the lock", c.python_version)
+    if p.run("torch.import", "torch imports", c.import_torch) != "pass":
+        p.doc["driver"] = driver_facts()
+        p.doc["total_s"] = time.perf_counter() - start
+        return p.doc
+    c.gather_facts()
+    if expect.get("torch"):
+        p.run("torch.version", "torch version matches the lock", c.torch_version)
+    p.run("torch.cuda_build", "CUDA build matches the lock", c.cuda_build)
+    p.run("torch.libraries", "cuDNN and NCCL match the lock", c.libraries)
+    p.run("cuda.runtimes", "one CUDA runtime in the process", c.runtimes)
+    p.run("cuda.available", "CUDA available", c.available)
+    p.run("driver.minimum", "driver meets the variant's minimum", c.driver_minimum)
+    c.gather_gpus()
+    p.run("gpu.arch", "GPU architectures covered by the build", c.arch)
+    c.start_world()
+    try:
+        c.run_kernels()
+        p.run("nccl.allreduce", "NCCL all-reduce (1 rank)", c.nccl_single)
+        if c.world > 1:
+            p.run("nccl.allreduce_world", "all-reduce over --world ranks", c.world_allreduce)
+    finally:
+        c.stop_world()
+    p.doc["total_s"] = time.perf_counter() - start
+    return p.doc
 
 
 def _parse_args(argv):
