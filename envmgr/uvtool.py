@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -51,9 +52,34 @@ def uv_version() -> str:
 
 @functools.cache
 def _uv_version(binary: str) -> str:
+    # Remembered per binary (path, size, mtime) in the cache: one process less per lock.
+    from . import settings
+
+    try:
+        st = os.stat(binary)
+        key = f"{os.path.realpath(binary)}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        key = None
+    memo = settings.cache_dir() / "uv-version.json"
+    if key:
+        try:
+            data = json.loads(memo.read_text())
+            if data.get("key") == key and data.get("version"):
+                return data["version"]
+        except (OSError, ValueError, AttributeError):
+            pass
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
     m = re.search(r"uv (\d+\.\d+\.\d+\S*)", out)
-    return m.group(1) if m else out.strip()
+    version = m.group(1) if m else out.strip()
+    if key:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".uv-version.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "version": version}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass
+    return version
 
 
 def clean_env(extra: dict | None = None) -> dict:
