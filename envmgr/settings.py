@@ -15,6 +15,12 @@ ENV_VARS = {
     "ENVMGR_VENV_DIR": "where profile venvs live (default: PROJECT/.envmgr/venvs)",
     "ENVMGR_NO_PROGRESS": "set to 1 to disable progress bars",
     "ENVMGR_DRIVER_VERSION": "pretend the NVIDIA driver is this version (testing, containers)",
+    "ENVMGR_DEFAULT_REGISTRY": "registry for image references without a host (export-image --base/--push)",
+    "ENVMGR_INSECURE_REGISTRIES": "comma-separated registries reached over plain HTTP (localhost/127.* always are)",
+    "ENVMGR_REGISTRY_USERNAME": "registry user name (else ~/.docker/config.json or REGISTRY_AUTH_FILE)",
+    "ENVMGR_REGISTRY_PASSWORD": "registry password or token",
+    "SOURCE_DATE_EPOCH": "timestamp for image layers and config (default 0): same lock, same digest",
+    "DOCKER_HOST": "engine socket for export-image --load and check --image (podman's socket works)",
 }
 
 

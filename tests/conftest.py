@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # ---------------------------------------------------------------------------
 
 #: Variables of these prefixes are removed from every test's environment.
-STRIPPED_ENV_PREFIXES = ("PIP_", "UV_", "ENVMGR_")
+STRIPPED_ENV_PREFIXES = ("PIP_", "UV_", "ENVMGR_", "DOCKER_", "SOURCE_DATE_EPOCH")
 
 
 @pytest.fixture(scope="session")
