@@ -226,9 +226,13 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
         except EnvmgrError as exc:
             errors.append((n, exc))
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(run, names))
+    if len(names) == 1:
+        run(names[0])
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(run, names))
     if errors:
+        errors.sort(key=lambda e: names.index(e[0]))  # the headline: the first profile named, not the first to fail
         name, first = errors[0]
         if len(errors) > 1:
             others = "; ".join(f"{n}: {e.message}" for n, e in errors[1:])
