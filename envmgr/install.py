@@ -18,6 +18,7 @@ stages ``/opt/venv`` in a temp folder): ``relocatable=True`` creates it with
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 import os
 import subprocess
@@ -118,6 +119,11 @@ class Installed:
     version: str
     dist_info: str  # folder name under site-packages
     installer: str  # "uv", "pip", ... ("" when not recorded)
+    extra: tuple[str, ...] = ()  # further dist-info folders of the same name (a torn upgrade)
+
+    @property
+    def dist_infos(self) -> tuple[str, ...]:
+        return (self.dist_info, *self.extra)
 
 
 def installed(site: Path | None) -> dict[str, Installed]:
@@ -146,7 +152,9 @@ def installed(site: Path | None) -> dict[str, Installed]:
             installer = (site / entry / "INSTALLER").read_text().strip()
         except OSError:
             installer = ""
-        out[canonical(name)] = Installed(canonical(name), version, entry, installer)
+        key = canonical(name)
+        seen = out.get(key)
+        out[key] = Installed(key, version, entry, installer, seen.dist_infos if seen else ())
     return out
 
 
@@ -161,23 +169,81 @@ def record_paths(site: Path, dist_info: str) -> list[Path] | None:
 
 
 def broken(site: Path | None, dists: Iterable[Installed]) -> dict[str, str]:
-    """Distributions whose files are not all there, or that another tool installed: name -> why."""
+    """Distributions not installed whole, or installed by another tool: name -> why.
+
+    Whole means one dist-info folder with METADATA and RECORD, and every file RECORD lists.
+    """
     out: dict[str, str] = {}
     if site is None:
         return out
     for d in dists:
+        if d.extra:
+            out[d.name] = f"several versions installed ({', '.join(sorted(d.dist_infos))})"
+            continue
         paths = record_paths(site, d.dist_info)
         if paths is None:
             out[d.name] = "RECORD missing"
-            continue
-        missing = [p for p in paths if not os.path.lexists(p)]
-        if missing:
+        elif not (site / d.dist_info / "METADATA").is_file():
+            out[d.name] = "METADATA missing"
+        elif missing := [p for p in paths if not os.path.lexists(p)]:
             rel = os.path.relpath(missing[0], site)
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             out[d.name] = f"{rel}{more} missing"
         elif d.installer not in ("uv", ""):
             out[d.name] = f"installed by {d.installer}"
     return out
+
+
+def torn(why: str) -> bool:
+    """A :func:`broken` reason that uv cannot repair by itself (it would not see or fully remove the dist)."""
+    return not why.startswith("installed by ")
+
+
+def remove_dist(site: Path, dist_info: str) -> None:
+    """Uninstall one dist-info folder, crash-safe: its files first, RECORD last.
+
+    A kill part-way leaves RECORD in place, so the next sync finds the package damaged and
+    removes the rest. (uv removes in path order, and ``name-1.0.dist-info`` sorts before
+    ``name/``: a killed uv leaves files that no RECORD names.)
+    """
+    root = os.path.normpath(site.parent.parent.parent)  # the venv: never delete outside it
+    info = site / dist_info
+    for p in record_paths(site, dist_info) or ():
+        if os.path.commonpath([root, p]) != root or os.path.commonpath([info, p]) == str(info):
+            continue
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            continue
+        if p.suffix == ".py":
+            for pyc in (p.parent / "__pycache__").glob(f"{p.stem}.*.pyc"):
+                pyc.unlink(missing_ok=True)
+        _prune(p.parent, site)
+    for name in sorted(os.listdir(info)) if info.is_dir() else ():
+        if name != "RECORD":
+            target = info / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+    if info.is_dir():
+        shutil.rmtree(info)
+
+
+def _prune(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to ``stop`` while they are empty (or hold only __pycache__)."""
+    while folder != stop and stop in folder.parents:
+        try:
+            entries = os.listdir(folder)
+        except FileNotFoundError:
+            folder = folder.parent
+            continue
+        if entries == ["__pycache__"] and not os.listdir(folder / "__pycache__"):
+            os.rmdir(folder / "__pycache__")
+            entries = []
+        if entries:
+            return
+        os.rmdir(folder)
+        folder = folder.parent
 
 
 # -- plan ------------------------------------------------------------------------------------
@@ -251,7 +317,7 @@ def plan(lock: Lock, installed: dict[str, str], *, env: dict | None = None,
 # -- acting ----------------------------------------------------------------------------------
 
 def create_venv(venv: Path, python: str | Path, *, relocatable: bool = False, prompt: str | None = None,
-                allow_existing: bool = False) -> None:
+                allow_existing: bool = False, keep_fds: tuple[int, ...] = ()) -> None:
     """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock).
 
     ``allow_existing``: ``venv`` may be a folder already (one the caller emptied or marked).
@@ -264,7 +330,8 @@ def create_venv(venv: Path, python: str | Path, *, relocatable: bool = False, pr
     if prompt:
         cmd += ["--prompt", prompt]
     cmd.append(str(venv))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}),
+                          pass_fds=keep_fds)
     if proc.returncode != 0:
         raise EnvmgrError(f"cannot create a venv at {venv} with {python}", detail=proc.stderr.strip())
 
@@ -288,14 +355,16 @@ class InstallResult:
 
 def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: dict[str, Path],
             reporter=None, reinstall: Iterable[str] = (), relocatable: bool = False,
-            link_mode: str | None = None, prompt: str | None = None, verbose: bool = False) -> InstallResult:
+            link_mode: str | None = None, prompt: str | None = None, verbose: bool = False,
+            keep_fds: tuple[int, ...] = ()) -> InstallResult:
     """Make ``venv`` hold exactly the lock's packages, from the verified ``files`` (sha256 -> path).
 
     ``python``: the interpreter for a venv that does not exist yet (it must then match the
     lock's python); an existing venv is used as it is. ``files`` must hold every file the
     plan installs (what :func:`envmgr.fetch.fetch` returned). ``reinstall``: names installed
-    but damaged. Raises before touching the venv when a file is missing; after uv ran, checks
-    the venv really is the lock.
+    but damaged. ``keep_fds``: descriptors uv inherits (sync passes its file lock, so a uv
+    that outlives a killed envmgr finishes before the next sync starts). Raises before
+    touching the venv when a file is missing; after uv ran, checks the venv really is the lock.
     """
     started = time.monotonic()
     venv = Path(venv)
@@ -309,7 +378,8 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                         hint="recreate the venv with a matching interpreter")
     site = site_packages(venv)
     now = installed(site)
-    redo = set(canonical(n) for n in reinstall) | set(broken(site, now.values()))
+    damaged = broken(site, now.values())
+    redo = set(canonical(n) for n in reinstall) | set(damaged)
     p = plan(lock, {n: d.version for n, d in now.items()}, env=info.markers, reinstall=redo)
     missing = [f"{q.key} ({q.install_file.filename})" for q in p.install if q.install_file.sha256 not in files]
     if missing:
@@ -319,7 +389,11 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
         if reporter is not None:
             reporter.start(len(p.install), f"installing {len(p.install)} package(s)")
         try:
-            output = _uv_sync(venv, wanted(lock, info.markers), p, files, redo, link_mode, verbose)
+            for name, why in sorted(damaged.items()):
+                if torn(why):  # remove what uv would not see or would half-remove; it reinstalls if wanted
+                    for dist_info in now[name].dist_infos:
+                        remove_dist(site, dist_info)
+            output = _uv_sync(venv, wanted(lock, info.markers), p, files, redo, link_mode, verbose, keep_fds)
         finally:
             if reporter is not None:
                 reporter.advance(len(p.install))
@@ -329,27 +403,29 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
 
 
 def _uv_sync(venv: Path, want, p: Plan, files: dict[str, Path], redo: set[str], link_mode: str | None,
-             verbose: bool) -> str:
+             verbose: bool, keep_fds: tuple[int, ...]) -> str:
     dirs = sorted({str(files[q.install_file.sha256].parent) for q in p.install})
-    cmd = [uv_bin(), "pip", "sync", "--no-config", "--python", str(venv_python(venv)), "--require-hashes",
-           "--no-index", "--offline"]
+    cmd = ["pip", "sync", "--python", str(venv_python(venv)), "--require-hashes", "--no-index", "--offline"]
     for d in dirs:
         cmd += ["--find-links", d]
     for name in sorted(redo & {q.key for q in p.install}):
         cmd += ["--reinstall-package", name]
     if link_mode:
         cmd += ["--link-mode", link_mode]
-    if not verbose:
-        cmd.append("--no-progress")
     with tempfile.TemporaryDirectory(prefix="envmgr-install-") as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(requirements(want))
-        cmd.append(str(req))
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
-                              text=True, env=clean_env())
+        return _uv([*cmd, str(req)], venv, verbose, keep_fds)
+
+
+def _uv(args: list[str], venv: Path, verbose: bool, keep_fds: tuple[int, ...] = ()) -> str:
+    """Run ``uv ARGS`` on the venv; uv's messages returned (or shown, ``verbose``); a failure raises."""
+    cmd = [uv_bin(), args[0], args[1], "--no-config", *([] if verbose else ["--no-progress"]), *args[2:]]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
+                          text=True, env=clean_env(), pass_fds=keep_fds)
     if proc.returncode != 0:
         out = (proc.stdout or "").strip()
-        raise EnvmgrError(f"uv pip sync into {venv} failed (exit {proc.returncode})", detail=out or None,
+        raise EnvmgrError(f"uv {args[0]} {args[1]} on {venv} failed (exit {proc.returncode})", detail=out or None,
                           hint="the files were verified; see uv's message below")
     return proc.stdout or ""
 

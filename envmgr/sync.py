@@ -336,7 +336,7 @@ def _venv_lock(venv: Path, log: Log):
             log(f"waiting for another envmgr sync of {venv}")
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            yield fh.fileno()
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -377,27 +377,35 @@ def _check_inputs(venv: Path, find_links: Iterable[Path], locked: bool, frozen: 
         raise UserError(f"{venv} exists and is not a venv; refusing to touch it", hint="pass --venv with another path")
 
 
+def _stale_reasons(project: Path, name: str, *, locked: bool, offline: bool) -> str | None:
+    """Why the lock is stale (None when fresh); raise when --locked or --offline forbid re-locking."""
+    from . import locker
+
+    result = locker.check(project, [name])[0]
+    if result.fresh:
+        return None
+    why = "; ".join(result.reasons)
+    if locked:
+        raise StaleError(f"{name}: {result.path} is stale ({why}) and --locked forbids re-locking",
+                         hint=f"run `envmgr lock {name}` and commit the lock")
+    if offline:
+        raise UserError(f"{name}: {result.path} is stale ({why}) and --offline cannot re-lock",
+                        hint="re-lock online, or pass --frozen to use the lock as it is")
+    return why
+
+
 def _ensure_fresh(project: Path, name: str, *, locked: bool, offline: bool, log: Log) -> tuple[bool, dict]:
     """Re-lock when stale (or fail with --locked). Returns (relocked, fresh key for the stamp)."""
     from . import locker, lockfile, profiles
 
-    result = locker.check(project, [name])[0]
-    relocked = False
-    if not result.fresh:
-        why = "; ".join(result.reasons)
-        if locked:
-            raise StaleError(f"{name}: {result.path} is stale ({why}) and --locked forbids re-locking",
-                             hint=f"run `envmgr lock {name}` and commit the lock")
-        if offline:
-            raise UserError(f"{name}: {result.path} is stale ({why}) and --offline cannot re-lock",
-                            hint="re-lock online, or pass --frozen to use the lock as it is")
+    why = _stale_reasons(project, name, locked=locked, offline=offline)
+    if why is not None:
         log(f"{name}: lock is stale ({why}); re-locking")
         locker.lock_profiles(project, [name], log=log)
-        relocked = True
     profile = profiles.load(project, name)
-    lock = lockfile.read(result.path)
+    lock = lockfile.read(_lock_path(project, name))
     fresh = {"files": {str(p): _file_sha(p) for p in profile.files}, "resolver": _resolver_key(lock.meta.resolver)}
-    return relocked, fresh
+    return why is not None, fresh
 
 
 def _auth(project: Path, name: str):
@@ -429,77 +437,119 @@ def sync(project: Path, name: str = "default", *, venv: Path | str | None = None
                       started=started)
 
 
+@dataclass
+class _State:
+    """What the venv holds now and what it takes to make it the lock (read-only inspection)."""
+
+    recreate: bool
+    target: object  # install.PythonInfo the venv will run
+    base: str | None  # interpreter to create the venv with, when recreating
+    damaged: dict
+    plan: object  # install.Plan
+
+
+def _inspect(lock, venv: Path, requested, base: str | None) -> _State:
+    from . import install
+
+    want = lock.meta.python
+    current = None
+    if _venv_state(venv) in ("venv", "ours"):
+        try:
+            current = install.query_python(install.venv_python(venv))
+        except UserError:
+            current = None  # a half-made venv: recreate it
+    recreate = current is None or current.minor != want or (
+        requested is not None and os.path.realpath(requested.executable) != os.path.realpath(current.executable))
+    if recreate:
+        base = requested.executable if requested else (base or find_python(want))
+        target = requested or install.query_python(base)
+    else:
+        base, target = None, current
+    site = None if recreate else install.site_packages(venv)
+    now = install.installed(site)
+    damaged = install.broken(site, now.values())
+    plan = install.plan(lock, {n: d.version for n, d in now.items()}, env=target.markers, reinstall=damaged)
+    return _State(recreate, target, base, damaged, plan)
+
+
+def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], skip_driver_check: bool) -> list[str]:
+    """Checks that stop a sync before it changes anything: driver, offline availability. Returns warnings."""
+    from . import fetch
+
+    warnings = []
+    if state.plan.install and not skip_driver_check:
+        warning = check_driver(lock.meta.variant, lock.meta.cuda, lock.meta.min_driver, driver_version())
+        if warning:
+            warnings.append(warning)
+    if offline:
+        missing = [p for p in state.plan.install if not fetch.cached_path(p.install_file).exists()
+                   and not any((d / p.install_file.filename).is_file() for d in find_links)]
+        if missing:
+            fetch.fetch([(p.key, p.install_file) for p in missing], offline=True)  # raises, listing them all
+    return warnings
+
+
 def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, offline, find_links,
                skip_driver_check, reporter, log: Log, started: float) -> SyncResult:
     from . import fetch, install, lockfile, profiles
 
-    # Every input is checked before anything on disk changes.
+    # Read-only first: every input, the interpreter, the driver and (offline) the files are
+    # checked before anything on disk changes.
     _check_inputs(venv, find_links, locked, frozen)
     requested = install.query_python(python) if python else None
+    lock_file = _lock_path(project, name)
+    stale = None
     if frozen:
-        lockfile.read(_lock_path(project, name))  # a missing or bad lock is a one-line error now
+        lock = lockfile.read(lock_file)
+        want = lock.meta.python
     else:
-        profiles.load(project, name)
+        want = profiles.load(project, name).python
+        stale = _stale_reasons(project, name, locked=locked, offline=offline)
+        lock = None if stale else lockfile.read(lock_file)
+    if requested is not None and requested.minor != want:
+        raise UserError(f"--python {python} is Python {requested.version}; the lock needs Python {want}")
+    base = None
+    if lock is not None:
+        pre = _inspect(lock, venv, requested, None)
+        _preflight(lock, pre, offline=offline, find_links=find_links, skip_driver_check=skip_driver_check)
+        base = pre.base
+    elif requested is None:
+        base = find_python(want)
 
-    with _venv_lock(venv, log):
+    with _venv_lock(venv, log) as lock_fd:
         stamp = up_to_date(project, name, venv=venv, python=python, frozen=frozen)
         if stamp is not None:  # another sync did it while we waited
             return _noop_result(stamp, project, name, venv, started)
         relocked, fresh = (False, None) if frozen else _ensure_fresh(project, name, locked=locked, offline=offline, log=log)
-        lock_file = _lock_path(project, name)
         lock_bytes = lock_file.read_bytes()
         lock = lockfile.loads(lock_bytes.decode("utf-8"), lock_file)
-        want = lock.meta.python
-        if requested is not None and requested.minor != want:
-            raise UserError(f"--python {python} is Python {requested.version}; the lock needs Python {want}")
-
-        # Which interpreter, and does the venv have to be (re)created?
-        state = _venv_state(venv)
-        current = None
-        if state == "venv" or state == "ours":
-            try:
-                current = install.query_python(install.venv_python(venv))
-            except UserError:
-                current = None  # a half-made venv: recreate it
-        recreate = current is None or current.minor != want or (
-            requested is not None and os.path.realpath(requested.executable) != os.path.realpath(current.executable))
-        if recreate:
-            base = requested.executable if requested else find_python(want)
-            target = requested or install.query_python(base)
-        else:
-            base, target = None, current
-        site = None if recreate else install.site_packages(venv)
-        now = install.installed(site)
-        damaged = install.broken(site, now.values())
-        plan = install.plan(lock, {n: d.version for n, d in now.items()}, env=target.markers, reinstall=damaged)
-
-        warnings: list[str] = []
-        if plan.install and not skip_driver_check:
-            warning = check_driver(lock.meta.variant, lock.meta.cuda, lock.meta.min_driver, driver_version())
-            if warning:
-                warnings.append(warning)
-                log(f"warning: {warning}")
+        state = _inspect(lock, venv, requested, base)  # again: the venv may have changed while we waited
+        warnings = _preflight(lock, state, offline=offline, find_links=find_links, skip_driver_check=skip_driver_check)
+        for w in warnings:
+            log(f"warning: {w}")
+        plan = state.plan
 
         # Fetch and verify every file first: a bad hash or a dead network fails here, venv untouched.
         items = [(p.key, p.install_file) for p in plan.install]
-        cache_missing = [f for _, f in items if not fetch.cached_path(f).exists()
-                         and not any((d / f.filename).is_file() for d in find_links)]
-        files = fetch.fetch(items, auth=_auth(project, name) if cache_missing and not offline else None,
+        downloads = [f for _, f in items if not fetch.cached_path(f).exists()
+                     and not any((d / f.filename).is_file() for d in find_links)]
+        files = fetch.fetch(items, auth=_auth(project, name) if downloads and not offline else None,
                             offline=offline, find_links=find_links, reporter=reporter) if items else {}
 
-        if plan.empty and not recreate and not damaged:
+        if plan.empty and not state.recreate:
             log(f"{name}: {venv} already matches the lock")
         else:
             _drop_stamp(venv)
-            if recreate:
-                log(f"{name}: creating {venv} with Python {target.version}")
+            if state.recreate:
+                log(f"{name}: creating {venv} with Python {state.target.version}")
                 _clear(venv)
-                install.create_venv(venv, base, prompt=name, allow_existing=True)
+                install.create_venv(venv, state.base, prompt=name, allow_existing=True, keep_fds=(lock_fd,))
             for line in plan.lines():
                 log(f"  {line}")
-        result = install.install(lock, venv, files=files, reinstall=damaged)
+        # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on
+        result = install.install(lock, venv, files=files, reinstall=state.damaged, keep_fds=(lock_fd,))
         site = install.site_packages(venv)
-        dists = [d for n, d in install.installed(site).items()]
+        dists = list(install.installed(site).values())
         _write_stamp(venv, {
             "format": STAMP_FORMAT,
             "profile": name,
@@ -520,11 +570,13 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
         except FileNotFoundError:
             pass
     return SyncResult(
-        profile=name, venv=venv, lock=lock_file, noop=plan.empty and not recreate, seconds=time.monotonic() - started,
+        profile=name, venv=venv, lock=lock_file, noop=plan.empty and not state.recreate,
+        seconds=time.monotonic() - started,
         installed=[f"{p.key}=={p.version}" for p in plan.install],
         removed=plan.to_json()["removed"], unchanged=len(plan.unchanged),
-        bytes_downloaded=sum(f.size for f in cache_missing) if not offline else 0,
-        relocked=relocked, created=recreate, python=result.python.version, warnings=warnings, lines=plan.lines(),
+        bytes_downloaded=0 if offline else sum(f.size for f in downloads),
+        relocked=relocked, created=state.recreate, python=result.python.version, warnings=warnings,
+        lines=plan.lines(),
     )
 
 
