@@ -22,6 +22,7 @@ import shutil
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,32 +34,32 @@ from .lockfile import Lock, LockedPackage
 from .uvtool import clean_env, uv_bin
 from .variants import canonical
 
-# Run by a target interpreter: its version and PEP 508 marker environment, as JSON.
-_QUERY = r"""
-import json, os, platform, sys
-impl = sys.implementation
-iv = "{0.major}.{0.minor}.{0.micro}".format(impl.version)
-if impl.version.releaselevel != "final":
-    iv += impl.version.releaselevel[0] + str(impl.version.serial)
-print(json.dumps({
-    "executable": sys.executable,
-    "prefix": sys.prefix,
-    "base_prefix": sys.base_prefix,
-    "version": platform.python_version(),
-    "markers": {
-        "implementation_name": impl.name,
-        "implementation_version": iv,
-        "os_name": os.name,
-        "platform_machine": platform.machine(),
-        "platform_release": platform.release(),
-        "platform_system": platform.system(),
-        "platform_version": platform.version(),
-        "python_full_version": platform.python_version(),
-        "platform_python_implementation": platform.python_implementation(),
-        "python_version": ".".join(platform.python_version_tuple()[:2]),
-        "sys_platform": sys.platform,
-    },
-}))
+# Run by a target interpreter (or, for the interpreter envmgr runs on, in-process): its version
+# and PEP 508 marker environment.
+_DESCRIBE = r"""
+import os, platform, sys
+def describe():
+    impl = sys.implementation
+    iv = "{0.major}.{0.minor}.{0.micro}".format(impl.version)
+    if impl.version.releaselevel != "final":
+        iv += impl.version.releaselevel[0] + str(impl.version.serial)
+    return {
+        "executable": sys.executable,
+        "version": platform.python_version(),
+        "markers": {
+            "implementation_name": impl.name,
+            "implementation_version": iv,
+            "os_name": os.name,
+            "platform_machine": platform.machine(),
+            "platform_release": platform.release(),
+            "platform_system": platform.system(),
+            "platform_version": platform.version(),
+            "python_full_version": platform.python_version(),
+            "platform_python_implementation": platform.python_implementation(),
+            "python_version": ".".join(platform.python_version_tuple()[:2]),
+            "sys_platform": sys.platform,
+        },
+    }
 """
 
 
@@ -67,8 +68,6 @@ class PythonInfo:
     executable: str
     version: str  # 3.11.7
     markers: dict = field(default_factory=dict, compare=False)
-    prefix: str = ""
-    base_prefix: str = ""
 
     @property
     def minor(self) -> str:
@@ -76,17 +75,44 @@ class PythonInfo:
         return ".".join(self.version.split(".")[:2])
 
 
+_queried: dict[tuple, PythonInfo] = {}
+
+
 def query_python(path: str | Path) -> PythonInfo:
-    """Run ``path`` to learn its version and marker environment; a one-line error if it is not python."""
+    """Version and marker environment of the interpreter at ``path``; a one-line error if it is not python.
+
+    Asked once per binary: answered in-process for the interpreter envmgr runs on (a venv's
+    python is its base binary), else by running it.
+    """
+    real = os.path.realpath(path)
     try:
-        proc = subprocess.run([str(path), "-I", "-c", _QUERY], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError(f"{path}: cannot run it as python: {exc.strerror if isinstance(exc, OSError) else 'timed out'}")
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"{path}: not a working python ({last})")
-    data = json.loads(proc.stdout)
-    return PythonInfo(data["executable"], data["version"], data["markers"], data["prefix"], data["base_prefix"])
+        st = os.stat(real)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot run it as python: {exc.strerror}")
+    key = (real, st.st_ino, st.st_mtime_ns)
+    if key in _queried:
+        return _queried[key]
+    if real == os.path.realpath(sys.executable):
+        scope: dict = {}
+        exec(_DESCRIBE, scope)
+        data = scope["describe"]()
+        data["executable"] = real
+    else:
+        script = _DESCRIBE + "\nimport json\nprint(json.dumps(describe()))\n"
+        try:
+            proc = subprocess.run([str(path), "-I", "-c", script], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UserError(f"{path}: cannot run it as python: {exc.strerror if isinstance(exc, OSError) else 'timed out'}")
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"{path}: not a working python ({last})")
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            raise UserError(f"{path}: not a working python (it printed no description)")
+    info = PythonInfo(data["executable"], data["version"], data["markers"])
+    _queried[key] = info
+    return info
 
 
 # -- what is installed ---------------------------------------------------------------------
@@ -158,20 +184,33 @@ def installed(site: Path | None) -> dict[str, Installed]:
     return out
 
 
-def record_paths(site: Path, dist_info: str) -> list[Path] | None:
-    """Files a distribution's RECORD lists (absolute), or None when RECORD is missing."""
+def record_paths(site: Path, dist_info: str) -> list[str] | None:
+    """Files a distribution's RECORD lists (absolute, normalised), or None when RECORD is missing."""
     try:
-        with open(site / dist_info / "RECORD", newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error):
+        with open(os.path.join(site, dist_info, "RECORD"), encoding="utf-8", newline="") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
         return None
-    return [Path(os.path.normpath(site / row[0])) for row in rows if row and row[0]]
+    base = os.fspath(site)
+    out = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        rel = next(csv.reader([line]))[0] if line[0] == '"' else line.split(",", 1)[0]
+        if not rel:
+            continue
+        if rel.startswith(("../", "./")) or "/." in rel or "//" in rel:
+            out.append(os.path.normpath(os.path.join(base, rel)))
+        else:
+            out.append(f"{base}/{rel}")
+    return out
 
 
-def broken(site: Path | None, dists: Iterable[Installed]) -> dict[str, str]:
+def broken(site: Path | None, dists: Iterable[Installed], *, files: bool = True) -> dict[str, str]:
     """Distributions not installed whole, or installed by another tool: name -> why.
 
-    Whole means one dist-info folder with METADATA and RECORD, and every file RECORD lists.
+    Whole means one dist-info folder with METADATA and RECORD, and (``files``) every file
+    RECORD lists.
     """
     out: dict[str, str] = {}
     if site is None:
@@ -180,10 +219,10 @@ def broken(site: Path | None, dists: Iterable[Installed]) -> dict[str, str]:
         if d.extra:
             out[d.name] = f"several versions installed ({', '.join(sorted(d.dist_infos))})"
             continue
-        paths = record_paths(site, d.dist_info)
-        if paths is None:
+        paths = record_paths(site, d.dist_info) if files else []
+        if paths is None or not (files or os.path.isfile(os.path.join(site, d.dist_info, "RECORD"))):
             out[d.name] = "RECORD missing"
-        elif not (site / d.dist_info / "METADATA").is_file():
+        elif not os.path.isfile(os.path.join(site, d.dist_info, "METADATA")):
             out[d.name] = "METADATA missing"
         elif missing := [p for p in paths if not os.path.lexists(p)]:
             rel = os.path.relpath(missing[0], site)
@@ -208,7 +247,8 @@ def remove_dist(site: Path, dist_info: str) -> None:
     """
     root = os.path.normpath(site.parent.parent.parent)  # the venv: never delete outside it
     info = site / dist_info
-    for p in record_paths(site, dist_info) or ():
+    for name in record_paths(site, dist_info) or ():
+        p = Path(name)
         if os.path.commonpath([root, p]) != root or os.path.commonpath([info, p]) == str(info):
             continue
         try:
@@ -431,15 +471,21 @@ def _uv(args: list[str], venv: Path, verbose: bool, keep_fds: tuple[int, ...] = 
 
 
 def verify(lock: Lock, venv: Path, info: PythonInfo | None = None) -> None:
-    """Raise unless ``venv`` holds exactly the lock's packages, every file present."""
-    problems = drift(lock, venv, info)
+    """Raise unless ``venv`` holds exactly the lock's packages, each with one whole dist-info.
+
+    Right after uv installed them every file is there; :func:`drift` checks each one.
+    """
+    problems = drift(lock, venv, info, files=False)
     if problems:
         raise EnvmgrError(f"{venv} does not match the lock after installing: {'; '.join(problems[:5])}",
                           hint="run the sync again; report a bug if it persists")
 
 
-def drift(lock: Lock, venv: Path, info: PythonInfo | None = None) -> list[str]:
-    """How ``venv`` differs from the lock, one human line each; empty when it is exact."""
+def drift(lock: Lock, venv: Path, info: PythonInfo | None = None, *, files: bool = True) -> list[str]:
+    """How ``venv`` differs from the lock, one human line each; empty when it is exact.
+
+    ``files``: also check that every file each RECORD lists is there.
+    """
     if not is_venv(venv):
         return [f"{venv} is not a venv"]
     if info is None:
@@ -457,6 +503,6 @@ def drift(lock: Lock, venv: Path, info: PythonInfo | None = None) -> list[str]:
         old = p.previous.get(q.key)
         out.append(f"{q.key}: {old} installed, lock has {q.version}" if old else f"{q.key} {q.version} missing")
     out += [f"{n} {p.previous[n]} is not in the lock" for n in p.remove]
-    damaged = broken(site, [now[q.key] for q in p.unchanged])
+    damaged = broken(site, [now[q.key] for q in p.unchanged], files=files)
     out += [f"{n}: {why}" for n, why in sorted(damaged.items())]
     return out

@@ -159,10 +159,8 @@ def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
 
     folders = {str(site), str(venv / "bin")}
     for d in dists:
-        for p in record_paths(site, d.dist_info) or ():
-            parent = os.path.dirname(p)
-            if "__pycache__" not in parent.split(os.sep):
-                folders.add(parent)
+        folders.update(p.rpartition("/")[0] for p in record_paths(site, d.dist_info) or ())
+    folders = {f for f in folders if "/__pycache__" not in f}
     out = {}
     for folder in sorted(folders):
         state = _dir_state(folder)
@@ -252,6 +250,60 @@ def _noop_result(stamp: dict, project: Path, name: str, venv: Path, started: flo
                       seconds=time.monotonic() - started)
 
 
+def fast_main(argv: list[str]) -> int | None:
+    """``envmgr sync``/``envmgr run`` when the venv is already the lock, without the CLI framework.
+
+    For a caller that wants the no-op path to skip importing typer and rich (they cost more
+    than the check itself): returns the exit code when it handled the command, None when the
+    full CLI must (any other command or flag, or work to do). ``run`` replaces the process.
+    """
+    if not argv or argv[0] not in ("sync", "run"):
+        return None
+    command, rest, cmd = argv[0], list(argv[1:]), []
+    if "--" in rest:
+        cmd = rest[rest.index("--") + 1:]
+        rest = rest[:rest.index("--")]
+    names: list[str] = []
+    opts = {"--venv": None, "--python": None}
+    flags = set()
+    while rest:
+        arg = rest.pop(0)
+        key, eq, value = arg.partition("=")
+        if key in opts and (eq or rest):
+            opts[key] = value if eq else rest.pop(0)
+        elif arg in ("--frozen", "--locked", "-q", "--quiet", "--json") and not (command == "run" and arg == "--json"):
+            flags.add({"--quiet": "-q"}.get(arg, arg))
+        elif not arg.startswith("-") and not names:
+            names.append(arg)
+        else:
+            return None
+    if ("--frozen" in flags and "--locked" in flags) or (command == "run" and (not names or not cmd)):
+        return None
+    if command == "sync" and cmd:
+        return None
+    project = settings.find_project()
+    name = names[0] if names else "default"
+    started = time.monotonic()
+    stamp = up_to_date(project, name, venv=opts["--venv"], python=opts["--python"], frozen="--frozen" in flags)
+    if stamp is None:
+        return None
+    venv = venv_path(project, name, opts["--venv"])
+    if command == "run":
+        import shutil
+
+        env = activated_env(venv)
+        exe = shutil.which(cmd[0], path=env["PATH"])
+        if exe is None:
+            return None  # the full CLI says so, in its words
+        os.execve(exe, cmd, env)
+    result = _noop_result(stamp, project, name, venv, started)
+    if "--json" in flags:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    elif "-q" not in flags:
+        print(result.describe())
+    return 0
+
+
 # -- driver ----------------------------------------------------------------------------------
 
 _PROC_DRIVER = Path("/proc/driver/nvidia/version")
@@ -300,10 +352,15 @@ def check_driver(variant: str, cuda: str, min_driver: str, driver: str | None) -
 # -- python ----------------------------------------------------------------------------------
 
 def find_python(version: str) -> str:
-    """An interpreter for ``version`` (``3.11``) via ``uv python find``; a one-line error naming what exists."""
+    """An interpreter for ``version`` (``3.11``): the one envmgr runs on when it is that version, else
+    ``uv python find``'s; a one-line error naming the interpreters found when none is."""
     import subprocess
+    import sys
 
     from .uvtool import clean_env, uv_bin
+
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
     env = clean_env({"UV_PYTHON_DOWNLOADS": "never"})
     proc = subprocess.run([uv_bin(), "python", "find", "--system", "--no-config", "--no-project", version],
@@ -554,7 +611,7 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
             "format": STAMP_FORMAT,
             "profile": name,
             "lock": {"path": str(lock_file), "sha256": _sha256(lock_bytes)},
-            "lock_digest": lock.digest(),
+            "lock_digest": "sha256:" + _sha256(lock_bytes),  # = Lock.digest() of a lock envmgr wrote
             "fresh": fresh,
             "python": {
                 "version": result.python.version,

@@ -1,0 +1,149 @@
+"""Benchmark: ``envmgr sync`` against ``uv pip sync --require-hashes`` of the same lock.
+
+Input: a lock (default ``locks/pylock.default.toml``, the shipped default profile: torch from
+PyPI with its CUDA wheels, about 2.8 GB) and network access to the URLs it records.
+Output: one table of wall-clock seconds and the ratio envmgr / uv for three cases, measured
+in the same run on the same machine:
+
+* cold cache: empty caches (envmgr's file cache and uv's cache) and no venv; both download
+  every file and build the venv from nothing;
+* warm cache: caches kept from the cold run, no venv: what a second checkout costs;
+* no-op: the venv is already the lock: what ``envmgr run`` and CI pay on every call.
+
+uv's side is ``uv venv`` + ``uv pip sync --require-hashes LOCK`` (uv reads PEP 751 locks and
+installs the files they name, as envmgr does); envmgr's side is ``envmgr sync NAME --venv V``
+in a scratch copy of the project (re-locking is not timed: the lock must be fresh, or
+``--frozen`` is used and said so). Each warm and no-op figure is the median of ``--repeat``
+runs; cold runs once. The hard part is fairness: both get the same interpreter, fresh caches
+of their own, the same filesystem, and envmgr is started as a user starts it (a new python).
+
+    python bench/sync.py [--lock locks/pylock.NAME.toml] [--repeat 5] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from envmgr import lockfile  # noqa: E402
+from envmgr.uvtool import uv_bin  # noqa: E402
+
+NOOP_TARGET = 0.25  # seconds
+WARM_TARGET = 1.2  # envmgr / uv
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "ENVMGR_", "PIP_", "VIRTUAL_ENV"))}
+    env.update(NO_COLOR="1", ENVMGR_NO_PROGRESS="1", UV_NO_PROGRESS="1", PYTHONPATH=str(REPO))
+    env.update(extra)
+    return env
+
+
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    return took
+
+
+class Envmgr:
+    def __init__(self, work: Path, lock: Path, name: str, frozen: bool):
+        self.project, self.venv, self.name = work / "project", work / "venv-envmgr", name
+        self.env = clean_env(ENVMGR_PROJECT=str(self.project), ENVMGR_CACHE_DIR=str(work / "cache-envmgr"),
+                             UV_CACHE_DIR=str(work / "cache-uv-for-envmgr"))
+        self.cmd = [sys.executable, "-m", "envmgr.cli", "sync", name, "--venv", str(self.venv), "-q",
+                    *(["--frozen"] if frozen else [])]
+
+    def sync(self) -> float:
+        return timed(self.cmd, self.env, self.project)
+
+
+class Uv:
+    def __init__(self, work: Path, lock: Path, python: str):
+        self.venv, self.lock, self.python, self.work = work / "venv-uv", lock, python, work
+        self.env = clean_env(UV_CACHE_DIR=str(work / "cache-uv"))
+
+    def create_and_sync(self) -> float:
+        return timed([uv_bin(), "venv", "-q", "--no-config", "--python", self.python, str(self.venv)],
+                     self.env, self.work) + self.sync()
+
+    def sync(self) -> float:
+        return timed([uv_bin(), "pip", "sync", "-q", "--no-config", "--python", str(self.venv / "bin" / "python"),
+                      "--require-hashes", str(self.lock)], self.env, self.work)
+
+
+def median(fn, repeat: int, before=None) -> float:
+    times = []
+    for _ in range(repeat):
+        if before:
+            before()
+        times.append(fn())
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lock", type=Path, default=REPO / "locks" / "pylock.default.toml")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--keep", type=Path, help="work in DIR and keep it (default: a temp folder, removed)")
+    args = ap.parse_args()
+
+    lock = lockfile.read(args.lock)
+    name = lockfile.lock_profile_name(args.lock)
+    work = Path(args.keep or tempfile.mkdtemp(prefix="envmgr-bench-sync-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        project = work / "project"
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.copytree(REPO / "profiles", project / "profiles")
+        (project / "locks").mkdir()
+        shutil.copy(args.lock, project / "locks" / args.lock.name)
+        check = subprocess.run([sys.executable, "-m", "envmgr.cli", "lock", "--check", name], cwd=project,
+                               env=clean_env(ENVMGR_PROJECT=str(project)), capture_output=True, text=True)
+        frozen = check.returncode != 0
+        python = subprocess.run([uv_bin(), "python", "find", "--system", "--no-config", lock.meta.python],
+                                capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
+        for d in ("cache-envmgr", "cache-uv-for-envmgr", "cache-uv", "venv-envmgr", "venv-uv"):
+            shutil.rmtree(work / d, ignore_errors=True)
+        envmgr, uv = Envmgr(work, args.lock, name, frozen), Uv(work, args.lock, python)
+
+        def fresh_venvs() -> None:
+            shutil.rmtree(envmgr.venv, ignore_errors=True)
+            shutil.rmtree(uv.venv, ignore_errors=True)
+
+        print(f"lock: {args.lock} ({len(lock.packages)} packages, {lock.download_size / 1e9:.2f} GB), "
+              f"python {python}, uv {subprocess.run([uv_bin(), '--version'], capture_output=True, text=True).stdout.split()[1]}"
+              f"{', envmgr sync --frozen (the lock is not fresh here)' if frozen else ''}", flush=True)
+        rows = []
+        rows.append(("cold cache", envmgr.sync(), uv.create_and_sync()))
+        rows.append(("warm cache",
+                     median(envmgr.sync, args.repeat, before=fresh_venvs),
+                     median(uv.create_and_sync, args.repeat, before=fresh_venvs)))
+        rows.append(("no-op", median(envmgr.sync, args.repeat * 2), median(uv.sync, args.repeat * 2)))
+
+        print(f"{'':12} {'envmgr sync':>12} {'uv pip sync':>12} {'ratio':>7}")
+        for label, e, u in rows:
+            print(f"{label:12} {e:11.2f}s {u:11.2f}s {e / u:6.2f}x")
+        warm, noop = rows[1], rows[2]
+        print(f"warm-cache ratio {warm[1] / warm[2]:.2f}x (target <= {WARM_TARGET}x): "
+              f"{'ok' if warm[1] / warm[2] <= WARM_TARGET else 'MISSED'}; "
+              f"no-op envmgr sync {noop[1]:.3f}s (target < {NOOP_TARGET}s): {'ok' if noop[1] < NOOP_TARGET else 'MISSED'}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
