@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""bench/lock: ``envmgr lock`` against ``uv pip compile`` (and pip-compile) on the same inputs.
+
+    python bench/lock.py [--profile default] [--reps 5] [--pip-timeout 60] [--no-pip-compile]
+                         [--no-pip-tools] [--no-floor] [--compare-src DIR] [--keep]
+
+Locks the profile (the shipped ``default`` resolves from PyPI alone) in a scratch copy of
+the project, so the repository's own lock is never touched, and times, in one run:
+
+* ``envmgr lock NAME`` (uv backend, the default);
+* ``uv pip compile requirements.in --format pylock.toml`` with the profile's requirements,
+  python and platform: what a user would run instead;
+* a bare ``python -c`` that only runs that same uv command (the floor: what any Python
+  front end pays to start; on a busy machine this alone can exceed 1.15x);
+* with ``--compare-src DIR``, the envmgr of another checkout (before/after in one run);
+* ``envmgr lock NAME --resolver pip-tools`` and plain ``pip-compile`` (pip-compile downloads
+  every resolved wheel, gigabytes for a CUDA torch, so it gets ``--pip-timeout`` seconds
+  and is reported as not finishing when it does not).
+
+Cold: every run gets fresh, empty caches (UV_CACHE_DIR, ENVMGR_CACHE_DIR, PIP_CACHE_DIR).
+Warm: the caches are primed once, then kept. Runs of the tools alternate (interleaved, the
+order flipping every rep) and the median of the reps is reported, with the ratios. Outputs
+are removed before every run, so each run resolves from scratch. Needs network access to
+the real index. Prints a sanity line: envmgr's pins equal uv's, and a second ``envmgr
+lock`` leaves the lock byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from envmgr import profiles  # noqa: E402
+from envmgr.uvtool import uv_bin, uv_version  # noqa: E402
+
+TARGET = 1.15  # the issue's bound on envmgr lock / uv pip compile
+
+
+def base_env() -> dict[str, str]:
+    """The caller's environment without pip/uv/envmgr settings (same for every tool)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVMGR_"))}
+    env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+                "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "ENVMGR_NO_PROGRESS": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    return env
+
+
+class Tool:
+    def __init__(self, label: str, cmd: list[str], cwd: Path, outputs: list[Path], timeout: float,
+                 env: dict[str, str] | None = None):
+        self.label, self.cmd, self.cwd, self.outputs, self.timeout = label, cmd, cwd, outputs, timeout
+        self.env = env or {}
+        self.times: dict[str, list[float]] = {"cold": [], "warm": []}
+        self.failed: dict[str, str] = {}
+
+    def run(self, mode: str, caches: dict[str, Path]) -> float | None:
+        if mode in self.failed:
+            return None
+        for out in self.outputs:
+            out.unlink(missing_ok=True)
+        env = base_env()
+        env.update({"UV_CACHE_DIR": str(caches["uv"]), "ENVMGR_CACHE_DIR": str(caches["envmgr"]),
+                    "PIP_CACHE_DIR": str(caches["pip"]), "ENVMGR_PROJECT": str(self.cwd),
+                    "TMPDIR": str(caches["tmp"])})  # a killed pip-compile leaves its downloads in scratch
+        caches["tmp"].mkdir(parents=True, exist_ok=True)
+        env.update(self.env)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(self.cmd, cwd=self.cwd, env=env, capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.failed[mode] = f"did not finish in {self.timeout:.0f} s"
+            return None
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            self.failed[mode] = f"failed (exit {proc.returncode}): {tail[:120]}"
+            print(f"{self.label} ({mode}) failed:\n{proc.stderr}", file=sys.stderr)
+            return None
+        self.times[mode].append(elapsed)
+        return elapsed
+
+    def median(self, mode: str) -> float | None:
+        return statistics.median(self.times[mode]) if self.times[mode] and mode not in self.failed else None
+
+    def cell(self, mode: str) -> str:
+        if mode in self.failed:
+            return self.failed[mode]
+        t = self.times[mode]
+        if not t:
+            return "-"
+        return f"{statistics.median(t):6.2f} s  ({min(t):.2f}-{max(t):.2f})"
+
+
+def fresh_caches(root: Path, tag: str) -> dict[str, Path]:
+    d = Path(tempfile.mkdtemp(prefix=f"cache-{tag}-", dir=root))
+    return {k: d / k for k in ("uv", "envmgr", "pip", "tmp")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--pip-timeout", type=float, default=60.0, help="seconds pip-compile gets per run")
+    ap.add_argument("--no-pip-compile", action="store_true", help="skip plain pip-compile")
+    ap.add_argument("--no-pip-tools", action="store_true", help="skip envmgr --resolver pip-tools too")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor row: a bare python process that only runs the same uv command")
+    ap.add_argument("--compare-src", type=Path, metavar="DIR",
+                    help="also time the envmgr in DIR (a checkout of another commit), in the same run")
+    args = ap.parse_args()
+
+    profile = profiles.load(REPO, args.profile)
+    scratch = Path(tempfile.mkdtemp(prefix="envmgr-bench-lock-"))
+    project = scratch / "project"
+    (project / "profiles").mkdir(parents=True)
+    for f in profile.files:  # the profile and every file it extends
+        shutil.copy2(f, project / "profiles" / f.name)
+    work = scratch / "baseline"
+    work.mkdir()
+    (work / "requirements.in").write_text("".join(f"{r}\n" for r in profile.requirements))
+    index_args: list[str] = []  # the same indexes for the baselines (pip-compile and uv take the same flags)
+    if profile.index_url != profiles.PYPI:
+        index_args += ["--index-url", profile.index_url]
+    for url in profile.extra_index_urls:
+        index_args += ["--extra-index-url", url]
+    if not profile.torch_from_default:
+        print(f"note: profile {profile.name} takes torch from {profile.torch_index}; the baselines get it as an "
+              "extra index (they cannot route per package)", file=sys.stderr)
+        index_args += ["--extra-index-url", profile.torch_index]
+
+    lock_path = project / "locks" / f"pylock.{profile.name}.toml"
+    envmgr_cmd = [sys.executable, "-m", "envmgr.cli", "lock", profile.name, "--quiet"]
+    tools = [
+        Tool("envmgr lock", envmgr_cmd, project, [lock_path], 600),
+        Tool("uv pip compile", [uv_bin(), "pip", "compile", "requirements.in", "--format", "pylock.toml",
+                                "-o", "pylock.toml", "--python-version", profile.python,
+                                "--python-platform", profile.uv_platform, "--quiet", *index_args],
+             work, [work / "pylock.toml"], 600),
+    ]
+    if not args.no_floor:
+        # What any Python front end pays: an interpreter that starts uv and waits for it.
+        floor = scratch / "floor"
+        shutil.copytree(work, floor)
+        tools.append(Tool("python -c 'run uv' (floor)",
+                          [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)",
+                           *tools[1].cmd], floor, [floor / "pylock.toml"], 600))
+    if args.compare_src:
+        src = args.compare_src.resolve()
+        other = scratch / "project-compare"
+        shutil.copytree(project, other)
+        tools.append(Tool(f"envmgr lock @{src.name}", envmgr_cmd, other,
+                          [other / "locks" / f"pylock.{profile.name}.toml"], 600,
+                          env={"PYTHONPATH": str(src), "ENVMGR_PROJECT": str(other)}))
+    extra: list[Tool] = []
+    host = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not args.no_pip_tools and profile.python == host:
+        extra.append(Tool("envmgr lock --resolver pip-tools", [*envmgr_cmd, "--resolver", "pip-tools"], project,
+                          [lock_path], 600))
+    if not args.no_pip_compile and profile.python == host:
+        pip_compile = shutil.which("pip-compile") or ""
+        cmd = [pip_compile] if pip_compile else [sys.executable, "-m", "piptools", "compile"]
+        extra.append(Tool("pip-compile", [*cmd, "requirements.in", "-o", "requirements.txt", "--quiet",
+                                          "--no-header", "--no-annotate", *index_args],
+                          work, [work / "requirements.txt"], args.pip_timeout))
+
+    print(f"bench/lock: profile {profile.name} ({', '.join(profile.requirements)}; python {profile.python}, "
+          f"{profile.platform}); uv {uv_version()}; python {sys.version.split()[0]}; {args.reps} reps, "
+          f"median (min-max); load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+
+    # cold: every run with new, empty caches; the tools interleaved, order flipping each rep
+    for rep in range(args.reps):
+        order = tools if rep % 2 == 0 else tools[::-1]
+        for tool in order:
+            tool.run("cold", fresh_caches(scratch, "cold"))
+    # warm: caches primed once, then kept
+    warm = {t.label: fresh_caches(scratch, "warm") for t in tools}
+    for tool in tools:
+        tool.run("warm", warm[tool.label])
+        tool.times["warm"].clear()
+    for rep in range(args.reps):
+        order = tools if rep % 2 == 0 else tools[::-1]
+        for tool in order:
+            tool.run("warm", warm[tool.label])
+
+    # sanity: same pins as uv, and a second lock leaves the lock byte-identical
+    for out in tools[0].outputs + tools[1].outputs:
+        out.unlink(missing_ok=True)
+    tools[0].run("warm", warm[tools[0].label])
+    tools[1].run("warm", warm[tools[1].label])
+    sanity = []
+    if lock_path.exists() and (work / "pylock.toml").exists():
+        ours = {p["name"]: p["version"] for p in tomllib.loads(lock_path.read_text())["packages"]}
+        theirs = {p["name"]: p["version"] for p in tomllib.loads((work / "pylock.toml").read_text())["packages"]}
+        sanity.append(f"pins equal to uv's: {'yes' if ours == theirs else 'NO'} ({len(ours)} packages)")
+        first = lock_path.read_bytes()
+        env = base_env()
+        env.update({"UV_CACHE_DIR": str(warm[tools[0].label]["uv"]),
+                    "ENVMGR_CACHE_DIR": str(warm[tools[0].label]["envmgr"]), "ENVMGR_PROJECT": str(project)})
+        subprocess.run(envmgr_cmd, cwd=project, env=env, capture_output=True, check=False)
+        sanity.append(f"second lock byte-identical: {'yes' if lock_path.read_bytes() == first else 'NO'}")
+
+    for tool in extra:  # slow ones last, fewer reps: pip-compile may not finish at all
+        reps = 1 if tool.label == "pip-compile" else max(1, args.reps // 2)
+        for _ in range(reps):
+            tool.run("cold", fresh_caches(scratch, "cold"))
+        caches = fresh_caches(scratch, "warm")
+        if tool.run("warm", caches) is not None:
+            tool.times["warm"].clear()
+            for _ in range(reps):
+                tool.run("warm", caches)
+
+    width = max(len(t.label) for t in tools + extra)
+    print(f"\n{'':{width}}  {'cold':<26}  {'warm':<26}")
+    for tool in tools + extra:
+        print(f"{tool.label:{width}}  {tool.cell('cold'):<26}  {tool.cell('warm'):<26}")
+    print()
+    ok = True
+    for mode in ("cold", "warm"):
+        a, b = tools[0].median(mode), tools[1].median(mode)
+        if a is None or b is None:
+            print(f"ratio envmgr lock / uv pip compile ({mode}): n/a")
+            ok = False
+            continue
+        ratio = a / b
+        ok &= ratio <= TARGET
+        print(f"ratio envmgr lock / uv pip compile ({mode}): {ratio:.2f}x  (target <= {TARGET}x)")
+    for tool in tools[2:]:
+        for mode in ("cold", "warm"):
+            a, b = tool.median(mode), tools[1].median(mode)
+            if a is not None and b is not None:
+                print(f"ratio {tool.label} / uv pip compile ({mode}): {a / b:.2f}x")
+    if len(extra) == 2:
+        for mode in ("cold", "warm"):
+            a, b = extra[0].median(mode), extra[1].median(mode)
+            if a is not None and b is not None:
+                print(f"ratio envmgr lock --resolver pip-tools / pip-compile ({mode}): {a / b:.2f}x")
+            elif a is not None:
+                print(f"ratio envmgr lock --resolver pip-tools / pip-compile ({mode}): "
+                      f"pip-compile {extra[1].failed.get(mode, 'n/a')}")
+    for line in sanity:
+        print(line)
+    if args.keep:
+        print(f"scratch kept: {scratch}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
