@@ -109,10 +109,23 @@ class Indexes:
         """The index a package is recorded as coming from (no credentials)."""
         if self.torch and kb().is_torch_family(name):
             return strip_credentials(self.torch)
-        host = urlsplit(file_url).hostname
-        for url in self.extra:
-            if urlsplit(url).hostname == host and host != urlsplit(self.default).hostname:
-                return strip_credentials(url)
+        if self.extra:
+            # The index whose server (host and port) serves the file, under the index's root
+            # (the index URL less a trailing /simple); the longest root wins, the default on
+            # a tie. Indexes on one host (two ports, two repositories) are told apart.
+            f = urlsplit(file_url)
+
+            def claim(index: str) -> int:
+                i = urlsplit(index)
+                if (i.hostname, i.port) != (f.hostname, f.port):
+                    return 0
+                root = i.path.rstrip("/")
+                root = root[: -len("/simple")] if root.endswith("/simple") else root
+                return len(root) + 1 if f.path.startswith(root + "/") else 0
+
+            best = max((self.default, *self.extra), key=claim)
+            if claim(best):
+                return strip_credentials(best)
         return strip_credentials(self.default)
 
     def all_urls(self) -> list[str]:
