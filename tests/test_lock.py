@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fixture_index import MISSING_HASH_FILE, PYPI, TORCH, WRONG_HASH_FILE, FixtureIndex
+from fixture_index import MISSING_HASH_FILE, PYPI, TORCH, WRONG_HASH_FILE, FixtureIndex, Release
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cr3t-t0ken-xyz"
@@ -221,6 +221,27 @@ def test_pypi_as_torch_index_takes_pypi_default_build(fixture_index: FixtureInde
     assert all(p["index"] == idx.pypi_url for p in pkgs.values())
     assert lock["tool"]["envmgr"]["torch-index"] == idx.pypi_url
     assert lock["tool"]["envmgr"]["cuda"] == "12.6"
+
+
+def test_extra_index_is_recorded_for_what_came_from_it(fixture_index: FixtureIndex, tmp_path: Path) -> None:
+    """A package only on an extra index is recorded with that index, though both share a host."""
+    idx = fixture_index
+    extra = FixtureIndex(tmp_path / "extra-index", catalogue=[Release(PYPI, "extra-only", "1.0.0",
+                                                                      wheel={"requires": ["numpy>=2"]})])
+    try:
+        text = profile_text(idx, "cpu", packages=("numpy", "extra-only"),
+                            extra=f'extra-index-urls = ["{extra.pypi_url}"]\n')
+        project = make_project(tmp_path / "p", {"uv": text, "pt": text})
+        ok(envmgr(project, "lock", "uv"))
+        ok(envmgr(project, "lock", "pt", "--resolver", "pip-tools"))
+        for name in ("uv", "pt"):
+            pkgs = packages(read_lock(project, name))
+            assert pkgs["extra-only"]["index"] == extra.pypi_url, name
+            assert pkgs["extra-only"]["wheels"][0]["url"].startswith(extra.url + "/files/"), name
+            assert pkgs["numpy"]["index"] == idx.pypi_url and pkgs["numpy"]["version"] == "2.2.0", name
+        assert read_lock(project, "uv")["tool"]["envmgr"]["inputs"]["extra-index-urls"] == [extra.pypi_url]
+    finally:
+        extra.stop()
 
 
 # -- hashes -------------------------------------------------------------------------------
