@@ -7,7 +7,10 @@
 Locks the profile (the shipped ``default`` resolves from PyPI alone) in a scratch copy of
 the project, so the repository's own lock is never touched, and times, in one run:
 
-* ``envmgr lock NAME`` (uv backend, the default);
+* ``envmgr lock NAME`` (uv backend, the default), installed the way CLI tools are (its own
+  venv, byte-compiled, like ``uv tool install``/pipx) so the machine's crowded
+  site-packages does not slow its start; ``--in-place`` runs this checkout's
+  ``python -m envmgr.cli`` instead;
 * ``uv pip compile requirements.in --format pylock.toml`` with the profile's requirements,
   python and platform: what a user would run instead;
 * a bare ``python -c`` that only runs that same uv command (the floor: what any Python
@@ -42,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from envmgr import profiles  # noqa: E402
-from envmgr.uvtool import uv_bin, uv_version  # noqa: E402
+from envmgr.uvtool import clean_env, uv_bin, uv_version  # noqa: E402
 
 TARGET = 1.15  # the issue's bound on envmgr lock / uv pip compile
 
@@ -51,8 +54,8 @@ def base_env() -> dict[str, str]:
     """The caller's environment without pip/uv/envmgr settings (same for every tool)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "ENVMGR_"))}
     env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-                "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "ENVMGR_NO_PROGRESS": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+                "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1", "ENVMGR_NO_PROGRESS": "1"})
+    env.pop("PYTHONPATH", None)
     return env
 
 
@@ -117,6 +120,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--no-floor", action="store_true",
                     help="skip the floor row: a bare python process that only runs the same uv command")
+    ap.add_argument("--in-place", action="store_true",
+                    help="run envmgr from this checkout with this python instead of a tool venv")
     ap.add_argument("--compare-src", type=Path, metavar="DIR",
                     help="also time the envmgr in DIR (a checkout of another commit), in the same run")
     args = ap.parse_args()
@@ -141,9 +146,19 @@ def main() -> int:
         index_args += ["--extra-index-url", profile.torch_index]
 
     lock_path = project / "locks" / f"pylock.{profile.name}.toml"
-    envmgr_cmd = [sys.executable, "-m", "envmgr.cli", "lock", profile.name, "--quiet"]
+    python = sys.executable
+    if args.in_place:
+        envmgr_cmd = [python, "-m", "envmgr.cli", "lock", profile.name, "--quiet"]
+    else:
+        tool = scratch / "tool"
+        subprocess.run([uv_bin(), "venv", "-q", "-p", sys.executable, str(tool)], check=True)
+        subprocess.run([uv_bin(), "pip", "install", "-q", "--compile-bytecode", "-p", str(tool / "bin" / "python"),
+                        str(REPO)], check=True, env=clean_env())
+        python = str(tool / "bin" / "python")
+        envmgr_cmd = [str(tool / "bin" / "envmgr"), "lock", profile.name, "--quiet"]
     tools = [
-        Tool("envmgr lock", envmgr_cmd, project, [lock_path], 600),
+        Tool("envmgr lock", envmgr_cmd, project, [lock_path], 600,
+             env={"PYTHONPATH": str(REPO)} if args.in_place else None),
         Tool("uv pip compile", [uv_bin(), "pip", "compile", "requirements.in", "--format", "pylock.toml",
                                 "-o", "pylock.toml", "--python-version", profile.python,
                                 "--python-platform", profile.uv_platform, "--quiet", *index_args],
@@ -154,7 +169,7 @@ def main() -> int:
         floor = scratch / "floor"
         shutil.copytree(work, floor)
         tools.append(Tool("python -c 'run uv' (floor)",
-                          [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)",
+                          [python, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)",
                            *tools[1].cmd], floor, [floor / "pylock.toml"], 600))
     if args.compare_src:
         src = args.compare_src.resolve()
