@@ -7,7 +7,9 @@ in the same run on the same machine:
 
 * cold cache: empty caches (envmgr's file cache and uv's cache) and no venv; both download
   every file and build the venv from nothing;
-* warm cache: caches kept from the cold run, no venv: what a second checkout costs;
+* warm cache: caches kept from the cold run, no venv: what a second checkout costs; uv
+  hard-links from its cache (the default on one filesystem), and once more with
+  ``UV_LINK_MODE=copy`` for both (a cache on another filesystem: CI volumes, containers);
 * no-op: the venv is already the lock: what ``envmgr run`` and CI pay on every call.
 
 uv's side is ``uv venv`` + ``uv pip sync --require-hashes LOCK`` (uv reads PEP 751 locks and
@@ -84,13 +86,16 @@ class Uv:
                       "--require-hashes", str(self.lock)], self.env, self.work)
 
 
-def median(fn, repeat: int, before=None) -> float:
-    times = []
-    for _ in range(repeat):
-        if before:
-            before()
-        times.append(fn())
-    return statistics.median(times)
+def paired(a, b, repeat: int, before=None) -> tuple[float, float]:
+    """Medians of ``repeat`` runs of ``a`` and ``b``, interleaved (order alternating) so that
+    load from elsewhere on the machine falls on both alike."""
+    ta, tb = [], []
+    for i in range(repeat):
+        for fn, out in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            if before:
+                before()
+            out.append(fn())
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main() -> None:
@@ -128,11 +133,13 @@ def main() -> None:
               f"{', envmgr sync --frozen (the lock is not fresh here)' if frozen else ''}", flush=True)
         rows = []
         rows.append(("cold cache", envmgr.sync(), uv.create_and_sync()))
-        rows.append(("warm cache",
-                     median(envmgr.sync, args.repeat, before=fresh_venvs),
-                     median(uv.create_and_sync, args.repeat, before=fresh_venvs)))
-        rows.append(("no-op", median(envmgr.sync, args.repeat * 2), median(uv.sync, args.repeat * 2)))
-
+        rows.append(("warm cache", *paired(envmgr.sync, uv.create_and_sync, args.repeat, before=fresh_venvs)))
+        fresh_venvs(), envmgr.sync(), uv.create_and_sync()  # both venvs synced for the no-op runs
+        rows.append(("no-op", *paired(envmgr.sync, uv.sync, args.repeat * 2)))
+        for tool in (envmgr, uv):  # a cache on another filesystem than the venv (CI volumes, containers)
+            tool.env["UV_LINK_MODE"] = "copy"
+        rows.append(("warm, copy", *paired(envmgr.sync, uv.create_and_sync, max(3, args.repeat // 2),
+                                           before=fresh_venvs)))
         print(f"{'':12} {'envmgr sync':>12} {'uv pip sync':>12} {'ratio':>7}")
         for label, e, u in rows:
             print(f"{label:12} {e:11.2f}s {u:11.2f}s {e / u:6.2f}x")

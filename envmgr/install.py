@@ -400,7 +400,8 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
     """Make ``venv`` hold exactly the lock's packages, from the verified ``files`` (sha256 -> path).
 
     ``python``: the interpreter for a venv that does not exist yet (it must then match the
-    lock's python); an existing venv is used as it is. ``files`` must hold every file the
+    lock's python); an existing venv is used as it is. ``reporter`` (fetch's Reporter protocol)
+    is told the number of packages uv installs, not bytes. ``files`` must hold every file the
     plan installs (what :func:`envmgr.fetch.fetch` returned). ``reinstall``: names installed
     but damaged. ``keep_fds``: descriptors uv inherits (sync passes its file lock, so a uv
     that outlives a killed envmgr finishes before the next sync starts). Raises before
@@ -411,11 +412,10 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
     if not is_venv(venv):
         if python is None:
             raise UserError(f"{venv} is not a venv and no python was given to create it")
+        _check_python(lock, query_python(python), python)
         create_venv(venv, python, relocatable=relocatable, prompt=prompt)
     info = query_python(venv_python(venv))
-    if lock.meta.python and info.minor != lock.meta.python:
-        raise UserError(f"{venv} runs Python {info.version}; the lock is for Python {lock.meta.python}",
-                        hint="recreate the venv with a matching interpreter")
+    _check_python(lock, info, venv)
     site = site_packages(venv)
     now = installed(site)
     damaged = broken(site, now.values())
@@ -440,6 +440,12 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                 reporter.finish()
     verify(lock, venv, info)
     return InstallResult(p, time.monotonic() - started, info, output)
+
+
+def _check_python(lock: Lock, info: PythonInfo, where) -> None:
+    if lock.meta.python and info.minor != lock.meta.python:
+        raise UserError(f"{where} is Python {info.version}; the lock is for Python {lock.meta.python}",
+                        hint="use an interpreter of the lock's version")
 
 
 def _uv_sync(venv: Path, want, p: Plan, files: dict[str, Path], redo: set[str], link_mode: str | None,

@@ -54,7 +54,7 @@ def _nolog(_: str) -> None:
 
 def venv_path(project: Path, name: str, venv: Path | str | None = None) -> Path:
     """``--venv`` when given, else the documented default ``settings.venv_root(project)/NAME``."""
-    return Path(venv).absolute() if venv else (settings.venv_root(project) / name).absolute()
+    return Path(os.path.abspath(venv if venv else settings.venv_root(project) / name))
 
 
 def _lock_path(project: Path, name: str) -> Path:
@@ -161,11 +161,12 @@ def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
     for d in dists:
         folders.update(p.rpartition("/")[0] for p in record_paths(site, d.dist_info) or ())
     folders = {f for f in folders if "/__pycache__" not in f}
+    root = f"{venv}/"
     out = {}
     for folder in sorted(folders):
-        state = _dir_state(folder)
+        state = _dir_state(folder) if folder.startswith(root) else None
         if state is not None:
-            out[os.path.relpath(folder, venv)] = state
+            out[folder[len(root):]] = state
     return out
 
 

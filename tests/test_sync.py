@@ -473,3 +473,32 @@ def test_fast_main_handles_noop_only_and_matches_the_cli(project: Path) -> None:
                            "sync.fast_main(['run', 'cpu', '--', 'python', '-c', 'import sys; print(sys.prefix)'])"],
                           cwd=project, env=cli_env(project), capture_output=True, text=True)
     assert proc.stdout.strip() == str(venv_of(project, "cpu"))
+
+
+def test_download_progress_reaches_the_reporter(project: Path, monkeypatch) -> None:
+    """What the CLI's rich bar shows (on a terminal): every byte fetched, then finish."""
+    from envmgr import sync
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def start(self, total: int, label: str) -> None:
+            self.calls.append(("start", total, label))
+
+        def advance(self, n: int) -> None:
+            self.calls.append(("advance", n))
+
+        def finish(self) -> None:
+            self.calls.append(("finish",))
+
+    monkeypatch.setenv("ENVMGR_DRIVER_VERSION", "none")
+    rec = Recorder()
+    lines: list[str] = []
+    result = sync.sync(project, "cpu", reporter=rec, log=lines.append)
+    lock = lockfile.read(lockfile.lock_path(project, "cpu"))
+    starts = [c for c in rec.calls if c[0] == "start"]
+    assert starts[0][1] == lock.download_size == result.bytes_downloaded
+    assert sum(c[1] for c in rec.calls if c[0] == "advance") >= lock.download_size
+    assert ("finish",) in rec.calls
+    assert any(line.startswith("cpu: creating ") for line in lines) and "  + torch 2.7.1+cpu" in lines

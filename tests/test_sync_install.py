@@ -59,3 +59,6 @@ def test_install_refuses_before_touching_anything(locked_template: Path, tmp_pat
     other = replace(lock, meta=replace(lock.meta, python="3.99"))
     with pytest.raises(UserError, match="the lock is for Python 3.99"):
         install.install(other, venv, files=files_for(lock))
+    with pytest.raises(UserError, match="the lock is for Python 3.99"):
+        install.install(other, tmp_path / "v2", python=sys.executable, files=files_for(lock))
+    assert not (tmp_path / "v2").exists()
