@@ -185,6 +185,8 @@ class _DownloadBar:
         self._progress = None
 
     def start(self, total: int, label: str) -> None:
+        if not err.is_terminal:
+            return
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         self._progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -221,10 +223,14 @@ def sync(
     find_links: List[Path] = typer.Option(None, "--find-links", help="Folder of wheels to take before downloading (repeatable); hashes still checked."),
     skip_driver_check: bool = typer.Option(False, "--skip-driver-check", help="Install a CUDA variant even if the driver is too old."),
     check: bool = typer.Option(False, "--check", help="Report how the venv differs from the lock (exit 1); change nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Make the profile's venv exactly its lock: hash-verified, extras removed, instant when nothing changed."""
+    _sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check, quiet, as_json)
+
+
+def _sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check, quiet, as_json) -> None:
     from . import settings, sync as syncing
 
     project, name = _project(), name or "default"
@@ -240,7 +246,7 @@ def sync(
     show = not quiet and not as_json
     result = syncing.sync(project, name, venv=venv, python=python, locked=locked, frozen=frozen, offline=offline,
                           find_links=find_links or [], skip_driver_check=skip_driver_check,
-                          reporter=_DownloadBar() if show and err.is_terminal and settings.progress_enabled() else None,
+                          reporter=_DownloadBar() if show and settings.progress_enabled() else None,
                           log=_sync_log(show))
     if as_json:
         _print_json(result.to_json())

@@ -251,60 +251,6 @@ def _noop_result(stamp: dict, project: Path, name: str, venv: Path, started: flo
                       seconds=time.monotonic() - started)
 
 
-def fast_main(argv: list[str]) -> int | None:
-    """``envmgr sync``/``envmgr run`` when the venv is already the lock, without the CLI framework.
-
-    For a caller that wants the no-op path to skip importing typer and rich (they cost more
-    than the check itself): returns the exit code when it handled the command, None when the
-    full CLI must (any other command or flag, or work to do). ``run`` replaces the process.
-    """
-    if not argv or argv[0] not in ("sync", "run"):
-        return None
-    command, rest, cmd = argv[0], list(argv[1:]), []
-    if "--" in rest:
-        cmd = rest[rest.index("--") + 1:]
-        rest = rest[:rest.index("--")]
-    names: list[str] = []
-    opts = {"--venv": None, "--python": None}
-    flags = set()
-    while rest:
-        arg = rest.pop(0)
-        key, eq, value = arg.partition("=")
-        if key in opts and (eq or rest):
-            opts[key] = value if eq else rest.pop(0)
-        elif arg in ("--frozen", "--locked", "-q", "--quiet", "--json") and not (command == "run" and arg == "--json"):
-            flags.add({"--quiet": "-q"}.get(arg, arg))
-        elif not arg.startswith("-") and not names:
-            names.append(arg)
-        else:
-            return None
-    if ("--frozen" in flags and "--locked" in flags) or (command == "run" and (not names or not cmd)):
-        return None
-    if command == "sync" and cmd:
-        return None
-    project = settings.find_project()
-    name = names[0] if names else "default"
-    started = time.monotonic()
-    stamp = up_to_date(project, name, venv=opts["--venv"], python=opts["--python"], frozen="--frozen" in flags)
-    if stamp is None:
-        return None
-    venv = venv_path(project, name, opts["--venv"])
-    if command == "run":
-        import shutil
-
-        env = activated_env(venv)
-        exe = shutil.which(cmd[0], path=env["PATH"])
-        if exe is None:
-            return None  # the full CLI says so, in its words
-        os.execve(exe, cmd, env)
-    result = _noop_result(stamp, project, name, venv, started)
-    if "--json" in flags:
-        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
-    elif "-q" not in flags:
-        print(result.describe())
-    return 0
-
-
 # -- driver ----------------------------------------------------------------------------------
 
 _PROC_DRIVER = Path("/proc/driver/nvidia/version")

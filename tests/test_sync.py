@@ -441,40 +441,6 @@ def test_json_summary_shape(project: Path) -> None:
     assert check == {"profile": "cpu", "venv": data["venv"], "lock": data["lock"], "exact": True, "problems": []}
 
 
-# -- the framework-free no-op path (sync.fast_main) ----------------------------------------
-
-FAST = ("import json, sys\nfrom envmgr import sync\ncode = sync.fast_main(json.loads(sys.argv[1]))\n"
-        "assert 'typer' not in sys.modules and 'rich' not in sys.modules and 'envmgr.lockfile' not in sys.modules\n"
-        "print('RESULT', code)\n")
-
-
-def fast(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", FAST, json.dumps(list(args))], cwd=project,
-                          env=cli_env(project, **env), capture_output=True, text=True, timeout=60)
-
-
-def test_fast_main_handles_noop_only_and_matches_the_cli(project: Path) -> None:
-    assert fast(project, "sync", "cpu").stdout.strip() == "RESULT None"  # work to do: the full CLI's job
-    ok(envmgr(project, "sync", "cpu"))
-    proc = fast(project, "sync", "cpu", "--json")
-    assert proc.returncode == 0, proc.stderr
-    body, last = proc.stdout.rsplit("RESULT", 1)
-    assert last.strip() == "0"
-    data, cli = json.loads(body), sync_json(project, "cpu")
-    assert {k: v for k, v in data.items() if k != "seconds"} == {k: v for k, v in cli.items() if k != "seconds"}
-    assert fast(project, "sync", "cpu", "-q").stdout == "RESULT 0\n"
-    line = fast(project, "sync", "cpu").stdout.splitlines()[0]
-    assert line.startswith("cpu: ") and "is up to date (" in line
-    for args in (["sync", "cpu", "--check"], ["sync", "cpu", "--offline"], ["sync", "cpu", "--help"],
-                 ["sync", "a", "b"], ["sync", "cpu", "--locked", "--frozen"], ["lock"], ["run", "cpu"],
-                 ["sync", "cpu", "--python", sys.executable + "-other"]):
-        assert fast(project, *args).stdout.strip() == "RESULT None", args
-    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom envmgr import sync\n"
-                           "sync.fast_main(['run', 'cpu', '--', 'python', '-c', 'import sys; print(sys.prefix)'])"],
-                          cwd=project, env=cli_env(project), capture_output=True, text=True)
-    assert proc.stdout.strip() == str(venv_of(project, "cpu"))
-
-
 def test_download_progress_reaches_the_reporter(project: Path, monkeypatch) -> None:
     """What the CLI's rich bar shows (on a terminal): every byte fetched, then finish."""
     from envmgr import sync
