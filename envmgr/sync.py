@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -253,28 +252,17 @@ def _noop_result(stamp: dict, project: Path, name: str, venv: Path, started: flo
 
 # -- driver ----------------------------------------------------------------------------------
 
-_PROC_DRIVER = Path("/proc/driver/nvidia/version")
-_NVRM = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)\s")
-
-
-def parse_proc_version(text: str) -> str | None:
-    """The driver version in ``/proc/driver/nvidia/version`` text, or None."""
-    m = _NVRM.search(text)
-    return m.group(1) if m else None
-
-
 def driver_version() -> str | None:
-    """The host's NVIDIA driver version, or None when there is no GPU driver.
+    """The host's NVIDIA driver version, or None when there is no driver.
 
-    ``ENVMGR_DRIVER_VERSION`` overrides (``none`` for no driver); else /proc/driver/nvidia.
+    :func:`envmgr.gpu.detect.detect`'s order (``ENVMGR_DRIVER_VERSION``, NVML, nvidia-smi,
+    /proc); ``ENVMGR_DRIVER_VERSION=none`` pretends there is no driver (a CPU host).
     """
-    env = os.environ.get("ENVMGR_DRIVER_VERSION", "").strip()
-    if env:
-        return None if env.lower() in ("none", "0") else env
-    try:
-        return parse_proc_version(_PROC_DRIVER.read_text())
-    except OSError:
+    if os.environ.get("ENVMGR_DRIVER_VERSION", "").strip().lower() == "none":
         return None
+    from .gpu import detect
+
+    return detect.detect().driver
 
 
 def check_driver(variant: str, cuda: str, min_driver: str, driver: str | None) -> str | None:

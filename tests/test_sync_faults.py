@@ -40,11 +40,11 @@ from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
 
 def two_state_project(index: FixtureIndex, root: Path) -> Path:
     """A project whose ``default`` profile is synced at fixture-app 1.0.0 and then locked at 1.1.0."""
-    project = make_project(root, {"default": profile_text(index, "cpu", packages=("fixture-app==1.0.0",))})
-    ok(envmgr(project, "sync"))
-    (project / "profiles" / "default.toml").write_text(profile_text(index, "cpu", packages=("fixture-app==1.1.0",)))
-    ok(envmgr(project, "lock"))
-    return project
+    proj = make_project(root, {"default": profile_text(index, "cpu", packages=("fixture-app==1.0.0",))})
+    ok(envmgr(proj, "sync"))
+    (proj / "profiles" / "default.toml").write_text(profile_text(index, "cpu", packages=("fixture-app==1.1.0",)))
+    ok(envmgr(proj, "lock"))
+    return proj
 
 
 def assert_previous_venv_intact(project: Path, before: dict) -> None:
@@ -57,9 +57,9 @@ def assert_previous_venv_intact(project: Path, before: dict) -> None:
 # -- bytes that do not match the lock ---------------------------------------------------------
 
 def test_hash_mismatch_names_everything_and_leaves_venv(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    project = two_state_project(fresh_index, tmp_path)
-    before = tree(venv_of(project))
-    pkg = lockfile.read(lockfile.lock_path(project, "default")).package("fixture-app")
+    proj = two_state_project(fresh_index, tmp_path)
+    before = tree(venv_of(proj))
+    pkg = lockfile.read(lockfile.lock_path(proj, "default")).package("fixture-app")
     expected = pkg.install_file.sha256
     # the index swaps the file's bytes under the lock (same name, same version)
     path = fresh_index.add(PYPI, None, "fixture-app", "1.1.0", requires=["numpy>=2"],
@@ -67,11 +67,11 @@ def test_hash_mismatch_names_everything_and_leaves_venv(fresh_index: FixtureInde
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     assert actual != expected
 
-    line = failed(envmgr(project, "sync"))
+    line = failed(envmgr(proj, "sync"))
     assert "fixture-app" in line and pkg.install_file.url in line
     assert f"expected sha256:{expected}" in line and f"got sha256:{actual}" in line
-    assert_previous_venv_intact(project, before)
-    check = envmgr(project, "sync", "--check")
+    assert_previous_venv_intact(proj, before)
+    check = envmgr(proj, "sync", "--check")
     assert check.returncode == 1 and "fixture-app: 1.0.0 installed, lock has 1.1.0" in check.stderr
     # nothing with the bad bytes reached the cache
     assert not list((Path(os.environ["ENVMGR_CACHE_DIR"]) / "files" / "sha256").glob(f"{actual}*"))
@@ -80,29 +80,29 @@ def test_hash_mismatch_names_everything_and_leaves_venv(fresh_index: FixtureInde
 # -- the network goes away ----------------------------------------------------------------------
 
 def test_unreachable_index_clear_error_previous_venv_intact(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    project = two_state_project(fresh_index, tmp_path)
-    before = tree(venv_of(project))
+    proj = two_state_project(fresh_index, tmp_path)
+    before = tree(venv_of(proj))
     fresh_index.set_offline(True)
-    line = failed(envmgr(project, "sync"))
+    line = failed(envmgr(proj, "sync"))
     assert "cannot reach" in line and "fixture_app-1.1.0" in line
-    assert_previous_venv_intact(project, before)
+    assert_previous_venv_intact(proj, before)
     fresh_index.set_offline(False)
-    ok(envmgr(project, "sync"))
-    assert_exact(project)
+    ok(envmgr(proj, "sync"))
+    assert_exact(proj)
 
 
 def test_network_stops_mid_download(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    project = two_state_project(fresh_index, tmp_path)
-    before = tree(venv_of(project))
+    proj = two_state_project(fresh_index, tmp_path)
+    before = tree(venv_of(proj))
     fresh_index.fail_after_bytes(200)
-    line = failed(envmgr(project, "sync"))
+    line = failed(envmgr(proj, "sync"))
     assert "broke off after" in line and "fixture_app-1.1.0" in line
-    assert_previous_venv_intact(project, before)
+    assert_previous_venv_intact(proj, before)
     files = Path(os.environ["ENVMGR_CACHE_DIR"]) / "files" / "sha256"
     assert not [p for p in files.rglob("*") if p.is_file() and p.name.startswith(".part-")]
     fresh_index.fail_after_bytes(None)
-    ok(envmgr(project, "sync"))
-    assert_exact(project)
+    ok(envmgr(proj, "sync"))
+    assert_exact(proj)
 
 
 # -- kill -9 at random points ---------------------------------------------------------------------
@@ -121,8 +121,8 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
         p = make_project(tmp_path / name, {name: profile_text(fresh_index, variant, packages=pkgs)})
         ok(envmgr(p, "lock", name))
         states[name] = lockfile.lock_path(p, name).read_text()
-    project = make_project(tmp_path / "proj", {})
-    target = lockfile.lock_path(project, "t")
+    proj = make_project(tmp_path / "proj", {})
+    target = lockfile.lock_path(proj, "t")
     target.parent.mkdir(parents=True)
 
     def use(state: str) -> None:
@@ -131,7 +131,7 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
     def timed(state: str, **env: str) -> float:
         use(state)
         t0 = time.monotonic()
-        ok(envmgr(project, "sync", "t", "--frozen", **env))
+        ok(envmgr(proj, "sync", "t", "--frozen", **env))
         return time.monotonic() - t0
 
     cold = timed("a", ENVMGR_CACHE_DIR=str(tmp_path / "cache-cold"))  # create the venv, download
@@ -153,7 +153,7 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
             env["ENVMGR_CACHE_DIR"] = str(tmp_path / f"cache-{trial}")
             span = cold
         delay = span * (rng.uniform(0.0, 1.0) if trial % 3 == 1 else rng.uniform(0.4, 1.0))
-        proc = start(project, "sync", "t", "--frozen", **env)
+        proc = start(proj, "sync", "t", "--frozen", **env)
         time.sleep(delay)
         if trial % 2:
             proc.kill()  # kill -9 of envmgr: a running uv finishes (it holds the venv's lock)
@@ -161,16 +161,16 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
             os.killpg(proc.pid, signal.SIGKILL)  # envmgr and uv together, as a power cut would
         proc.communicate()
         # the marker: the sync had started changing the venv when it died
-        trials.append((trial, round(delay, 3), proc.returncode, (venv_of(project, "t") / ".envmgr-syncing").exists()))
+        trials.append((trial, round(delay, 3), proc.returncode, (venv_of(proj, "t") / ".envmgr-syncing").exists()))
         where = f"seed {seed} trial {trial} delay {delay:.3f}"
-        proc = envmgr(project, "sync", "t", "--frozen", **env)
+        proc = envmgr(proj, "sync", "t", "--frozen", **env)
         assert proc.returncode == 0, f"{where}\n{proc.stderr}"
-        venv = venv_of(project, "t")
-        assert installed(venv) == pins(project, "t"), where
-        ok(envmgr(project, "sync", "t", "--check", "--frozen"))
+        venv = venv_of(proj, "t")
+        assert installed(venv) == pins(proj, "t"), where
+        ok(envmgr(proj, "sync", "t", "--check", "--frozen"))
         imp = vpy(venv, "import bigpkg, fixture_app, torch; print(bigpkg.__version__)")
         assert imp.returncode == 0, f"{where}: {imp.stderr}"
-        assert imp.stdout.strip() == pins(project, "t")["bigpkg"]
+        assert imp.stdout.strip() == pins(proj, "t")["bigpkg"]
         trial += 1
     assert enough(), trials  # really killed, several times while the venv was half-changed
 
@@ -178,18 +178,18 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
 # -- concurrent syncs ---------------------------------------------------------------------------
 
 def test_four_concurrent_syncs_serialise(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    project = make_project(tmp_path, {"default": profile_text(fresh_index)})
-    ok(envmgr(project, "lock"))
+    proj = make_project(tmp_path, {"default": profile_text(fresh_index)})
+    ok(envmgr(proj, "lock"))
     fresh_index.clear_log()
-    procs = [start(project, "sync", "--json") for _ in range(4)]
+    procs = [start(proj, "sync", "--json") for _ in range(4)]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         results.append(json.loads(out))
     assert sum(1 for r in results if not r["noop"]) == 1, results
-    assert_exact(project)
-    lock = lockfile.read(lockfile.lock_path(project, "default"))
+    assert_exact(proj)
+    lock = lockfile.read(lockfile.lock_path(proj, "default"))
     downloads = [r.path for r in fresh_index.wheel_downloads()]
     assert downloads and len(downloads) == len(set(downloads))  # no file fetched twice
     # (the torch file, whose hash the index does not publish, came into the cache at lock time)
