@@ -262,9 +262,13 @@ def remove_dist(site: Path, dist_info: str) -> None:
                 pyc.unlink(missing_ok=True)
         _prune(p.parent, site)
     for name in sorted(os.listdir(info)) if info.is_dir() else ():
-        if name != "RECORD":
-            target = info / name
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        target = info / name
+        if name == "RECORD":
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
     if info.is_dir():
         shutil.rmtree(info)
 

@@ -125,7 +125,7 @@ def _stamp_matches(stamp: dict, project: Path, name: str, venv: Path, python: st
     lock = stamp.get("lock", {})
     if stamp.get("profile") != name or lock.get("path") != str(_lock_path(project, name)):
         return False
-    if _file_sha(lock["path"]) != lock.get("sha256"):
+    if f"sha256:{_file_sha(lock['path'])}" != lock.get("digest"):
         return False
     if not frozen:
         fresh = stamp.get("fresh")
@@ -205,7 +205,6 @@ class SyncResult:
     created: bool = False
     python: str = ""
     warnings: list[str] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)  # + / ~ / - per package
 
     def describe(self) -> str:
         if self.noop:
@@ -241,7 +240,10 @@ def up_to_date(project: Path, name: str, *, venv: Path | str | None = None, pyth
     stamp = read_stamp(path)
     if stamp is None or os.path.exists(path / MARKER):
         return None
-    return stamp if _stamp_matches(stamp, project, name, path, python, frozen) else None
+    try:
+        return stamp if _stamp_matches(stamp, project, name, path, python, frozen) else None
+    except (KeyError, TypeError, ValueError, IndexError):  # a stamp edited by hand: redo the sync
+        return None
 
 
 def _noop_result(stamp: dict, project: Path, name: str, venv: Path, started: float) -> SyncResult:
@@ -490,7 +492,6 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
     _check_inputs(venv, find_links, locked, frozen)
     requested = install.query_python(python) if python else None
     lock_file = _lock_path(project, name)
-    stale = None
     if frozen:
         lock = lockfile.read(lock_file)
         want = lock.meta.python
@@ -545,8 +546,7 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
         _write_stamp(venv, {
             "format": STAMP_FORMAT,
             "profile": name,
-            "lock": {"path": str(lock_file), "sha256": _sha256(lock_bytes)},
-            "lock_digest": "sha256:" + _sha256(lock_bytes),  # = Lock.digest() of a lock envmgr wrote
+            "lock": {"path": str(lock_file), "digest": "sha256:" + _sha256(lock_bytes)},  # = Lock.digest()
             "fresh": fresh,
             "python": {
                 "version": result.python.version,
@@ -568,7 +568,6 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
         removed=plan.to_json()["removed"], unchanged=len(plan.unchanged),
         bytes_downloaded=0 if offline else sum(f.size for f in downloads),
         relocked=relocked, created=state.recreate, python=result.python.version, warnings=warnings,
-        lines=plan.lines(),
     )
 
 
