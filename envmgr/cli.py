@@ -208,20 +208,26 @@ def _sync_log(show: bool):
     return (lambda line: err.print(line, markup=False, highlight=False)) if show else None
 
 
-_VENV_HELP = "Venv path (default: PROJECT/.envmgr/venvs/NAME). Env: ENVMGR_VENV_DIR sets the folder."
-_PYTHON_HELP = "Interpreter for the venv; must be the lock's python version (default: found by uv)."
+# Options sync and run share (one declaration each).
+_VENV = typer.Option(None, "--venv", help="Venv path (default: PROJECT/.envmgr/venvs/NAME). Env: ENVMGR_VENV_DIR sets the folder.")
+_PYTHON = typer.Option(None, "--python", help="Interpreter for the venv; must be the lock's python version (default: found by uv).")
+_LOCKED = typer.Option(False, "--locked", help="Fail (exit 1) if the lock is stale instead of re-locking.")
+_FROZEN = typer.Option(False, "--frozen", help="Use the lock as it is; do not check it against the profile.")
+_OFFLINE = typer.Option(False, "--offline", help="No network: files from the cache or --find-links only.")
+_FIND_LINKS = typer.Option(None, "--find-links", help="Folder of wheels to take before downloading (repeatable); hashes still checked.")
+_SKIP_DRIVER = typer.Option(False, "--skip-driver-check", help="Install a CUDA variant even if the driver is too old.")
 
 
 @app.command()
 def sync(
     name: Optional[str] = typer.Argument(None, help="Profile to sync (default: the default profile)."),
-    venv: Optional[Path] = typer.Option(None, "--venv", help=_VENV_HELP),
-    python: Optional[str] = typer.Option(None, "--python", help=_PYTHON_HELP),
-    locked: bool = typer.Option(False, "--locked", help="Fail (exit 1) if the lock is stale instead of re-locking."),
-    frozen: bool = typer.Option(False, "--frozen", help="Use the lock as it is; do not check it against the profile."),
-    offline: bool = typer.Option(False, "--offline", help="No network: files from the cache or --find-links only."),
-    find_links: List[Path] = typer.Option(None, "--find-links", help="Folder of wheels to take before downloading (repeatable); hashes still checked."),
-    skip_driver_check: bool = typer.Option(False, "--skip-driver-check", help="Install a CUDA variant even if the driver is too old."),
+    venv: Optional[Path] = _VENV,
+    python: Optional[str] = _PYTHON,
+    locked: bool = _LOCKED,
+    frozen: bool = _FROZEN,
+    offline: bool = _OFFLINE,
+    find_links: List[Path] = _FIND_LINKS,
+    skip_driver_check: bool = _SKIP_DRIVER,
     check: bool = typer.Option(False, "--check", help="Report how the venv differs from the lock (exit 1); change nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
@@ -258,19 +264,21 @@ def _sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_c
 def run(
     name: str = typer.Argument(..., help="Profile whose venv runs the command."),
     cmd: List[str] = typer.Argument(None, help="The command and its arguments, after --."),
-    venv: Optional[Path] = typer.Option(None, "--venv", help=_VENV_HELP),
-    python: Optional[str] = typer.Option(None, "--python", help=_PYTHON_HELP),
-    locked: bool = typer.Option(False, "--locked", help="Fail (exit 1) if the lock is stale instead of re-locking."),
-    frozen: bool = typer.Option(False, "--frozen", help="Use the lock as it is."),
-    offline: bool = typer.Option(False, "--offline", help="No network for the sync."),
-    skip_driver_check: bool = typer.Option(False, "--skip-driver-check", help="Sync even if the driver is too old."),
+    venv: Optional[Path] = _VENV,
+    python: Optional[str] = _PYTHON,
+    locked: bool = _LOCKED,
+    frozen: bool = _FROZEN,
+    offline: bool = _OFFLINE,
+    find_links: List[Path] = _FIND_LINKS,
+    skip_driver_check: bool = _SKIP_DRIVER,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Say nothing about the sync."),
 ) -> None:
     """Run a command inside the profile's venv, syncing it first when needed (like `uv run`)."""
     from . import sync as syncing
 
     syncing.run(_project(), name, cmd or [], venv=venv, python=python, locked=locked, frozen=frozen,
-                offline=offline, skip_driver_check=skip_driver_check, log=_sync_log(not quiet))
+                offline=offline, find_links=find_links or [], skip_driver_check=skip_driver_check,
+                log=_sync_log(not quiet))
 
 # --- image commands ----------------------------------------------------------------------
 

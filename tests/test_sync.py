@@ -20,6 +20,7 @@ import pytest
 
 from envmgr import install, lockfile
 from fixture_index import PYPI, FixtureIndex
+from test_lock import cli_env as lock_cli_env, make_project, profile_text as lock_profile_text
 
 REPO = Path(__file__).resolve().parents[1]
 VENVS = Path(".envmgr") / "venvs"
@@ -27,31 +28,13 @@ VENVS = Path(".envmgr") / "venvs"
 
 # -- helpers (used by test_sync_faults too) -------------------------------------------------
 
-def profile_text(index: FixtureIndex, variant: str = "cu126", *, packages=("numpy", "fixture-app"),
-                 torch: str = "==2.7.1", python: str = "3.11") -> str:
-    return "\n".join([
-        f'variant = "{variant}"',
-        f'torch = "{torch}"',
-        f'python = "{python}"',
-        "packages = [" + ", ".join(f'"{p}"' for p in packages) + "]",
-        f'torch-index-url = "{index.torch_url(variant)}"',
-        f'index-url = "{index.pypi_url}"',
-    ]) + "\n"
-
-
-def make_project(root: Path, profiles: dict[str, str]) -> Path:
-    (root / "profiles").mkdir(parents=True, exist_ok=True)
-    for name, text in profiles.items():
-        (root / "profiles" / f"{name}.toml").write_text(text)
-    return root
+def profile_text(index: FixtureIndex, variant: str = "cu126", *, packages=("numpy", "fixture-app"), **kw) -> str:
+    return lock_profile_text(index, variant, packages=packages, **kw)
 
 
 def cli_env(project: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "ENVMGR_PROJECT": str(project), "ENVMGR_NO_PROGRESS": "1", "NO_COLOR": "1",
-           "COLUMNS": "250", "ENVMGR_DRIVER_VERSION": "none",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    env.update(extra)
-    return env
+    """test_lock's environment, on a host without a GPU unless a test says otherwise."""
+    return lock_cli_env(project, **{"ENVMGR_DRIVER_VERSION": "none", **extra})
 
 
 def envmgr(project: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
