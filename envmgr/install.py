@@ -306,7 +306,7 @@ class Plan:
         return not self.install and not self.remove
 
     def lines(self) -> list[str]:
-        """``+ name version``, ``~ name old -> new``, ``- name version``: for logs and --dry-run."""
+        """``+ name version``, ``~ name old -> new``, ``- name version``: one line per change, for logs."""
         out = []
         for p in self.install:
             old = self.previous.get(p.key)
@@ -322,7 +322,7 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "installed": [f"{p.key}=={p.version}" for p in self.install],
-            "removed": [f"{n}=={self.previous[n]}" if n in self.previous else n for n in self.remove],
+            "removed": [f"{n}=={self.previous[n]}" for n in self.remove],
             "unchanged": len(self.unchanged),
         }
 
