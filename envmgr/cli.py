@@ -330,13 +330,14 @@ def export_image(
 @app.command("base")
 def base_image(
     suite: str = typer.Argument("bookworm", help="Debian suite (bookworm)."),
-    output: Path = typer.Option(Path(".envmgr/bases/bookworm"), "--output", "-o", help="OCI layout directory to write."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="OCI layout directory to write (default: PROJECT/.envmgr/bases/SUITE)."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror URL (default: mmdebstrap's)."),
 ) -> None:
     """Build a Debian + python3 base image with mmdebstrap into an OCI layout (no registry needed)."""
     from . import settings
     from .oci import debian
 
+    output = output or _project() / ".envmgr" / "bases" / suite
     dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, log=_sync_log(True))
     out.print(f"oci:{dest}", markup=False, highlight=False)
 

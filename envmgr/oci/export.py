@@ -62,6 +62,14 @@ class Result:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def _project_relative(ref: str | None, project: Path) -> str | None:
+    """A profile's ``oci:``/archive base with a relative path is relative to the project."""
+    for prefix in ("oci:", "oci-archive:", "docker-archive:"):
+        if ref and ref.startswith(prefix) and not Path(ref[len(prefix):]).is_absolute():
+            return f"{prefix}{project / ref[len(prefix):]}"
+    return ref
+
+
 def default_tag(lock: lockfile.Lock) -> str:
     return f"envmgr/{lock.meta.profile.lower()}:{lock.meta.variant}-{lock.digest().split(':', 1)[1][:12]}"
 
@@ -213,7 +221,7 @@ def export(project: Path, opts: Options, *, reporter=None, log=None) -> Result:
 
     lock = lockfile.read(lockfile.lock_path(project, opts.name))
     conf = _profile_image(project, opts.name)
-    base_ref = opts.base or conf.get("base")
+    base_ref = opts.base or _project_relative(conf.get("base"), project)
     if not base_ref:
         raise UserError(f"no base image for profile {opts.name!r}",
                         hint="set [image] base in the profile or pass --base (see `envmgr base bookworm`)")
