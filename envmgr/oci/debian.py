@@ -78,6 +78,10 @@ def import_rootfs(rootfs_tar: Path, dest: Path, *, cache: Path, name: str, arch:
 
 def build_base(suite: str, dest: Path, *, cache: Path, mirror: str | None = None, log=None) -> Path:
     """mmdebstrap + import: an OCI layout at ``dest`` holding ``SUITE-python``."""
+    try:
+        dest.absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {dest}: {exc.strerror}", hint="pick another --output")
     with tempfile.TemporaryDirectory(prefix=".mmdebstrap-", dir=cache if cache.is_dir() else None) as tmp:
         rootfs = mmdebstrap(suite, Path(tmp) / "rootfs.tar", mirror=mirror, log=log)
         return import_rootfs(rootfs, dest, cache=cache, name=f"envmgr-base:{suite}-python")
