@@ -155,7 +155,12 @@ def cached_path(f: LockedFile, cache: Path | None = None) -> Path:
     return files_dir(cache) / f.sha256 / f.filename
 
 
-def _stream_to(resp: "requests.Response", dest_dir: Path, reporter: Reporter) -> tuple[Path, str, int]:
+def _stream_to(resp: "requests.Response", dest_dir: Path, on_chunk=None) -> tuple[Path, str, int]:
+    """Stream a response body into a temp file in ``dest_dir``, hashing it on the way.
+
+    Returns (temp path, sha256 hex, size); the caller renames it into place. ``on_chunk``
+    sees every chunk (progress, or a reader the bytes are passed on to).
+    """
     import requests
 
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +173,8 @@ def _stream_to(resp: "requests.Response", dest_dir: Path, reporter: Reporter) ->
                 out.write(chunk)
                 h.update(chunk)
                 size += len(chunk)
-                reporter.advance(len(chunk))
+                if on_chunk is not None:
+                    on_chunk(chunk)
     except requests.RequestException as exc:
         Path(tmp).unlink(missing_ok=True)
         raise NetworkError(f"download of {redact(resp.url)} broke off after {size} bytes: {type(exc).__name__}", hint="retry when the network is back")
@@ -211,7 +217,7 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
         reporter.advance(f.size)
     else:
         with _get(f.url, auth, stream=True) as resp:
-            tmp_path, actual, _ = _stream_to(resp, dest.parent.parent, reporter)
+            tmp_path, actual, _ = _stream_to(resp, dest.parent.parent, lambda chunk: reporter.advance(len(chunk)))
     if actual != f.sha256:
         tmp_path.unlink(missing_ok=True)
         raise HashMismatchError(
@@ -296,23 +302,17 @@ def _url_cache_file(url: str, cache: Path | None) -> Path:
     return (cache or settings.cache_dir()) / "url-hashes" / key[:2] / f"{key}.json"
 
 
-def url_digest(url: str, *, cache: Path | None = None, auth: Auth | None = None, keep: bool = True) -> tuple[str, int]:
+def url_digest(url: str, *, cache: Path | None = None, auth: Auth | None = None) -> tuple[str, int]:
     """sha256 and size of the file at ``url``: downloaded once, then cached by URL.
 
-    The downloaded bytes also land in the file cache (``keep``), so a later sync or
-    export does not download them again.
+    The downloaded bytes also land in the file cache, so a later sync or export does not
+    download them again.
     """
     hit = cached_url_digest(url, cache=cache)
     if hit:
         return hit
-    with _get(url, auth, stream=True) as resp:
-        tmp, digest, size = _stream_to(resp, _mkdir(files_dir(cache)), NullReporter())
-    if keep:
-        _place(tmp, files_dir(cache) / digest / _url_filename(url))
-    else:
-        tmp.unlink(missing_ok=True)
-    remember_url_digest(url, digest, size, cache=cache)
-    return digest, size
+    download_to_cache(url, auth=auth, cache=cache)
+    return cached_url_digest(url, cache=cache)  # type: ignore[return-value]
 
 
 def _url_filename(url: str) -> str:
@@ -337,36 +337,19 @@ def download_to_cache(url: str, *, auth: Auth | None = None, cache: Path | None 
     for a resolver that hashes a file the index publishes no hash for). A sink that fails
     (its reader went away) is dropped; the download still completes into the cache.
     """
-    import requests
+    def forward(chunk: bytes) -> None:
+        nonlocal sink
+        if sink is not None:
+            try:
+                sink(chunk)
+            except OSError:
+                sink = None
 
     with _get(url, auth, stream=True) as resp:
         if on_response:
             on_response(resp)
-
-        dest_dir = _mkdir(files_dir(cache))
-        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=dest_dir)
-        h = hashlib.sha256()
-        size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in resp.iter_content(CHUNK):
-                    out.write(chunk)
-                    h.update(chunk)
-                    size += len(chunk)
-                    if sink is not None:
-                        try:
-                            sink(chunk)
-                        except OSError:
-                            sink = None
-        except requests.RequestException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise NetworkError(f"download of {redact(url)} broke off after {size} bytes: {type(exc).__name__}",
-                               hint="retry when the network is back")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    digest = h.hexdigest()
-    path = _place(Path(tmp), files_dir(cache) / digest / _url_filename(url))
+        tmp, digest, size = _stream_to(resp, _mkdir(files_dir(cache)), forward)
+    path = _place(tmp, files_dir(cache) / digest / _url_filename(url))
     remember_url_digest(url, digest, size, cache=cache)
     return path
 
