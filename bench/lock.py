@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from envmgr import profiles  # noqa: E402
 from envmgr.uvtool import clean_env, uv_bin, uv_version  # noqa: E402
+from _tool import install_tool  # noqa: E402
 
 TARGET = 1.15  # the bound on envmgr lock / uv pip compile
 
@@ -150,12 +151,8 @@ def main() -> int:
     if args.in_place:
         envmgr_cmd = [python, "-m", "envmgr.cli", "lock", profile.name, "--quiet"]
     else:
-        tool = scratch / "tool"
-        subprocess.run([uv_bin(), "venv", "-q", "-p", sys.executable, str(tool)], check=True)
-        subprocess.run([uv_bin(), "pip", "install", "-q", "--compile-bytecode", "-p", str(tool / "bin" / "python"),
-                        str(REPO)], check=True, env=clean_env())
-        python = str(tool / "bin" / "python")
-        envmgr_cmd = [str(tool / "bin" / "envmgr"), "lock", profile.name, "--quiet"]
+        python, envmgr_bin = install_tool(scratch / "tool", uv_bin(), clean_env())
+        envmgr_cmd = [envmgr_bin, "lock", profile.name, "--quiet"]
     tools = [
         Tool("envmgr lock", envmgr_cmd, project, [lock_path], 600,
              env={"PYTHONPATH": str(REPO)} if args.in_place else None),

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from envmgr import lockfile  # noqa: E402
 from envmgr.uvtool import uv_bin  # noqa: E402
+from _tool import install_tool  # noqa: E402
 
 NOOP_TARGET = 0.25  # seconds
 WARM_TARGET = 1.2  # envmgr / uv
@@ -46,7 +47,8 @@ WARM_TARGET = 1.2  # envmgr / uv
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "ENVMGR_", "PIP_", "VIRTUAL_ENV"))}
-    env.update(NO_COLOR="1", ENVMGR_NO_PROGRESS="1", UV_NO_PROGRESS="1", PYTHONPATH=str(REPO))
+    env.pop("PYTHONPATH", None)
+    env.update(NO_COLOR="1", ENVMGR_NO_PROGRESS="1", UV_NO_PROGRESS="1")
     env.update(extra)
     return env
 
@@ -61,11 +63,13 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
 
 
 class Envmgr:
-    def __init__(self, work: Path, lock: Path, name: str, frozen: bool):
+    def __init__(self, work: Path, lock: Path, name: str, frozen: bool, envmgr: list[str]):
         self.project, self.venv, self.name = work / "project", work / "venv-envmgr", name
         self.env = clean_env(ENVMGR_PROJECT=str(self.project), ENVMGR_CACHE_DIR=str(work / "cache-envmgr"),
                              UV_CACHE_DIR=str(work / "cache-uv-for-envmgr"))
-        self.cmd = [sys.executable, "-m", "envmgr.cli", "sync", name, "--venv", str(self.venv), "-q",
+        if envmgr[0] == sys.executable:  # --in-place: this checkout's sources
+            self.env["PYTHONPATH"] = str(REPO)
+        self.cmd = [*envmgr, "sync", name, "--venv", str(self.venv), "-q",
                     *(["--frozen"] if frozen else [])]
 
     def sync(self) -> float:
@@ -103,6 +107,8 @@ def main() -> None:
     ap.add_argument("--lock", type=Path, default=REPO / "locks" / "pylock.default.toml")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--keep", type=Path, help="work in DIR and keep it (default: a temp folder, removed)")
+    ap.add_argument("--in-place", action="store_true",
+                    help="run envmgr from this checkout with this python instead of a tool venv")
     args = ap.parse_args()
 
     lock = lockfile.read(args.lock)
@@ -116,13 +122,17 @@ def main() -> None:
         (project / "locks").mkdir()
         shutil.copy(args.lock, project / "locks" / args.lock.name)
         check = subprocess.run([sys.executable, "-m", "envmgr.cli", "lock", "--check", name], cwd=project,
-                               env=clean_env(ENVMGR_PROJECT=str(project)), capture_output=True, text=True)
+                               env=clean_env(ENVMGR_PROJECT=str(project), PYTHONPATH=str(REPO)), capture_output=True, text=True)
         frozen = check.returncode != 0
         python = subprocess.run([uv_bin(), "python", "find", "--system", "--no-config", lock.meta.python],
                                 capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
         for d in ("cache-envmgr", "cache-uv-for-envmgr", "cache-uv", "venv-envmgr", "venv-uv"):
             shutil.rmtree(work / d, ignore_errors=True)
-        envmgr, uv = Envmgr(work, args.lock, name, frozen), Uv(work, args.lock, python)
+        if args.in_place:
+            envmgr_cmd = [sys.executable, "-m", "envmgr.cli"]
+        else:
+            envmgr_cmd = [install_tool(work / "tool", uv_bin(), clean_env())[1]]
+        envmgr, uv = Envmgr(work, args.lock, name, frozen, envmgr_cmd), Uv(work, args.lock, python)
 
         def fresh_venvs() -> None:
             shutil.rmtree(envmgr.venv, ignore_errors=True)
