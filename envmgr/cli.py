@@ -361,14 +361,16 @@ def diff_cmd(
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when any lock changed (0: nothing changed)."),
+    max_chars: str = typer.Option("65000", "--max-chars", metavar="N", help="Keep the markdown under N characters (GitHub's PR body limit is 65,536): the largest package lists go first. 0: no limit."),
 ) -> None:
     """What changed in the locks since BASE: torch/CUDA/cuDNN/NCCL first, GPU archs, driver, size."""
     from . import diff as lockdiff, diffreport
 
     fmt = "json" if as_json else fmt
     diffreport.check_format(fmt)
+    limit = diffreport.parse_max_chars(max_chars)
     diffs = lockdiff.diff_project(_project(), names or None, base)
-    _emit_text(diffreport.render(diffs, fmt, base), output)
+    _emit_text(diffreport.render(diffs, fmt, base, limit), output)
     if exit_code and any(d.changed for d in diffs):
         raise typer.Exit(1)
 

@@ -4,17 +4,30 @@ Input: the :class:`~envmgr.diff.ProfileDiff` list of one comparison. Output: tex
 profile, the torch/CUDA/cuDNN/NCCL/triton changes come first (one table), then the GPU
 architectures and driver, then every package change (folded in ``<details>`` when long).
 Pure functions; the same diffs give the same text.
+
+The markdown stays under ``max_chars`` (default 65,000: GitHub rejects a pull-request body
+over 65,536 characters). A body that fits is left alone, byte for byte. One that does not
+keeps the summary lines and every profile's key table, and loses, in this order until it
+fits: the folded package lists (largest first); the other details of each profile (largest
+first); whole sections (largest first; their summary lines stay); at last, the tail. A note
+under the summary says what was left out and how to see it all.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 
 from .diff import ArchChange, ProfileDiff, describe_arch
 
 JSON_FORMAT = 1
 FOLD_AT = 8  # package tables longer than this are folded in <details>
 TITLE = "envmgr lock changes"
+DEFAULT_MAX_CHARS = 65_000  # GitHub rejects a pull-request body over 65,536 characters
+MIN_MAX_CHARS = 2_000  # below this not even the summary and the note fit
+
+# How much of a profile's section is shown (see markdown()).
+FULL, NO_PACKAGES, KEY_ONLY, DROPPED = 0, 1, 2, 3
 
 
 def human_size(n: int) -> str:
@@ -141,16 +154,34 @@ def _driver_lines(d: ProfileDiff) -> list[str]:
     return [f"Minimum driver lowered from {f.old} to {f.new}.", ""]
 
 
-def _package_table(d: ProfileDiff) -> list[str]:
+def _full_command(name: str, base: str) -> str:
+    args = f" {shlex.quote(name)}" if name else ""
+    if base != "HEAD":
+        args += f" --base {shlex.quote(base)}"
+    return f"envmgr diff{args} --max-chars 0"
+
+
+def _package_summary(d: ProfileDiff) -> str:
+    return f"{len(d.packages)} package change{'s' if len(d.packages) != 1 else ''}: {_summary_counts(d)}"
+
+
+def _folds(d: ProfileDiff) -> bool:
+    return len(d.packages) > FOLD_AT
+
+
+def _package_table(d: ProfileDiff, cut: bool = False, base: str = "HEAD") -> list[str]:
     if not d.packages:
         return []
+    summary = _package_summary(d)
+    if cut and _folds(d):
+        return [f"**Packages** ({summary}): list left out to fit the size limit; "
+                f"`{_full_command(d.profile, base)}` shows it.", ""]
     rows = [
         f"| {p.name} | {_cell(p.old or '')} | {_cell(p.new or '')} | "
         f"{_cell(_change_text(p.kind, p.level, p.old_label, p.new_label))} |"
         for p in d.packages
     ]
     table = ["| package | before | after | change |", "|---|---|---|---|", *rows]
-    summary = f"{len(d.packages)} package change{'s' if len(d.packages) != 1 else ''}: {_summary_counts(d)}"
     if len(rows) > FOLD_AT:
         return [f"<details><summary>{summary}</summary>", "", *table, "", "</details>", ""]
     return [f"**Packages** ({summary})", "", *table, ""]
@@ -167,7 +198,12 @@ def _other_lines(d: ProfileDiff) -> list[str]:
     return (["**Profile**", *lines, ""]) if lines else []
 
 
-def profile_markdown(d: ProfileDiff) -> str:
+def profile_markdown(d: ProfileDiff, level: int = FULL, base: str = "HEAD") -> str:
+    """One profile's section. ``level``: FULL; NO_PACKAGES (a folded package list becomes
+    one line); KEY_ONLY (title and key table, then one line naming what was left out);
+    DROPPED (nothing)."""
+    if level >= DROPPED:
+        return ""
     lines = [_title(d), ""]
     if d.status == "removed":
         lines += [f"The lock is gone: {d.old_count} packages, {human_size(d.old_size)} (torch {d.old_torch or 'none'}).", ""]
@@ -175,16 +211,23 @@ def profile_markdown(d: ProfileDiff) -> str:
     if d.status == "added":
         lines += [f"{d.new_count} packages, {human_size(d.new_size)} to download.", ""]
     lines += _key_table(d)
-    if d.arch:
-        lines += _arch_lines(d.arch)
-    lines += _driver_lines(d)
-    lines += _other_lines(d)
-    lines += _package_table(d)
+    rest = (_arch_lines(d.arch) if d.arch else []) + _driver_lines(d) + _other_lines(d)
+    if level >= KEY_ONLY and (rest or d.packages):
+        what = [w for w, shown in (("GPU architectures", d.arch), ("driver", _driver_lines(d)),
+                                   ("profile", _other_lines(d))) if shown]
+        if d.packages:
+            what.append(f"packages ({_package_summary(d)})")
+        lines += [f"Details left out to fit the size limit: {', '.join(what)}; "
+                  f"`{_full_command(d.profile, base)}` shows them.", ""]
+        return "\n".join(lines)
+    lines += rest
+    lines += _package_table(d, cut=level >= NO_PACKAGES, base=base)
     return "\n".join(lines)
 
 
-def markdown(diffs: list[ProfileDiff], base: str = "HEAD") -> str:
-    """A PR body: a summary line, then one section per changed profile."""
+def markdown(diffs: list[ProfileDiff], base: str = "HEAD", max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """A PR body: a summary line, then one section per changed profile; at most ``max_chars``
+    characters (0: no limit), shortened as the module docstring says."""
     changed = [d for d in diffs if d.changed]
     same = [d.profile for d in diffs if not d.changed]
     n = len(diffs)
@@ -199,8 +242,62 @@ def markdown(diffs: list[ProfileDiff], base: str = "HEAD") -> str:
     for d in changed:
         head.append(f"- `{d.profile}`: {_headline(d)}")
     head.append("")
-    body = "\n".join(profile_markdown(d) for d in changed)
-    return "\n".join(head) + "\n" + body.rstrip("\n") + "\n"
+    levels = [FULL] * len(changed)
+    text = _compose(head, changed, levels, base, max_chars)
+    if not max_chars or len(text) <= max_chars:
+        return text
+    sections: dict[tuple[int, int], str] = {}
+
+    def section(i: int, level: int) -> str:
+        if (i, level) not in sections:
+            sections[i, level] = profile_markdown(changed[i], level, base)
+        return sections[i, level]
+
+    for level in (NO_PACKAGES, KEY_ONLY, DROPPED):
+        # largest saving first; ties in the order of the profiles
+        order = sorted(
+            (i for i in range(len(changed)) if section(i, level) != section(i, levels[i])),
+            key=lambda i: (len(section(i, level)) - len(section(i, levels[i])), i),
+        )
+        for i in order:
+            levels[i] = level
+            text = _compose(head, changed, levels, base, max_chars, section)
+            if len(text) <= max_chars:
+                return text
+    # Even the summary lines do not fit: cut at a line, and say so.
+    tail = f"\n… cut to fit {max_chars:,} characters; `envmgr diff --format json` has everything.\n"
+    keep = text[: max_chars - len(tail)]
+    return keep[: keep.rfind("\n") + 1 if "\n" in keep else 0].rstrip("\n") + tail
+
+
+def _compose(head: list[str], changed: list[ProfileDiff], levels: list[int], base: str, max_chars: int,
+             section=None) -> str:
+    section = section or (lambda i, level: profile_markdown(changed[i], level, base))
+    notice = _notice(changed, levels, base, max_chars)
+    top = head + ([notice, ""] if notice else [])
+    body = "\n".join(s for i in range(len(changed)) if (s := section(i, levels[i])))
+    return "\n".join(top) + "\n" + body.rstrip("\n") + "\n"
+
+
+def _notice(changed: list[ProfileDiff], levels: list[int], base: str, max_chars: int) -> str:
+    """What was left out and how to see it; "" when nothing was."""
+    if not any(levels):
+        return ""
+    names = lambda level: ", ".join(f"`{d.profile}`" for d, lv in zip(changed, levels) if lv == level)  # noqa: E731
+    parts = []
+    if NO_PACKAGES in levels:
+        parts.append(f"the package lists of {names(NO_PACKAGES)}")
+    if KEY_ONLY in levels:
+        parts.append(f"everything but the key table of {names(KEY_ONLY)}")
+    if DROPPED in levels:
+        parts.append(f"the sections of {names(DROPPED)} (their summary lines are above)")
+    json_cmd = "envmgr diff" + (f" --base {shlex.quote(base)}" if base != "HEAD" else "") + " --format json"
+    return (
+        f"> **Shortened to fit {max_chars:,} characters** (`--max-chars`; GitHub rejects a pull-request body "
+        f"over 65,536): "
+        f"left out {'; '.join(parts)}. See it all with `{json_cmd}`, or one profile in full with "
+        f"`{_full_command('NAME', base)}`."
+    )
 
 
 def _headline(d: ProfileDiff) -> str:
@@ -235,9 +332,22 @@ def check_format(fmt: str) -> None:
         raise UserError(f"unknown diff format {fmt!r}", hint="use markdown or json")
 
 
-def render(diffs: list[ProfileDiff], fmt: str, base: str = "HEAD") -> str:
+def parse_max_chars(value: str | int) -> int:
+    """``--max-chars``: 0 (no limit) or at least MIN_MAX_CHARS; anything else is a UserError."""
+    from .errors import UserError
+
+    try:
+        n = int(str(value).strip().replace("_", ""))
+    except ValueError:
+        n = -1
+    if n != 0 and n < MIN_MAX_CHARS:
+        raise UserError(f"bad --max-chars {str(value)!r}", hint=f"use 0 (no limit) or a number of at least {MIN_MAX_CHARS}")
+    return n
+
+
+def render(diffs: list[ProfileDiff], fmt: str, base: str = "HEAD", max_chars: int = DEFAULT_MAX_CHARS) -> str:
     check_format(fmt)
-    return json_text(diffs, base) if fmt == "json" else markdown(diffs, base)
+    return json_text(diffs, base) if fmt == "json" else markdown(diffs, base, max_chars)
 
 
 def to_json(diffs: list[ProfileDiff], base: str = "HEAD") -> dict:

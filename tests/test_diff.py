@@ -316,3 +316,101 @@ def test_human_size():
     assert diffreport.human_size(-3 * 1024 * 1024) == "-3.0 MiB"
     assert diffreport.size_delta(1000, 1100) == "+100 B (+10.0%)"
     assert diffreport.size_delta(5, 5) == "no change"
+
+
+# -- the size limit (GitHub rejects a PR body over 65,536 characters) ----------------------
+
+def many(prefix: str, n: int, version: str) -> dict[str, str]:
+    return {f"{prefix}-package-with-a-long-name-{i:05d}": version for i in range(n)}
+
+
+def big_upgrade(profile: str, n: int) -> diff.ProfileDiff:
+    """torch 2.7.0 -> 2.7.1 and ``n`` more packages upgraded, as a lock refresh gives."""
+    return diff.diff_locks(make_lock(profile=profile, extras=many(profile, n, "1.0.0")),
+                           make_lock(profile=profile, torch="2.7.1", extras=many(profile, n, "1.1.0")))
+
+
+@pytest.fixture(scope="module")
+def big_diffs() -> list[diff.ProfileDiff]:
+    return [big_upgrade("alpha", 1500), big_upgrade("bravo", 900), big_upgrade("charlie", 200), big_upgrade("delta", 12)]
+
+
+KEY_ROWS = (
+    "| **torch** | 2.7.0+cu126 | 2.7.1+cu126 | upgraded (patch) |",
+    "| **cuDNN** | 9.1.0.70 | 9.5.1.17 | upgraded (minor) |",
+    "| **NCCL** | 2.21.5 | 2.26.2 | upgraded (minor) |",
+    "| **triton** | 3.3.0 | 3.3.1 | upgraded (patch) |",
+)
+
+
+def sections(text: str) -> dict[str, str]:
+    """profile -> its ``### `name` ...`` section."""
+    parts = text.split("\n### `")[1:]
+    return {p.split("`", 1)[0]: p for p in parts}
+
+
+def test_long_body_fits_and_keeps_every_key_table(big_diffs):
+    full = diffreport.markdown(big_diffs, max_chars=0)
+    assert len(full) > 100_000
+    text = diffreport.markdown(big_diffs)
+    assert len(text) <= diffreport.DEFAULT_MAX_CHARS
+    assert text == diffreport.markdown(big_diffs)  # deterministic
+    by_profile = sections(text)
+    assert list(by_profile) == ["alpha", "bravo", "charlie", "delta"]
+    for name, n in (("alpha", 1504), ("bravo", 904), ("charlie", 204), ("delta", 16)):
+        assert f"- `{name}`: torch 2.7.0+cu126 → 2.7.1+cu126; cuDNN 9.1.0.70 → 9.5.1.17; NCCL 2.21.5 → 2.26.2; " \
+               f"triton 3.3.0 → 3.3.1; {n} upgraded" in text
+        section = by_profile[name]
+        for row in KEY_ROWS:
+            assert row in section, (name, row)
+        assert "| download | " in section
+    # The two largest lists went, and the body says so and how to see them.
+    notice = next(line for line in text.splitlines() if line.startswith("> **Shortened"))
+    assert "left out the package lists of `alpha`, `bravo`." in notice
+    assert "`envmgr diff --format json`" in notice and "`envmgr diff NAME --max-chars 0`" in notice
+    for name, n in (("alpha", 1504), ("bravo", 904)):
+        assert "<details>" not in by_profile[name]
+        assert f"**Packages** ({n} package changes: {n} upgraded): list left out to fit the size limit; " \
+               f"`envmgr diff {name} --max-chars 0` shows it." in by_profile[name]
+    for name in ("charlie", "delta"):
+        assert "<details><summary>" in by_profile[name] and "-package-with-a-long-name-00011 |" in by_profile[name]
+    # JSON is never shortened.
+    assert len(json.loads(diffreport.render(big_diffs, "json"))["profiles"][0]["packages"]) == 1504
+
+
+@pytest.mark.parametrize("limit", [2_000, 3_000, 6_000, 12_000, 20_000, 40_000])
+def test_tighter_limits_still_fit(big_diffs, limit):
+    text = diffreport.markdown(big_diffs, "origin/main", max_chars=limit)
+    assert len(text) <= limit and text.endswith("\n")
+    assert text.startswith("## envmgr lock changes\n\nCompared with `origin/main`: 4 profiles changed")
+    assert text == diffreport.markdown(big_diffs, "origin/main", max_chars=limit)
+    assert "Shortened to fit" in text or "cut to fit" in text
+    assert "--base origin/main" in text
+    if limit >= 6_000:  # room for every key table: the details go, the key rows stay
+        for name, section in sections(text).items():
+            assert all(row in section for row in KEY_ROWS), name
+
+
+def test_small_body_is_unchanged_byte_for_byte():
+    ds = [
+        diff.diff_locks(make_lock(variant="cu126", torch="2.7.0"), make_lock(variant="cu128", torch="2.7.1")),
+        diff.diff_locks(make_lock(profile="wide"), make_lock(profile="wide", extras={f"pkg{i}": "1.0" for i in range(10)})),
+    ]
+    text = diffreport.markdown(ds, "main")
+    # the text this renderer gave before it had a size limit
+    assert hashlib.sha256(text.encode()).hexdigest() == "c96696d0aa079ac79d4ac16e538fff32353206d0110c5c3fef67aa744301d52d"
+    assert text == diffreport.markdown(ds, "main", max_chars=0) == diffreport.render(ds, "markdown", "main", len(text))
+    assert "Shortened" not in text and "<details>" in text
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("65000", 65_000), (" 2000 ", 2_000), (70_000, 70_000)])
+def test_parse_max_chars(value, expected):
+    assert diffreport.parse_max_chars(value) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "", "1999", "1e5", "65000.5"])
+def test_parse_max_chars_rejects(value):
+    from envmgr.errors import UserError
+
+    with pytest.raises(UserError, match="bad --max-chars"):
+        diffreport.parse_max_chars(value)

@@ -184,3 +184,50 @@ def test_no_lock_for_named_profile(repo: Path):
 
 def test_unknown_format(repo: Path):
     one_line_error(envmgr(repo, "diff", "--format", "xml"), "unknown diff format 'xml'")
+
+
+# -- --max-chars: the PR body stays under GitHub's limit ----------------------------------
+
+def test_max_chars_shortens_a_long_body(repo: Path):
+    from test_diff import many
+
+    git(repo, "rm", "-q", str(lock_path(repo, "gpu")))
+    write_lock(repo, make_lock(profile="gpu", extras=many("gpu", 1200, "1.0.0")))
+    write_lock(repo, make_lock(profile="cpu", variant="cpu", extras=many("cpu", 30, "1.0.0")))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "many")
+    write_lock(repo, make_lock(profile="gpu", torch="2.7.1", extras=many("gpu", 1200, "2.0.0")))
+    write_lock(repo, make_lock(profile="cpu", variant="cpu", torch="2.7.1", extras=many("cpu", 30, "2.0.0")))
+
+    full = envmgr(repo, "diff", "--max-chars", "0")
+    assert full.returncode == 0, full.stderr
+    assert len(full.stdout) > 65_000 and "Shortened" not in full.stdout
+    assert full.stdout.count("<details>") == 2
+
+    res = envmgr(repo, "diff", "--exit-code")  # default: 65,000
+    assert res.returncode == 1, res.stderr
+    body = res.stdout
+    assert len(body) <= 65_000
+    assert "left out the package lists of `gpu`." in body
+    assert "`envmgr diff --format json`" in body and "`envmgr diff gpu --max-chars 0` shows it." in body
+    assert "| **torch** | 2.7.0+cu126 | 2.7.1+cu126 | upgraded (patch) |" in body
+    assert "| **torch** | 2.7.0+cpu | 2.7.1+cpu | upgraded (patch) |" in body
+    assert body.count("<details>") == 1 and "cpu-package-with-a-long-name-00029" in body
+
+    small = envmgr(repo, "diff", "--max-chars", "5000")
+    assert small.returncode == 0 and len(small.stdout) <= 5000
+    assert "| **torch** | 2.7.0+cpu | 2.7.1+cpu | upgraded (patch) |" in small.stdout
+    assert len(json.loads(envmgr(repo, "diff", "--json", "--max-chars", "5000").stdout)["profiles"][1]["packages"]) == 1204
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "100", "1.5"])
+def test_bad_max_chars(repo: Path, value: str):
+    one_line_error(envmgr(repo, "diff", "--max-chars", value), f"bad --max-chars '{value}'", "0 (no limit)")
+
+
+def test_max_chars_default_matches_the_renderer():
+    from envmgr import diffreport
+    from envmgr.cli import diff_cmd
+    import inspect
+
+    assert int(inspect.signature(diff_cmd).parameters["max_chars"].default.default) == diffreport.DEFAULT_MAX_CHARS
