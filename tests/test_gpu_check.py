@@ -312,6 +312,8 @@ def test_check_image_with_podman(torch_image, tmp_path, torch_python):
     assert report["torch"]["version"] == torch_version(torch_python)
     assert report["python"]["executable"] == "/opt/venv/bin/python"
     assert by_name(report)["cpu.matmul_fp32"]["status"] == "pass"
+    assert report["expect"] == {} and report["expect_source"] is None
+    assert len(report["notes"]) == 1 and "has no embedded lock" in report["notes"][0]
 
 
 @pytest.mark.podman
@@ -356,10 +358,206 @@ def test_check_image_with_the_docker_sdk(torch_image, tmp_path):
 def test_plan_image_python_follows_the_profile(tmp_path):
     path = write_profile(tmp_path, "img", "cpu", "==2.7.1")
     path.write_text(path.read_text() + '\n[image]\nvenv = "/srv/env/"\n')
-    target, expect, source = gpu_check.plan(tmp_path, name="img", python=None, image="some/image:tag", engine="docker")
+    target, expect, source, _ = gpu_check.plan(tmp_path, name="img", python=None, image="some/image:tag", engine="docker")
     assert target.python == "/srv/env/bin/python" and target.kind == "image" and expect["variant"] == "cpu"
     assert source.startswith("profile ") and "no lock yet" in source
-    target, _, _ = gpu_check.plan(tmp_path, name=None, python=None, image="some/image:tag", engine="docker")
+    target, _, _, notes = gpu_check.plan(tmp_path, name=None, python=None, image="some/image:tag", engine="docker")
     assert target.python == "/opt/venv/bin/python" and target.profile is None
-    target, _, _ = gpu_check.plan(tmp_path, name="img", python=None, image="i", image_python="/usr/bin/python3", engine="docker")
+    assert notes and "no embedded lock" in notes[0]
+    target, _, _, _ = gpu_check.plan(tmp_path, name="img", python=None, image="i", image_python="/usr/bin/python3", engine="docker")
     assert target.python == "/usr/bin/python3"
+
+
+# -- the lock embedded in an image (<venv>/pylock.toml, io.envmgr.* labels) ---------------------
+
+def _blob(root: Path, data: bytes) -> dict:
+    digest = hashlib.sha256(data).hexdigest()
+    (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (root / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def _layer(files: dict[str, bytes]) -> bytes:
+    import gzip, io, tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+def make_layout(root: Path, layers: list[dict[str, bytes]], labels: dict | None = None, tag: str = "latest") -> Path:
+    """A tiny OCI layout (gzip layers, no python in it): enough to read labels and files."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    descs = [dict(_blob(root, _layer(f)), mediaType="application/vnd.oci.image.layer.v1.tar+gzip") for f in layers]
+    config = {"architecture": "amd64", "os": "linux", "config": {"Labels": labels or {}},
+              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64] * len(descs)}}
+    cfg = dict(_blob(root, json.dumps(config).encode()), mediaType="application/vnd.oci.image.config.v1+json")
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": cfg, "layers": descs}).encode()
+    mdesc = dict(_blob(root, manifest), mediaType="application/vnd.oci.image.manifest.v1+json",
+                 annotations={"org.opencontainers.image.ref.name": tag})
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+    return root
+
+
+def envmgr_labels(lock, venv: str = "/opt/venv") -> dict:
+    return {"io.envmgr.lock.digest": lock.digest(), "io.envmgr.profile": lock.meta.profile,
+            "io.envmgr.variant": lock.meta.variant, "io.envmgr.venv": venv}
+
+
+CU126 = dict(extra={"nvidia-cudnn-cu12": "9.5.1.17", "nvidia-nccl-cu12": "2.26.2"})
+
+
+def test_venv_of_and_lock_path():
+    from envmgr.gpu import imagelock
+
+    assert imagelock.venv_of(None, None) == "/opt/venv"
+    assert imagelock.venv_of("/srv/env/bin/python3.11", None) == "/srv/env"
+    assert imagelock.venv_of("/usr/bin/python3", None) == "/opt/venv"
+    assert imagelock.venv_of("/usr/bin/python3", {"io.envmgr.venv": "/app/venv/"}) == "/app/venv"
+    assert imagelock.lock_path("/app/venv") == "/app/venv/pylock.toml"
+
+
+def test_find_in_layers_top_down_and_whiteouts():
+    import io
+    from envmgr.gpu import imagelock
+
+    def layers(*contents):
+        return [("application/vnd.oci.image.layer.v1.tar+gzip", (lambda b=_layer(c): io.BytesIO(b))) for c in contents]
+
+    old, new = {"opt/venv/pylock.toml": b"old"}, {"./opt/venv/pylock.toml": b"new"}
+    assert imagelock.find_in_layers(layers(old, new), "/opt/venv/pylock.toml") == b"new"
+    assert imagelock.find_in_layers(layers(old, {"etc/x": b""}), "/opt/venv/pylock.toml") == b"old"
+    assert imagelock.find_in_layers(layers(old, {"opt/venv/.wh.pylock.toml": b""}), "/opt/venv/pylock.toml") is None
+    assert imagelock.find_in_layers(layers(old, {"opt/.wh.venv": b""}), "/opt/venv/pylock.toml") is None
+    assert imagelock.find_in_layers(layers(old, {"opt/venv/.wh..wh..opq": b""}), "/opt/venv/pylock.toml") is None
+    assert imagelock.find_in_layers(layers({"etc/x": b""}), "/opt/venv/pylock.toml") is None
+
+
+@pytest.fixture
+def fake_podman(monkeypatch):
+    """pick_engine sees a podman; nothing here runs it (layouts are read in place)."""
+    monkeypatch.setattr(runner.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+
+def test_plan_reads_the_lock_from_an_oci_layout_and_archive(tmp_path, fake_podman):
+    import tarfile
+
+    lock = make_lock("cu126", "cu126", "2.7.1+cu126", **CU126)
+    layout = make_layout(tmp_path / "img", [{"etc/os-release": b"x"}, {"srv/env/pylock.toml": lock.dumps().encode()}],
+                         envmgr_labels(lock, "/srv/env"))
+    archive = tmp_path / "img.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(layout, arcname=".")
+    for ref in (f"oci:{layout}", f"oci:{layout}:latest", f"oci-archive:{archive}", f"oci-archive:{archive}:latest"):
+        target, expect, source, notes = gpu_check.plan(tmp_path, name=None, python=None, image=ref, engine="podman")
+        assert source == "image lock /srv/env/pylock.toml" and notes == [], ref
+        assert expect == gpu_check.expectations_from_lock(lock) and expect["torch"] == "2.7.1+cu126"
+        assert target.python == "/srv/env/bin/python" and target.profile is None and target.engine == "podman"
+    target, _, _, _ = gpu_check.plan(tmp_path, name=None, python=None, image=f"oci:{layout}", image_python="/usr/bin/python3",
+                                     engine="podman")
+    assert target.python == "/usr/bin/python3"
+
+
+def test_plan_profile_name_wins_over_the_image_lock(tmp_path, fake_podman, monkeypatch):
+    from envmgr.gpu import imagelock
+
+    write_profile(tmp_path, "cpu", "cpu", "==2.7.1")
+    write_lock(tmp_path, make_lock("cpu", "cpu", "2.7.1+cpu"))
+    monkeypatch.setattr(imagelock, "read", lambda *a, **k: pytest.fail("the image's lock was read"))
+    _, expect, source, notes = gpu_check.plan(tmp_path, name="cpu", python=None, image="oci:/nowhere", engine="podman")
+    assert source.startswith("lock ") and expect["variant"] == "cpu" and notes == []
+
+
+def test_plan_image_without_an_embedded_lock(tmp_path, fake_podman):
+    lock = make_lock("cpu", "cpu", "2.7.1+cpu")
+    plain = make_layout(tmp_path / "plain", [{"opt/venv/pylock.toml": lock.dumps().encode()}])  # no labels: not envmgr's
+    target, expect, source, notes = gpu_check.plan(tmp_path, name=None, python=None, image=f"oci:{plain}", engine="podman")
+    assert expect == {} and source is None and target.python == "/opt/venv/bin/python"
+    assert len(notes) == 1 and "has no embedded lock (no io.envmgr.lock.digest label" in notes[0]
+    gone = make_layout(tmp_path / "gone", [{"etc/x": b""}], envmgr_labels(lock))
+    _, expect, source, notes = gpu_check.plan(tmp_path, name=None, python=None, image=f"oci:{gone}", engine="podman")
+    assert expect == {} and source is None and "no /opt/venv/pylock.toml in it" in notes[0]
+
+
+def test_plan_embedded_lock_digest_mismatch_is_a_note(tmp_path, fake_podman):
+    lock, other = make_lock("cpu", "cpu", "2.7.1+cpu"), make_lock("cu126", "cu126", "2.7.1+cu126", **CU126)
+    layout = make_layout(tmp_path / "img", [{"opt/venv/pylock.toml": lock.dumps().encode()}], envmgr_labels(other))
+    _, expect, source, notes = gpu_check.plan(tmp_path, name=None, python=None, image=f"oci:{layout}", engine="podman")
+    assert expect["variant"] == "cpu" and source == "image lock /opt/venv/pylock.toml"
+    assert len(notes) == 1 and "label says" in notes[0]
+
+
+def test_bad_embedded_locks_and_layouts_are_one_line_errors(tmp_path, fake_podman):
+    lock = make_lock("cpu", "cpu", "2.7.1+cpu")
+    broken = make_layout(tmp_path / "broken", [{"opt/venv/pylock.toml": b"lock-version = [oops"}], envmgr_labels(lock))
+    alien = make_layout(tmp_path / "alien", [{"opt/venv/pylock.toml": b'lock-version = "1.0"\npackages = []\n'}],
+                        envmgr_labels(lock))
+    (tmp_path / "not-a-layout").mkdir()
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all")
+    cases = [
+        (f"oci:{broken}", "embedded lock /opt/venv/pylock.toml is unreadable"),
+        (f"oci:{alien}", "not written by envmgr"),
+        (f"oci:{broken}:nope", "no image tagged 'nope'"),
+        (f"oci:{tmp_path / 'not-a-layout'}", "index.json is missing"),
+        (f"oci:{tmp_path / 'nowhere'}", "is not a directory"),
+        (f"oci-archive:{tmp_path / 'junk.tar'}", "not a readable archive"),
+        (f"oci-archive:{tmp_path / 'none.tar'}", "does not exist"),
+    ]
+    from envmgr.errors import UserError
+
+    for ref, words in cases:
+        with pytest.raises(UserError) as exc:
+            gpu_check.plan(tmp_path, name=None, python=None, image=ref, engine="podman")
+        line = str(exc.value)
+        assert "\n" not in line and words in line and ref.split(":", 1)[1].split(":")[0] in line, (ref, line)
+
+
+@pytest.mark.podman
+def test_bad_embedded_lock_through_the_command_line(tmp_path):
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed")
+    broken = make_layout(tmp_path / "broken", [{"opt/venv/pylock.toml": b"lock-version = [oops"}],
+                         envmgr_labels(make_lock("cpu", "cpu", "2.7.1+cpu")))
+    line = one_line_error(envmgr("check", "--image", f"oci-archive:{tmp_path / 'none.tar'}", "--engine", "podman", project=tmp_path))
+    assert "none.tar does not exist" in line
+    line = one_line_error(envmgr("check", "--image", f"oci:{broken}", "--engine", "podman", project=tmp_path))
+    assert "embedded lock /opt/venv/pylock.toml is unreadable" in line and "not valid TOML" in line
+
+
+@pytest.fixture(scope="session")
+def locked_image(torch_image, tmp_path_factory) -> tuple[str, object]:
+    """``torch_image`` plus an embedded cu126 lock and envmgr's labels (a CPU torch inside: the lock does not match)."""
+    lock = make_lock("cu126", "cu126", "2.7.1+cu126", "3.11", **CU126)
+    key = hashlib.sha256((torch_image + lock.digest()).encode()).hexdigest()[:12]
+    image = f"localhost/envmgr-gpu-test-locked:{key}"
+    if subprocess.run(["podman", "image", "exists", image]).returncode != 0:
+        ctx = tmp_path_factory.mktemp("locked-image")
+        (ctx / "pylock.toml").write_text(lock.dumps())
+        labels = " ".join(f"{k}={v}" for k, v in envmgr_labels(lock).items())
+        (ctx / "Containerfile").write_text(f"FROM {torch_image}\nCOPY pylock.toml /opt/venv/pylock.toml\nLABEL {labels}\n")
+        r = subprocess.run(["podman", "build", "-q", "-t", image, str(ctx)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"could not build the locked test image: {r.stderr.strip()[-300:]}")
+    return image, lock
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_check_image_against_its_embedded_lock(locked_image, project):
+    image, lock = locked_image
+    r = envmgr("check", "--image", image, "--engine", "podman", "--json", project=project)
+    assert r.returncode == 1, r.stderr
+    report = json_out(r)
+    jsonschema.validate(report, schema.CHECK_REPORT)
+    assert report["expect_source"] == "image lock /opt/venv/pylock.toml" and report["notes"] == []
+    assert report["expect"] == gpu_check.expectations_from_lock(lock) and report["target"]["profile"] is None
+    assert by_name(report)["torch.cuda_build"]["status"] == "fail"
+    r = envmgr("check", "cpu", "--image", image, "--engine", "podman", "--json", project=project)  # a named profile wins
+    assert r.returncode == 0, r.stderr
+    assert json_out(r)["expect_source"].startswith("lock ") and json_out(r)["expect"]["variant"] == "cpu"

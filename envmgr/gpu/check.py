@@ -128,27 +128,37 @@ def venv_python(project: Path, name: str) -> str:
 
 
 def plan(project: Path, *, name: str | None, python: str | None, image: str | None,
-         image_python: str | None = None, engine: str = "auto") -> tuple[Target, dict, str | None]:
-    """Which interpreter to probe and what to expect of it; validates every input (exit 2).
+         image_python: str | None = None, engine: str = "auto") -> tuple[Target, dict, str | None, list[str]]:
+    """Which interpreter to probe, what to expect of it, from where, and notes; validates
+    every input (exit 2).
 
+    An image checked without a profile name is held to the lock embedded in it
+    (``<venv>/pylock.toml``, see ``envmgr.gpu.imagelock``); a profile named explicitly wins.
     Inside an image the interpreter is ``--image-python``, else the profile's ``[image] venv``
-    plus ``/bin/python``, else ``/opt/venv/bin/python``."""
+    (or the image's ``io.envmgr.venv`` label) plus ``/bin/python``, else ``/opt/venv/bin/python``."""
     if python and image:
         raise UserError("--python and --image are exclusive", hint="check one target at a time")
     expect: dict = {}
     source = None
     profile = None
+    notes: list[str] = []
     if name is not None or not (python or image):
         name = name or "default"
         expect, source, profile = profile_expectations(project, name)
     if image:
+        picked = runner.pick_engine(engine, image)
+        venv = (profile.image.get("venv") if profile else None) or ""
+        if profile is None:
+            from . import imagelock
+
+            expect, source, notes, labels = imagelock.expectations(image, engine=picked, image_python=image_python)
+            venv = venv or ((labels or {}).get(imagelock.LABEL + "venv") or "")
         if not image_python:
-            venv = (profile.image.get("venv") if profile else None) or ""
-            image_python = venv.rstrip("/") + "/bin/python" if venv else runner.DEFAULT_IMAGE_PYTHON
-        return Target("image", image_python, name, image, runner.pick_engine(engine, image)), expect, source
+            image_python = venv.rstrip("/") + "/bin/python" if venv.strip("/") else runner.DEFAULT_IMAGE_PYTHON
+        return Target("image", image_python, name, image, picked), expect, source, notes
     if python:
-        return Target("python", resolve_python(python), name), expect, source
-    return Target("venv", venv_python(project, name), name), expect, source
+        return Target("python", resolve_python(python), name), expect, source, notes
+    return Target("venv", venv_python(project, name), name), expect, source, notes
 
 
 # -- running --------------------------------------------------------------------------------
@@ -209,7 +219,7 @@ def check(project: Path, *, name: str | None = None, python: str | None = None, 
         raise UserError(f"--world {world}: must be 1 or more")
     if timeout <= 0:
         raise UserError(f"--timeout {timeout:g}: must be positive")
-    target, expect, source = plan(project, name=name, python=python, image=image, image_python=image_python, engine=engine)
+    target, expect, source, notes = plan(project, name=name, python=python, image=image, image_python=image_python, engine=engine)
     full = dict(expect, driver_table=driver_table(), require_gpu=require_gpu, world=world)
     if sizes:
         full["sizes"] = sizes
@@ -230,6 +240,7 @@ def check(project: Path, *, name: str | None = None, python: str | None = None, 
         "target": target.to_json(),
         "expect": expect,
         "expect_source": source,
+        "notes": notes,
         "require_gpu": require_gpu,
         "world": world,
         "python": doc.get("python"),

@@ -22,6 +22,8 @@ def render_check(console: Console, report: dict) -> None:
     console.print(f"envmgr check: {where}: {escape(t['python'])}", highlight=False)
     if report.get("expect_source"):
         console.print(f"  expected: {escape(report['expect_source'])}", highlight=False)
+    for note in report.get("notes") or []:
+        console.print(f"  note: {escape(note)}", highlight=False)
     torch = report.get("torch") or {}
     if torch:
         cuda = f"CUDA {torch['cuda']}" if torch.get("cuda") else "CPU build"

@@ -8,7 +8,8 @@ Stable for consumers: field names and meanings change only with the ``schema`` s
     {"schema": "envmgr-check/1", "ok": true,          # false when any check failed (exit 1)
      "target": {"kind": "venv|python|image", "python": "/path/bin/python",
                 "profile": "cu126"|null, "image": "REF"|null, "engine": "podman|docker"|null},
-     "expect": {...},  "expect_source": "lock locks/pylock.cu126.toml"|null,
+     "expect": {...},  "expect_source": "lock locks/pylock.cu126.toml"|"image lock /opt/venv/pylock.toml"|null,
+     "notes": ["image REF has no embedded lock (...): nothing to compare against", ...],
      "require_gpu": false, "world": 1,
      "python": {"version": "3.11.7", "executable": "..."},
      "torch": {"version", "cuda", "hip", "cudnn", "nccl", "git", "arch_list", "path"}|null,
@@ -140,6 +141,7 @@ CHECK_REPORT = {
         },
         "expect": {"type": "object"},
         "expect_source": _STR_OR_NULL,
+        "notes": {"type": "array", "items": {"type": "string"}},
         "require_gpu": {"type": "boolean"},
         "world": {"type": "integer", "minimum": 1},
         "python": {"type": ["object", "null"]},
