@@ -395,7 +395,7 @@ def export_cmd(
 def check_cmd(
     name: Optional[str] = typer.Argument(None, help="Profile whose venv to check, and whose lock to compare with (default: default)."),
     python: Optional[str] = typer.Option(None, "--python", help="Check this interpreter (a path, a name on PATH, or a venv dir) instead of the profile's venv."),
-    image: Optional[str] = typer.Option(None, "--image", help="Check inside this image: a reference, oci:DIR[:TAG], oci-archive:FILE."),
+    image: Optional[str] = typer.Option(None, "--image", help="Check inside this image: a reference, oci:DIR[:TAG], oci-archive:FILE. Without NAME, expectations come from the lock the image carries."),
     image_python: Optional[str] = typer.Option(None, "--image-python", help="The interpreter inside the image (default: VENV/bin/python for the profile's image venv, else /opt/venv/bin/python)."),
     engine: str = typer.Option("auto", "--engine", help="Container engine for --image: auto, podman (CDI GPUs) or docker (SDK, --gpus all)."),
     require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail (exit 1) when no GPU is usable instead of skipping the GPU checks."),
