@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import EnvmgrError, UserError
+from ..oci.sources import split_tag
 
 LABEL = "io.envmgr."
 LOCK_NAME = "pylock.toml"
@@ -76,14 +77,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].rstrip(":") if text else type(exc).__name__
 
 
-def _split_tag(rest: str) -> tuple[str, str | None]:
-    if ":" in rest and not Path(rest).exists():
-        path, tag = rest.rsplit(":", 1)
-        if "/" not in tag:
-            return path, tag or None
-    return rest, None
-
-
 class _Layout:
     """Blobs of an OCI layout, from a directory or a tar archive, by relative path."""
 
@@ -91,7 +84,7 @@ class _Layout:
         self.ref = ref
         self.tar: tarfile.TarFile | None = None
         kind, rest = ref.split(":", 1)
-        path, self.tag = _split_tag(rest)
+        path, self.tag = split_tag(rest)
         self.root = Path(path).expanduser()
         if kind == "oci":
             if not self.root.is_dir():

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import image as im
 from .layers import BlobStore, sha256_file
-from .layout import manifest_to_image, read_dir
+from .layout import read_dir
 
 ARCH_OF_PLATFORM = {"linux-x86_64": "amd64", "linux-aarch64": "arm64"}
 PREFIXES = ("oci:", "oci-archive:", "docker-archive:", "docker://")
@@ -35,7 +35,7 @@ class Base:
     digest: str  # the base manifest's digest
 
 
-def _split_tag(rest: str) -> tuple[str, str | None]:
+def split_tag(rest: str) -> tuple[str, str | None]:
     """``PATH[:TAG]``: a trailing ``:TAG`` when PATH alone does not exist."""
     if ":" in rest and not Path(rest).exists():
         path, tag = rest.rsplit(":", 1)
@@ -48,17 +48,17 @@ def load(ref: str, *, platform: str, cache: Path, reporter=None, log=None) -> Ba
     """The base image ``ref`` for ``platform`` (``linux-x86_64``), blobs on local disk."""
     os_, arch = "linux", ARCH_OF_PLATFORM.get(platform, platform.split("-")[-1])
     if ref.startswith("oci:"):
-        path, tag = _split_tag(ref[4:])
+        path, tag = split_tag(ref[4:])
         root = Path(path).expanduser()
         if not root.is_dir():
             raise UserError(f"base {ref}: {root} is not a directory", hint="oci:DIR[:TAG] names an OCI layout directory")
         image, digest = read_dir(root, tag, os_=os_, arch=arch, where=f"base {ref}")
     elif ref.startswith("oci-archive:"):
-        path, tag = _split_tag(ref[len("oci-archive:"):])
+        path, tag = split_tag(ref[len("oci-archive:"):])
         root = _unpack(Path(path).expanduser(), cache, ref)
         image, digest = read_dir(root, tag, os_=os_, arch=arch, where=f"base {ref}")
     elif ref.startswith("docker-archive:"):
-        path, tag = _split_tag(ref[len("docker-archive:"):])
+        path, tag = split_tag(ref[len("docker-archive:"):])
         root = _unpack(Path(path).expanduser(), cache, ref)
         image, digest = _read_docker_archive(root, tag, ref)
     else:
