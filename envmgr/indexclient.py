@@ -18,7 +18,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .fetch import Auth, _get
+from .fetch import Auth
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 

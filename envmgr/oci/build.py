@@ -39,8 +39,6 @@ def _base_for_engine(ref: str, engine: str) -> str:
 
 
 def render(template: str, lock: lockfile.Lock, conf: dict, *, base: str, python: str) -> str:
-    from ..install import requirements  # noqa: F401  (the same hashes the native install uses)
-
     venv = "/" + conf.get("venv", DEFAULT_VENV).strip("/")
     user = conf.get("user", DEFAULT_USER)
     labels = {f"{LABEL}lock.digest": lock.digest(), f"{LABEL}profile": lock.meta.profile,
