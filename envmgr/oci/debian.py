@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import image as im
-from .layers import BlobStore, TarStream
+from .layers import BlobStore, stream_layer
 from .layout import write_dir
 
 SUITES = ("bookworm",)
@@ -49,21 +49,14 @@ def mmdebstrap(suite: str, dest_tar: Path, *, packages=PACKAGES, mirror: str | N
 def import_rootfs(rootfs_tar: Path, dest: Path, *, cache: Path, name: str, arch: str | None = None,
                   env_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") -> Path:
     """A root filesystem tar -> a single-layer OCI layout at ``dest`` (tagged ``name``)."""
-    store = BlobStore(cache / "oci")
-    fh, tmp = store.temp()
-    try:
-        with fh, open(rootfs_tar, "rb") as src:
-            sink = TarStream(fh)
+    def copy(sink) -> None:
+        with open(rootfs_tar, "rb") as src:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 sink.write(chunk)
-            sink.close()
-        digest = "sha256:" + sink.codec.sha.hexdigest()
-        path = store.commit(tmp, digest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    layer = im.Layer(digest=digest, diff_id="sha256:" + sink.sha.hexdigest(), size=sink.codec.size,
-                     media_type=im.OCI_LAYER_GZIP, path=path, title="rootfs", created_by="mmdebstrap")
+
+    built = stream_layer(BlobStore(cache / "oci"), copy)
+    layer = im.Layer(digest=built.digest, diff_id=built.diff_id, size=built.size,
+                     media_type=im.OCI_LAYER_GZIP, path=built.path, title="rootfs", created_by="mmdebstrap")
     config = {
         "architecture": arch or ARCH.get(os.uname().machine, os.uname().machine),
         "os": "linux",

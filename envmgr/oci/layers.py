@@ -271,13 +271,14 @@ class BlobStore:
         return digest, self.path(digest)
 
 
-def build_layer(entries: list[Entry], store: BlobStore, *, mtime: int, compress: bool = True,
-                progress: Callable[[int], None] | None = None) -> BuiltLayer:
+def stream_layer(store: BlobStore, fill: Callable[["TarStream"], None], *, compress: bool = True) -> BuiltLayer:
+    """One pass: ``fill`` writes tar bytes into a TarStream that hashes (diff_id),
+    compresses and hashes again (digest) on the way into the blob store."""
     fh, tmp = store.temp()
     try:
         with fh:
             sink = TarStream(fh, compress=compress)
-            write_tar(entries, sink, mtime=mtime, progress=progress)
+            fill(sink)
             sink.close()
         digest = "sha256:" + sink.codec.sha.hexdigest()
         path = store.commit(tmp, digest)
@@ -286,6 +287,12 @@ def build_layer(entries: list[Entry], store: BlobStore, *, mtime: int, compress:
         raise
     return BuiltLayer(digest=digest, diff_id="sha256:" + sink.sha.hexdigest(), size=sink.codec.size,
                       media_type=MEDIA_GZIP if compress else MEDIA_TAR, path=path, uncompressed_size=sink.size)
+
+
+def build_layer(entries: list[Entry], store: BlobStore, *, mtime: int, compress: bool = True,
+                progress: Callable[[int], None] | None = None) -> BuiltLayer:
+    return stream_layer(store, lambda sink: write_tar(entries, sink, mtime=mtime, progress=progress),
+                        compress=compress)
 
 
 class LayerCache:
