@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -191,14 +190,6 @@ def _place(tmp: Path, dest: Path) -> Path:
     return dest
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth | None = None,
               reporter: Reporter | None = None) -> Path:
     dest = cached_path(f, cache)
@@ -210,10 +201,7 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
         src = Path(unquote(parts.path))
         if not src.exists():
             raise NetworkError(f"{name}: {f.url} does not exist")
-        tmp_fd, tmp = tempfile.mkstemp(prefix=".part-", dir=_mkdir(dest.parent.parent))
-        os.close(tmp_fd)
-        shutil.copyfile(src, tmp)
-        tmp_path, actual = Path(tmp), _sha256_file(Path(tmp))
+        tmp_path, actual = _copy_hashing(src, dest.parent.parent)
         reporter.advance(f.size)
     else:
         with _get(f.url, auth, stream=True) as resp:
@@ -225,6 +213,21 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
             hint="the bytes served are not the bytes the lock names; nothing was installed or written",
         )
     return _place(tmp_path, dest)
+
+
+def _copy_hashing(src: Path, dest_dir: Path) -> tuple[Path, str]:
+    """Copy a local file into a temp file in ``dest_dir``, hashing it in the same pass."""
+    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=_mkdir(dest_dir))
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, src.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                out.write(chunk)
+                h.update(chunk)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp), h.hexdigest()
 
 
 def _mkdir(p: Path) -> Path:
@@ -286,12 +289,13 @@ def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None,
 def _from_find_links(f: LockedFile, dirs: Iterable[Path], cache: Path | None) -> Path | None:
     for d in dirs:
         cand = Path(d) / f.filename
-        if cand.is_file() and _sha256_file(cand) == f.sha256:
-            dest = cached_path(f, cache)
-            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=_mkdir(dest.parent.parent))
-            os.close(fd)
-            shutil.copyfile(cand, tmp)
-            return _place(Path(tmp), dest)
+        if not cand.is_file():
+            continue
+        dest = cached_path(f, cache)
+        tmp, actual = _copy_hashing(cand, dest.parent.parent)
+        if actual == f.sha256:
+            return _place(tmp, dest)
+        tmp.unlink(missing_ok=True)
     return None
 
 
