@@ -163,10 +163,10 @@ def build_lock(profile: Profile, backend_name: str, backend_version: str, packag
     )
 
 
-def lock_one(project: Path, name: str, *, resolver: str | None = None, upgrade: bool = False,
+def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, upgrade: bool = False,
              upgrade_packages: tuple[str, ...] = (), verify: bool = False, log: Log = None) -> LockResult:
     started = time.monotonic()
-    profile = profiles.load(project, name)
+    name = profile.name
     path = lockfile.lock_path(project, name)
     with _profile_lock(project, name):
         previous_text = path.read_text("utf-8") if path.exists() else None
@@ -212,8 +212,7 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
                   upgrade_packages: list[str] = (), verify: bool = False, jobs: int = 4,
                   log: Log = None) -> list[LockResult]:
     """Lock several profiles at once; every profile is attempted, then the first error raised."""
-    for n in names:  # validate every profile before any resolution starts
-        profiles.load(project, n)
+    loaded = {n: profiles.load(project, n) for n in names}  # every profile validates before any resolution
     if resolver is not None:
         resolve.backend(resolver)
     results: dict[str, LockResult] = {}
@@ -221,7 +220,7 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
 
     def run(n: str) -> None:
         try:
-            results[n] = lock_one(project, n, resolver=resolver, upgrade=upgrade,
+            results[n] = lock_one(project, loaded[n], resolver=resolver, upgrade=upgrade,
                                   upgrade_packages=tuple(upgrade_packages), verify=verify, log=log)
         except EnvmgrError as exc:
             errors.append((n, exc))
