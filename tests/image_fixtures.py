@@ -112,6 +112,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(ready, seconds: float = 20) -> bool:
+    """Poll ``ready()`` until it is true or ``seconds`` pass: a started service's readiness."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        time.sleep(0.1)
+    return ready()
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Stop a service: terminate, then kill if it does not exit within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class Registry:
     """docker-registry (distribution 2.8) on 127.0.0.1 with htpasswd auth, storage in a temp dir."""
 
@@ -134,22 +153,19 @@ class Registry:
         )
         self.log = open(root / "registry.log", "w")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("docker-registry did not start")
+        if not wait_until(self._listening):
+            self.stop()
+            raise RuntimeError("docker-registry did not start")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        end(self.proc)
         self.log.close()
 
 
@@ -178,16 +194,9 @@ class PodmanService:
         self.url = f"unix://{self.sock}"
         self.proc = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not self.sock.exists():
-            time.sleep(0.1)
-        if not self.sock.exists():
+        if not wait_until(self.sock.exists):
             self.stop()
             raise RuntimeError("podman system service did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        end(self.proc)
