@@ -195,9 +195,9 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
                     upgrade_packages=tuple(upgrade_packages),
                 ))
             version = version_of.result()
-        packages = resolve.finish(pinned, auth=Auth.from_urls(idx.all_urls()))
-        _verify(profile, idx, packages)
         auth = Auth.from_urls(idx.all_urls())
+        packages = resolve.finish(pinned, auth=auth)
+        _verify(profile, idx, packages)
         if verify:
             # Download every file into the verified cache: a published hash that does not
             # match the bytes fails here, before the lock is written.
