@@ -104,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="envmgr-bench-check-") as tmp:
         bare = Path(tmp) / "bare.py"
         bare.write_text(BARE.replace("json_sizes", json.dumps(DEFAULT_SIZES)))
-        check_argv = [sys.executable, "-m", "envmgr.cli", "check", "--python", args.python, "--json"]
+        check_argv = [sys.executable, "-m", "envmgr", "check", "--python", args.python, "--json"]
         bare_argv = [args.python, str(bare)]
         wall(bare_argv, env, tmp)  # warm the page cache for torch's libraries once
         checks, bares = [], []

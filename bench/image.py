@@ -33,7 +33,7 @@ from envmgr.lockfile import LockedFile  # noqa: E402
 
 
 def envmgr(args: list[str], env: dict, cwd: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "envmgr.cli", *args, "--json", "-q"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "envmgr", *args, "--json", "-q"], capture_output=True, text=True,
                           env={**os.environ, **env}, cwd=cwd)
     if proc.returncode != 0:
         sys.exit(f"envmgr {' '.join(args)} failed:\n{proc.stderr}")

@@ -121,7 +121,7 @@ def main() -> None:
         shutil.copytree(REPO / "profiles", project / "profiles")
         (project / "locks").mkdir()
         shutil.copy(args.lock, project / "locks" / args.lock.name)
-        check = subprocess.run([sys.executable, "-m", "envmgr.cli", "lock", "--check", name], cwd=project,
+        check = subprocess.run([sys.executable, "-m", "envmgr", "lock", "--check", name], cwd=project,
                                env=clean_env(ENVMGR_PROJECT=str(project), PYTHONPATH=str(REPO)), capture_output=True, text=True)
         frozen = check.returncode != 0
         python = subprocess.run([uv_bin(), "python", "find", "--system", "--no-config", lock.meta.python],
@@ -129,7 +129,7 @@ def main() -> None:
         for d in ("cache-envmgr", "cache-uv-for-envmgr", "cache-uv", "venv-envmgr", "venv-uv"):
             shutil.rmtree(work / d, ignore_errors=True)
         if args.in_place:
-            envmgr_cmd = [sys.executable, "-m", "envmgr.cli"]
+            envmgr_cmd = [sys.executable, "-m", "envmgr"]
         else:
             envmgr_cmd = [install_tool(work / "tool", uv_bin(), clean_env())[1]]
         envmgr, uv = Envmgr(work, args.lock, name, frozen, envmgr_cmd), Uv(work, args.lock, python)

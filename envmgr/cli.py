@@ -1,20 +1,23 @@
-"""The command line: parses arguments, calls one stage, renders the result.
+"""The command line (typer): parses arguments, calls one stage, renders the result.
 
 No logic lives here. Every EnvmgrError is caught once, in ``main``, and printed as one
-line (exit 2 for bad input, 1 for a failed check or stale lock); no traceback.
+line (exit 2 for bad input, 1 for a failed check or stale lock); no traceback. The
+console script enters through ``entry``, which runs ``lock`` and ``sync`` without loading
+typer and hands every other command line to ``main`` here.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import __version__
+from . import __version__, entry
+from .console import DownloadBar, err, line_log, out, print_error, print_json
 from .errors import EnvmgrError
+from .settings import find_project
 
 app = typer.Typer(
     name="envmgr",
@@ -23,24 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class _Console:
-    """A rich Console made on first use: importing rich costs a fast command ~20 ms."""
-
-    def __init__(self, **kwargs) -> None:
-        self._kwargs, self._console = kwargs, None
-
-    def __getattr__(self, name: str):
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(soft_wrap=True, **self._kwargs)
-        return getattr(self._console, name)
-
-
-out = _Console()
-err = _Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -56,16 +41,6 @@ def _root(
     """Exit codes: 0 ok; 1 a check failed or a lock is stale; 2 usage or input error."""
 
 
-def _project() -> Path:
-    from .settings import find_project
-
-    return find_project()
-
-
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 # --- variants ----------------------------------------------------------------------------
 
 @app.command()
@@ -78,210 +53,78 @@ def variants(
 
     data = report.variants_table(torch)
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         report.render_variants(out, data)
 
 
 # --- lock --------------------------------------------------------------------------------
 
+def _param(params, name: str):
+    """The typer declaration of one of ``entry``'s parameters (declared there, once, as data)."""
+    p = next(x for x in params if x.name == name)
+    if not p.flags:
+        return typer.Argument(None, help=p.help)
+    return typer.Option(None if p.many else p.default, *p.flags, help=p.help)
+
+
 @app.command()
 def lock(
-    names: List[str] = typer.Argument(None, help="Profiles to lock (default: the default profile)."),
-    all_: bool = typer.Option(False, "--all", help="Lock every profile."),
-    resolver: Optional[str] = typer.Option(None, "--resolver", help="uv (default) or pip-tools. Env: ENVMGR_RESOLVER."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 if a lock is stale against its profile; no network."),
-    upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Ignore the existing pins."),
-    upgrade_package: List[str] = typer.Option(None, "--upgrade-package", "-P", help="Allow upgrading NAME (repeatable)."),
-    verify: bool = typer.Option(False, "--verify", help="Download every locked file and check its published hash before writing."),
-    jobs: int = typer.Option(4, "--jobs", "-j", help="Profiles locked at once."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+    names: List[str] = _param(entry.LOCK, "names"),
+    all_: bool = _param(entry.LOCK, "all_"),
+    resolver: Optional[str] = _param(entry.LOCK, "resolver"),
+    check: bool = _param(entry.LOCK, "check"),
+    upgrade: bool = _param(entry.LOCK, "upgrade"),
+    upgrade_package: List[str] = _param(entry.LOCK, "upgrade_package"),
+    verify: bool = _param(entry.LOCK, "verify"),
+    jobs: int = _param(entry.LOCK, "jobs"),
+    quiet: bool = _param(entry.LOCK, "quiet"),
+    as_json: bool = _param(entry.LOCK, "as_json"),
 ) -> None:
     """Resolve profiles into hashed PEP 751 locks (locks/pylock.NAME.toml)."""
-    _lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json)
-
-
-def _lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json) -> None:
-    from . import locker, profiles
-
-    project = _project()
-    selected = profiles.list_profiles(project) if all_ or (check and not names) else (names or ["default"])
-    if check:
-        results = locker.check(project, selected)
-        if as_json:
-            _print_json([r.to_json() for r in results])
-        else:
-            for r in results:
-                (out if r.fresh else err).print(r.describe())
-        if any(not r.fresh for r in results):
-            raise typer.Exit(1)
-        return
-    results = locker.lock_profiles(
-        project, selected, resolver=resolver, upgrade=upgrade, upgrade_packages=upgrade_package or [], verify=verify, jobs=jobs,
-        log=None if quiet or as_json else err.print,
-    )
-    if as_json:
-        _print_json([r.to_json() for r in results])
-    elif not quiet:
-        for r in results:
-            out.print(r.describe())
-
-
-def _fast_args(declaration, tokens: list[str]) -> dict | None:
-    """A command's arguments read straight from its typer declaration, without typer.
-
-    typer validates each option through pydantic, which costs ~70 ms before any work: a
-    tenth of a warm ``lock`` and most of a no-op ``sync``. The options are taken from the
-    command's signature (the one place they are declared); anything this does not read
-    exactly (--help, --opt=value, -qU, an unknown option, a bad number, an extra
-    argument) returns None and goes through typer as usual. Both paths run the same body.
-    """
-    import inspect
-
-    options: dict[str, tuple[str, str]] = {}  # flag -> (parameter, annotation)
-    args: dict = {}
-    positional, many, seen = "", False, False
-    for pname, param in inspect.signature(declaration).parameters.items():
-        info, kind = param.default, str(param.annotation)
-        if isinstance(info, typer.models.OptionInfo):
-            options.update((decl, (pname, kind)) for decl in info.param_decls)
-            args[pname] = [] if kind.startswith("List") else info.default
-        else:
-            positional, many = pname, kind.startswith("List")
-            args[pname] = [] if many else info.default
-    rest = iter(tokens)
-    for token in rest:
-        if token in options:
-            pname, kind = options[token]
-            if kind == "bool":
-                args[pname] = True
-                continue
-            value = next(rest, None)
-            if value is None or value.startswith("-"):
-                return None
-            if kind == "int":
-                if not value.isdigit():
-                    return None
-                converted = int(value)
-            else:
-                converted = Path(value) if "Path" in kind else value
-            if kind.startswith("List"):
-                args[pname].append(converted)
-            else:
-                args[pname] = converted
-        elif token.startswith("-") or not positional or (seen and not many):
-            return None
-        elif many:
-            args[positional].append(token)
-        else:
-            args[positional], seen = token, True
-    return args
+    raise typer.Exit(entry.lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json))
 
 
 # --- sync commands -----------------------------------------------------------------------
 
-class _DownloadBar:
-    """fetch's Reporter as a rich progress bar on stderr, drawn only once a download starts."""
-
-    def __init__(self) -> None:
-        self._progress = None
-
-    def start(self, total: int, label: str) -> None:
-        if not err.is_terminal:
-            return
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        self._progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                  console=err, transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task(label, total=total)
-
-    def advance(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
-
-    def finish(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
-def _sync_log(show: bool):
-    return (lambda line: err.print(line, markup=False, highlight=False)) if show else None
-
-
-# Options sync and run share (one declaration each).
-_VENV = typer.Option(None, "--venv", help="Venv path (default: PROJECT/.envmgr/venvs/NAME). Env: ENVMGR_VENV_DIR sets the folder.")
-_PYTHON = typer.Option(None, "--python", help="Interpreter for the venv; must be the lock's python version (default: found by uv).")
-_LOCKED = typer.Option(False, "--locked", help="Fail (exit 1) if the lock is stale instead of re-locking.")
-_FROZEN = typer.Option(False, "--frozen", help="Use the lock as it is; do not check it against the profile.")
-_OFFLINE = typer.Option(False, "--offline", help="No network: files from the cache or --find-links only.")
-_FIND_LINKS = typer.Option(None, "--find-links", help="Folder of wheels to take before downloading (repeatable); hashes still checked.")
-_SKIP_DRIVER = typer.Option(False, "--skip-driver-check", help="Install a CUDA variant even if the driver is too old.")
-
-
 @app.command()
 def sync(
-    name: Optional[str] = typer.Argument(None, help="Profile to sync (default: the default profile)."),
-    venv: Optional[Path] = _VENV,
-    python: Optional[str] = _PYTHON,
-    locked: bool = _LOCKED,
-    frozen: bool = _FROZEN,
-    offline: bool = _OFFLINE,
-    find_links: List[Path] = _FIND_LINKS,
-    skip_driver_check: bool = _SKIP_DRIVER,
-    check: bool = typer.Option(False, "--check", help="Report how the venv differs from the lock (exit 1); change nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+    name: Optional[str] = _param(entry.SYNC, "name"),
+    venv: Optional[Path] = _param(entry.SYNC, "venv"),
+    python: Optional[str] = _param(entry.SYNC, "python"),
+    locked: bool = _param(entry.SYNC, "locked"),
+    frozen: bool = _param(entry.SYNC, "frozen"),
+    offline: bool = _param(entry.SYNC, "offline"),
+    find_links: List[Path] = _param(entry.SYNC, "find_links"),
+    skip_driver_check: bool = _param(entry.SYNC, "skip_driver_check"),
+    check: bool = _param(entry.SYNC, "check"),
+    quiet: bool = _param(entry.SYNC, "quiet"),
+    as_json: bool = _param(entry.SYNC, "as_json"),
 ) -> None:
     """Make the profile's venv exactly its lock: hash-verified, extras removed, instant when nothing changed."""
-    _sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check, quiet, as_json)
-
-
-def _sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check, quiet, as_json) -> None:
-    from . import settings, sync as syncing
-
-    project, name = _project(), name or "default"
-    if check:
-        report = syncing.check(project, name, venv=venv, python=python, frozen=frozen)
-        if as_json:
-            _print_json(report.to_json())
-        elif not quiet or not report.exact:
-            (out if report.exact else err).print(report.describe(), markup=False, highlight=False)
-        if not report.exact:
-            raise typer.Exit(1)
-        return
-    show = not quiet and not as_json
-    result = syncing.sync(project, name, venv=venv, python=python, locked=locked, frozen=frozen, offline=offline,
-                          find_links=find_links or [], skip_driver_check=skip_driver_check,
-                          reporter=_DownloadBar() if show and settings.progress_enabled() else None,
-                          log=_sync_log(show))
-    if as_json:
-        _print_json(result.to_json())
-    elif not quiet:
-        out.print(result.describe(), markup=False, highlight=False)
+    raise typer.Exit(entry.sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check,
+                                quiet, as_json))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     name: str = typer.Argument(..., help="Profile whose venv runs the command."),
     cmd: List[str] = typer.Argument(None, help="The command and its arguments, after --."),
-    venv: Optional[Path] = _VENV,
-    python: Optional[str] = _PYTHON,
-    locked: bool = _LOCKED,
-    frozen: bool = _FROZEN,
-    offline: bool = _OFFLINE,
-    find_links: List[Path] = _FIND_LINKS,
-    skip_driver_check: bool = _SKIP_DRIVER,
+    venv: Optional[Path] = _param(entry.SYNC_SHARED, "venv"),
+    python: Optional[str] = _param(entry.SYNC_SHARED, "python"),
+    locked: bool = _param(entry.SYNC_SHARED, "locked"),
+    frozen: bool = _param(entry.SYNC_SHARED, "frozen"),
+    offline: bool = _param(entry.SYNC_SHARED, "offline"),
+    find_links: List[Path] = _param(entry.SYNC_SHARED, "find_links"),
+    skip_driver_check: bool = _param(entry.SYNC_SHARED, "skip_driver_check"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Say nothing about the sync."),
 ) -> None:
     """Run a command inside the profile's venv, syncing it first when needed (like `uv run`)."""
     from . import sync as syncing
 
-    syncing.run(_project(), name, cmd or [], venv=venv, python=python, locked=locked, frozen=frozen,
+    syncing.run(find_project(), name, cmd or [], venv=venv, python=python, locked=locked, frozen=frozen,
                 offline=offline, find_links=find_links or [], skip_driver_check=skip_driver_check,
-                log=_sync_log(not quiet))
+                log=line_log(not quiet))
 
 # --- image commands ----------------------------------------------------------------------
 
@@ -307,17 +150,17 @@ def export_image(
     show = not quiet and not as_json
     opts = exporting.Options(name=name or "default", base=base, output=output, push=push, load=load, tag=tag,
                              threshold=layer_threshold, jobs=jobs, compile=not no_compile)
-    reporter = _DownloadBar() if show and err.is_terminal and settings.progress_enabled() else None
+    reporter = DownloadBar() if show and err.is_terminal and settings.progress_enabled() else None
     if builder == "native":
-        result = exporting.export(_project(), opts, reporter=reporter, log=_sync_log(show))
+        result = exporting.export(find_project(), opts, reporter=reporter, log=line_log(show))
     elif builder in ("docker", "podman"):
         from .oci import build as building
 
-        result = building.build(_project(), opts, engine=builder, log=_sync_log(show))
+        result = building.build(find_project(), opts, engine=builder, log=line_log(show))
     else:
         raise typer.BadParameter("--builder must be native, docker or podman")
     if as_json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     elif not quiet:
         for note in result.notes:
             err.print(f"note: {note}", markup=False, highlight=False)
@@ -337,8 +180,8 @@ def base_image(
     from . import settings
     from .oci import debian
 
-    output = output or _project() / ".envmgr" / "bases" / suite
-    dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, log=_sync_log(True))
+    output = output or find_project() / ".envmgr" / "bases" / suite
+    dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, log=line_log(True))
     out.print(f"oci:{dest}", markup=False, highlight=False)
 
 # --- report commands (diff, export) ------------------------------------------------------
@@ -369,7 +212,7 @@ def diff_cmd(
     fmt = "json" if as_json else fmt
     diffreport.check_format(fmt)
     limit = diffreport.parse_max_chars(max_chars)
-    diffs = lockdiff.diff_project(_project(), names or None, base)
+    diffs = lockdiff.diff_project(find_project(), names or None, base)
     _emit_text(diffreport.render(diffs, fmt, base, limit), output)
     if exit_code and any(d.changed for d in diffs):
         raise typer.Exit(1)
@@ -386,7 +229,7 @@ def export_cmd(
     from . import export, lockfile
 
     export.check_format(fmt, output)
-    lock = lockfile.read(lock_file or lockfile.lock_path(_project(), name))
+    lock = lockfile.read(lock_file or lockfile.lock_path(find_project(), name))
     _emit_text(export.render(lock, fmt), output)
 
 # --- gpu commands (check, doctor, init) --------------------------------------------------
@@ -407,10 +250,10 @@ def check_cmd(
     from .errors import CheckFailed
     from .gpu import check as gpu_check, render
 
-    report = gpu_check.check(_project(), name=name, python=python, image=image, image_python=image_python,
+    report = gpu_check.check(find_project(), name=name, python=python, image=image, image_python=image_python,
                              engine=engine, require_gpu=require_gpu, world=world, timeout=timeout)
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         render.render_check(out, report)
     if not report["ok"]:
@@ -426,9 +269,9 @@ def doctor_cmd(
     Env: ENVMGR_DRIVER_VERSION pretends the driver is that version."""
     from .gpu import doctor, render
 
-    data = doctor.report(_project())
+    data = doctor.report(find_project())
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         render.render_doctor(out, data)
 
@@ -445,9 +288,9 @@ def init_cmd(
     """Write a profile for this machine's variant (or the one named)."""
     from .gpu import doctor
 
-    result = doctor.init_profile(_project(), name, variant=variant, torch=torch, python=python, force=force)
+    result = doctor.init_profile(find_project(), name, variant=variant, torch=torch, python=python, force=force)
     if as_json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     else:
         out.print(f"wrote {result.path}: {result.variant}, torch {result.torch}, python {result.python} ({result.reason})",
                   highlight=False, markup=False)
@@ -458,16 +301,9 @@ def init_cmd(
 
 def main() -> None:
     try:
-        argv = sys.argv[1:]
-        fast = {"lock": (lock, _lock), "sync": (sync, _sync)}.get(argv[0] if argv else "")
-        parsed = _fast_args(fast[0], argv[1:]) if fast else None
-        rc = fast[1](**parsed) if parsed is not None else app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except EnvmgrError as exc:
-        from rich.text import Text
-
-        err.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
-        if exc.detail:
-            err.print(exc.detail, highlight=False, markup=False)
+        print_error(exc)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -485,6 +321,3 @@ def main() -> None:
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 
-
-if __name__ == "__main__":
-    main()

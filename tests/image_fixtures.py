@@ -38,7 +38,7 @@ DEFAULT_PICKS = (
 
 
 def envmgr_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "envmgr.cli", *args]
+    return [sys.executable, "-m", "envmgr", *args]
 
 
 def envmgr(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from test_diff import make_lock
 def envmgr(project: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, ENVMGR_PROJECT=str(project))
     return subprocess.run(
-        [sys.executable, "-m", "envmgr.cli", *args], cwd=cwd or project, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "envmgr", *args], cwd=cwd or project, env=env, capture_output=True, text=True, timeout=120
     )
 
 

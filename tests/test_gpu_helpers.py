@@ -195,7 +195,7 @@ def link_venv(venvs: Path, name: str, python: str) -> None:
 
 def envmgr(*args: str, project: Path | None = None, env: dict | None = None, timeout: float = 300,
            cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real command line (``python -m envmgr.cli``), so exit codes are the real ones."""
+    """Run the real command line (``python -m envmgr``), so exit codes are the real ones."""
     full = dict(os.environ)
     full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
     full["ENVMGR_NO_PROGRESS"] = "1"
@@ -204,7 +204,7 @@ def envmgr(*args: str, project: Path | None = None, env: dict | None = None, tim
         full["ENVMGR_PROJECT"] = str(project)
         full.setdefault("ENVMGR_VENV_DIR", str(project / ".envmgr" / "venvs"))
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "envmgr.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "envmgr", *args], capture_output=True, text=True,
                           timeout=timeout, env=full, cwd=str(cwd or project or REPO))
 
 

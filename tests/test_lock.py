@@ -2,7 +2,7 @@
 
 Every test writes a small project in ``tmp_path`` whose profiles point ``torch-index-url``
 and ``index-url`` at the fixture index (PyTorch-shaped ``/whl/<variant>`` and PyPI-shaped
-``/simple``) and runs ``python -m envmgr.cli`` there, so routing, hashing, pin keeping,
+``/simple``) and runs ``python -m envmgr`` there, so routing, hashing, pin keeping,
 ``--check``, concurrency, failures and credentials are checked on what a user runs.
 """
 
@@ -55,7 +55,7 @@ def cli_env(project: Path, **extra: str) -> dict[str, str]:
 
 
 def envmgr(project: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "envmgr.cli", *args], cwd=project, env=cli_env(project, **env),
+    return subprocess.run([sys.executable, "-m", "envmgr", *args], cwd=project, env=cli_env(project, **env),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -394,7 +394,7 @@ def test_check_hand_edited_lock_is_stale(fixture_index: FixtureIndex, tmp_path: 
 
 def test_two_processes_lock_one_profile(fixture_index: FixtureIndex, tmp_path: Path) -> None:
     project = make_project(tmp_path, {"cu126": profile_text(fixture_index, packages=("torchvision==0.22.1",))})
-    cmd = [sys.executable, "-m", "envmgr.cli", "lock", "cu126"]
+    cmd = [sys.executable, "-m", "envmgr", "lock", "cu126"]
     procs = [subprocess.Popen(cmd, cwd=project, env=cli_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -558,15 +558,39 @@ def test_pip_tools_and_uv_make_the_same_lock(fixture_index: FixtureIndex, tmp_pa
     (["lock", "--jobs", "x"], None), (["lock", "--resolver"], None), (["lock", "--bogus"], None),
 ])
 def test_lock_fast_path_reads_only_what_it_knows(argv: list[str], expected: dict | None) -> None:
-    from envmgr import cli
+    from envmgr import entry
 
-    got = cli._fast_args(cli.lock, argv[1:])
+    got = entry.parse(entry.LOCK, argv[1:])
     if expected is None:
         assert got is None
     else:
         defaults = {"names": [], "all_": False, "resolver": None, "check": False, "upgrade": False,
                     "upgrade_package": [], "verify": False, "jobs": 4, "quiet": False, "as_json": False}
         assert got == {**defaults, **expected}
+
+
+@pytest.mark.parametrize("command", ["lock", "sync", "run"])
+def test_typer_declarations_are_entrys_parameters(command: str) -> None:
+    """cli declares lock, sync (and run's shared options) from entry's data: same names, flags, defaults."""
+    import inspect
+
+    import typer
+
+    from envmgr import cli, entry
+
+    params = {"lock": entry.LOCK, "sync": entry.SYNC, "run": entry.SYNC_SHARED}[command]
+    signature = inspect.signature(getattr(cli, command)).parameters
+    if command != "run":
+        assert list(signature) == [p.name for p in params]
+    for p in params:
+        info = signature[p.name].default
+        kind = str(signature[p.name].annotation)
+        if p.flags:
+            assert isinstance(info, typer.models.OptionInfo) and tuple(info.param_decls) == p.flags
+            assert info.default == (None if p.many else p.default)
+        assert {"bool": "bool", "int": "int", "str": "Optional[str]", "path": "Optional[Path]", "strs": "List[str]",
+                "paths": "List[Path]"}[p.kind] == kind
+        assert info.help == p.help
 
 
 def test_typer_path_gives_the_same_lock(fixture_index: FixtureIndex, tmp_path: Path) -> None:

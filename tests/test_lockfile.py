@@ -62,6 +62,25 @@ def test_dumps_is_pep751() -> None:
         assert key in tool, key
 
 
+def test_dumps_keeps_the_committed_locks_bytes() -> None:
+    """The committed lock (written when dumps built a tomlkit document) reads and writes back byte for byte."""
+    committed = Path(__file__).resolve().parents[1] / "locks" / "pylock.default.toml"
+    text = committed.read_text()
+    assert lockfile.loads(text, committed).dumps() == text
+
+
+@pytest.mark.parametrize("odd", ['a "quoted" marker', "back\\slash", "tab\tnew\nline", "caf\u00e9", "del\x7f", "bell\x07"])
+def test_dumps_escapes_every_string(odd: str) -> None:
+    lock = sample()
+    numpy = lock.package("numpy")
+    odd_pkg = LockedPackage(numpy.name, numpy.version, f"https://p.example/{odd}", numpy.wheels, marker=odd)
+    lock = lock.with_packages([p for p in lock.packages if p.name != "numpy"] + [odd_pkg])
+    data = tomllib.loads(lock.dumps())
+    got = next(p for p in data["packages"] if p["name"] == "numpy")
+    assert got["marker"] == odd and got["index"] == f"https://p.example/{odd}"
+    assert lockfile.loads(lock.dumps()).package("numpy").marker == odd
+
+
 def test_fingerprint_is_order_independent_and_changes_name_inputs() -> None:
     a = {"python": "3.11", "requirements": ["numpy"]}
     assert lockfile.fingerprint(a) == lockfile.fingerprint(dict(reversed(list(a.items()))))

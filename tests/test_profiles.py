@@ -43,7 +43,7 @@ def load_error(tmp_path: Path, text: str | bytes, extra: dict[str, str] | None =
 def envmgr(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ENVMGR_PROJECT": str(project), "NO_COLOR": "1", "COLUMNS": "250",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "envmgr.cli", *args], cwd=project, env=env,
+    return subprocess.run([sys.executable, "-m", "envmgr", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

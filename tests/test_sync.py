@@ -38,13 +38,13 @@ def cli_env(project: Path, **extra: str) -> dict[str, str]:
 
 
 def envmgr(project: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "envmgr.cli", *args], cwd=project, env=cli_env(project, **env),
+    return subprocess.run([sys.executable, "-m", "envmgr", *args], cwd=project, env=cli_env(project, **env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start(project: Path, *args: str, **env: str) -> subprocess.Popen:
     """The CLI in the background, in a session of its own (so its uv can be killed with it)."""
-    return subprocess.Popen([sys.executable, "-m", "envmgr.cli", *args], cwd=project, env=cli_env(project, **env),
+    return subprocess.Popen([sys.executable, "-m", "envmgr", *args], cwd=project, env=cli_env(project, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -120,7 +120,7 @@ def hermetic_subprocess_env(session_cache_dirs: dict, cache: Path) -> dict[str, 
 
 
 def lock_project(project: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "envmgr.cli", "lock", "--all", "-q"], cwd=project,
+    proc = subprocess.run([sys.executable, "-m", "envmgr", "lock", "--all", "-q"], cwd=project,
                           env={**env, "ENVMGR_PROJECT": str(project), "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ ARCH_GAPS = {("cu132", "2.12")}
 def envmgr(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "envmgr.cli", "variants", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "envmgr", "variants", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

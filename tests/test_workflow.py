@@ -93,7 +93,7 @@ class Runner:
         bindir = tmp / "bin"
         bindir.mkdir(exist_ok=True)
         shim = bindir / "envmgr"
-        shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m envmgr.cli \"$@\"\n")
+        shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m envmgr \"$@\"\n")
         python = bindir / "python"
         python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
         gh = bindir / "gh"
@@ -196,7 +196,7 @@ def fixture_repo(tmp_path: Path):
             f'torch-index-url = "{index.torch_url(variant)}"\n'
         )
     env = dict(os.environ, ENVMGR_PROJECT=str(repo))
-    res = subprocess.run([sys.executable, "-m", "envmgr.cli", "lock", "--all"], env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "envmgr", "lock", "--all"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
