@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from . import settings
+from .credentials import Auth, redact, strip_credentials
 from .errors import HashMismatchError, NetworkError, UserError
 from .lockfile import LockedFile
 
@@ -52,67 +51,6 @@ class NullReporter:
 
     def finish(self) -> None:
         pass
-
-
-# -- credentials --------------------------------------------------------------------------
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_env(url: str) -> str:
-    """Expand ``${VAR}`` references (credentials kept out of profiles)."""
-
-    def sub(m: re.Match) -> str:
-        value = os.environ.get(m.group(1))
-        if value is None:
-            raise UserError(f"index URL refers to ${{{m.group(1)}}}, which is not set", hint="export it or edit the profile")
-        return value
-
-    return _ENV_REF.sub(sub, url)
-
-
-def redact(url: str) -> str:
-    """The URL without any password or token: safe to write and print."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    if _ENV_REF.fullmatch(userinfo) or (":" not in userinfo and not _ENV_REF.search(userinfo)):
-        shown = "****"  # a bare token as user name is a secret too
-    else:
-        shown = f"{user}:****" if not _ENV_REF.search(user) else "****"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
-
-
-def strip_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-@dataclass(frozen=True)
-class Auth:
-    """Basic credentials by host, taken from index URLs (``user:token@host``)."""
-
-    by_host: tuple[tuple[str, str, str], ...] = ()
-
-    @classmethod
-    def from_urls(cls, urls: Iterable[str]) -> "Auth":
-        out = []
-        for url in urls:
-            parts = urlsplit(url)
-            if parts.username is not None:
-                out.append((parts.hostname or "", unquote(parts.username), unquote(parts.password or "")))
-        return cls(tuple(out))
-
-    def for_url(self, url: str) -> tuple[str, str] | None:
-        host = urlsplit(url).hostname or ""
-        for h, user, password in self.by_host:
-            if h == host:
-                return (user, password)
-        return None
 
 
 _local = threading.local()

@@ -18,7 +18,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .fetch import Auth
+from .credentials import Auth
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 
@@ -113,10 +113,11 @@ def project_page(index_url: str, name: str, auth: Auth | None = None) -> list[In
 
 
 def _get_page(url: str, auth: Auth | None):
-    from .fetch import session, strip_credentials, TIMEOUT
+    from .credentials import strip_credentials
+    from .fetch import session, TIMEOUT
     import requests
     from .errors import NetworkError
-    from .fetch import redact
+    from .credentials import redact
 
     clean = strip_credentials(url)
     auth = auth or Auth.from_urls([url])

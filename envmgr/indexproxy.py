@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from packaging.utils import canonicalize_name
 
 from . import indexclient
+from .credentials import Auth
 from .errors import EnvmgrError
 
 
@@ -87,7 +88,7 @@ class RoutingIndex:
         if upstream is None:
             handler.send_error(404)
             return
-        auth = fetch.Auth.from_urls([upstream])
+        auth = Auth.from_urls([upstream])
         if name.endswith(".metadata"):  # PEP 658: small, passed through
             with fetch._get(upstream + ".metadata", auth) as resp:
                 _send(handler, resp.content, "application/octet-stream")

@@ -28,7 +28,7 @@ from packageurl import PackageURL
 
 from . import __version__
 from .errors import UserError
-from .fetch import strip_credentials
+from .credentials import strip_credentials
 from .lockfile import Lock, LockedPackage
 from .variants import kb
 

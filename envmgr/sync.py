@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import settings
+from .credentials import Auth, expand_env
 from .errors import CheckFailed, EnvmgrError, StaleError, UserError
 
 STAMP = ".envmgr-sync.json"
@@ -404,14 +405,14 @@ def _ensure_fresh(project: Path, name: str, *, locked: bool, offline: bool, log:
 
 def _auth(project: Path, name: str):
     """Credentials from the profile's index URLs (``user:token@host``, ``${VAR}`` expanded)."""
-    from . import fetch, profiles
+    from . import profiles
 
     try:
         p = profiles.load(project, name)
     except EnvmgrError:
-        return fetch.Auth()
+        return Auth()
     urls = [u for u in (p.index_url, p.torch_index, *p.extra_index_urls) if "://" in u]
-    return fetch.Auth.from_urls(fetch.expand_env(u) for u in urls if "@" in u)
+    return Auth.from_urls(expand_env(u) for u in urls if "@" in u)
 
 
 def sync(project: Path, name: str = "default", *, venv: Path | str | None = None, python: str | None = None,
