@@ -10,10 +10,10 @@ processes never interleave on one lock. A failure leaves the old lock byte-ident
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +21,9 @@ from typing import Callable
 
 from packaging.version import Version
 
-from . import fetch, lockfile, profiles, resolve
+from . import lockfile, profiles, resolve
+from .credentials import Auth
 from .errors import EnvmgrError, LockFileError, ResolutionError
-from .fetch import Auth
 from .lockfile import Lock, LockMeta
 from .profiles import Profile
 from .variants import kb
@@ -180,29 +180,34 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
                 previous_text = None
         backend = resolve.backend(resolver or default_resolver(previous))
         idx = resolve.Indexes.of(profile)
-        # The resolver's version (`uv --version`) is asked alongside the resolution, not before it.
-        with ThreadPoolExecutor(max_workers=1) as side:
-            version_of = side.submit(backend.version)
-            if log:
-                log(f"{name}: resolving with {backend.name} {version_of.result()} for python {profile.python} "
-                    f"on {profile.platform}")
-            with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
-                pinned = backend.resolve(resolve.Request(
-                    profile=profile,
-                    workdir=Path(tmp),
-                    previous=None if upgrade else previous_text,
-                    upgrade=upgrade,
-                    upgrade_packages=tuple(upgrade_packages),
-                ))
-            version = version_of.result()
+        # The resolver's version, recorded in the lock (a process of its own the first
+        # time), is asked while the resolver works, not before.
+        version = functools.cache(backend.version)
+
+        def meanwhile() -> None:
+            version()
+            import hashlib  # noqa: F401  (the fingerprint's; loaded here, off the critical path)
+        if log:
+            log(f"{name}: resolving with {backend.name} for python {profile.python} on {profile.platform}")
+        with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
+            pinned = backend.resolve(resolve.Request(
+                profile=profile,
+                workdir=Path(tmp),
+                previous=None if upgrade else previous_text,
+                upgrade=upgrade,
+                upgrade_packages=tuple(upgrade_packages),
+                meanwhile=meanwhile,
+            ))
         auth = Auth.from_urls(idx.all_urls())
         packages = resolve.finish(pinned, auth=auth)
         _verify(profile, idx, packages)
         if verify:
             # Download every file into the verified cache: a published hash that does not
             # match the bytes fails here, before the lock is written.
-            fetch.fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
-        lock = build_lock(profile, backend.name, version, packages,
+            from .fetch import fetch
+
+            fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
+        lock = build_lock(profile, backend.name, version(), packages,
                           resolve.strip_credentials(idx.torch or idx.default))
         changed = lockfile.write_atomic(path, lock.dumps())
     return LockResult(name, path, changed, lock, time.monotonic() - started, previous.pins if previous else {})
@@ -228,6 +233,8 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
     if len(names) == 1:
         run(names[0])
     else:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(run, names))
     if errors:

@@ -8,7 +8,6 @@ says how to fix it. Files whose name starts with ``_`` are shared bases, not pro
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -101,7 +100,7 @@ class Profile:
     def lock_inputs(self, resolver: str, resolver_version: str) -> dict:
         """Every input that affects resolution; the lock's fingerprint covers exactly these."""
         # Credentials (user:token@, ${VAR}@) never reach a lock, not even the user name.
-        from .fetch import strip_credentials
+        from .credentials import strip_credentials
 
         major_minor = ".".join(resolver_version.split(".")[:2])
         return {
@@ -214,6 +213,8 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict, tuple[P
 
 
 def _suggest(key: str, known) -> str:
+    import difflib
+
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
 

@@ -20,22 +20,22 @@ index pages itself.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import ResolutionError, UserError
-from .fetch import expand_env, redact, strip_credentials
-from .lockfile import LockedFile, LockedPackage
+from .credentials import expand_env, redact, strip_credentials
+from .lockfile import LockedFile, LockedPackage, toml_str
 from .profiles import PYPI, Profile
 from .uvtool import clean_env, uv_bin, uv_version
 from .variants import canonical, kb
@@ -50,6 +50,9 @@ class Request:
     previous: str | None = None  # text of the existing lock (pins are kept unless upgraded)
     upgrade: bool = False
     upgrade_packages: tuple[str, ...] = ()
+    # Work for the caller while the resolver process runs (called each time a backend
+    # waits for one; the caller makes it run-once). Its return value is ignored.
+    meanwhile: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,12 @@ class UvBackend:
         torch_url = proxy.url if proxy else None
         p = req.profile
         work = req.workdir
-        lines = ["[project]", f"name = {_toml_str('envmgr-lock-' + canonical(p.name))}", 'version = "0"',
-                 f"dependencies = [{', '.join(_toml_str(r) for r in (*p.requirements, *extra_family))}]"]
+        lines = ["[project]", f"name = {toml_str('envmgr-lock-' + canonical(p.name))}", 'version = "0"',
+                 f"dependencies = [{', '.join(toml_str(r) for r in (*p.requirements, *extra_family))}]"]
         if idx.torch:
             names = sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)} | set(extra_family))
             lines += ["", "[tool.uv.sources]", *(f'{n} = {{ index = "envmgr-torch" }}' for n in names),
-                      "", "[[tool.uv.index]]", 'name = "envmgr-torch"', f"url = {_toml_str(torch_url or idx.torch)}",
+                      "", "[[tool.uv.index]]", 'name = "envmgr-torch"', f"url = {toml_str(torch_url or idx.torch)}",
                       "explicit = true"]
         (work / "pyproject.toml").write_text("\n".join(lines) + "\n")
         out = work / "pylock.toml"
@@ -191,7 +194,7 @@ class UvBackend:
             out.write_text(req.previous)  # uv keeps these pins unless told to upgrade
         cmd = [uv_bin(), "pip", "compile", "pyproject.toml", "--format", "pylock.toml", "-o", str(out),
                "--no-config", "--no-header", "--quiet", "--python-version", p.python,
-               "--python-platform", p.uv_platform, "--no-build"]
+               "--python-platform", p.uv_platform, "--no-build", *_interpreter_args(p.python)]
         if p.index_url != PYPI:
             cmd += ["--index-url", idx.default]
         for url in idx.extra:
@@ -201,11 +204,7 @@ class UvBackend:
         for name in req.upgrade_packages:
             cmd += ["--upgrade-package", name]
         proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
-        try:
-            # While uv works (network-bound, seconds), import what writing the lock needs.
-            import tomlkit  # noqa: F401
-        finally:
-            _stdout, stderr = proc.communicate()
+        stderr = _wait(proc, req)
         if proc.returncode != 0:
             errors = "\n".join(proxy.errors) if proxy else ""
             raise ResolutionError(
@@ -235,9 +234,32 @@ class UvBackend:
         return pinned
 
 
-def _toml_str(text: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's (\\" \\\\ \\n \\uXXXX); DEL must be escaped too."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+def _wait(proc: subprocess.Popen, req: Request) -> str:
+    """The resolver's stderr once it exits; the caller's side work runs meanwhile."""
+    try:
+        if req.meanwhile:
+            req.meanwhile()
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    _stdout, stderr = proc.communicate()
+    return stderr
+
+
+def _interpreter_args(version: str) -> list[str]:
+    """``--python`` naming the interpreter envmgr runs on, when it is the profile's python.
+
+    uv pip compile needs an interpreter even with ``--python-version`` (for its marker
+    environment), and finding one can cost more than the resolution: on a host with pyenv
+    shims on PATH each run starts the shim's shell scripts (~0.15 s). A real binary is
+    queried once and remembered in uv's cache. The resolution is the same: the version,
+    platform and implementation are the profile's either way. For another python, uv
+    looks for one itself.
+    """
+    if sys.implementation.name != "cpython" or f"{sys.version_info[0]}.{sys.version_info[1]}" != version:
+        return []
+    return ["--python", os.path.realpath(sys.executable)]
 
 
 def _scrub(text: str, idx: Indexes) -> str:
@@ -285,13 +307,14 @@ class PipToolsBackend:
                 cmd.append("--upgrade")
             for name in req.upgrade_packages:
                 cmd += ["--upgrade-package", name]
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
-                                  env=clean_env({"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}))
+            proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=clean_env({"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}))
+            stderr = _wait(proc, req)
         if proc.returncode != 0:
             raise ResolutionError(
                 f"profile {p.name}: pip-tools could not resolve {', '.join(p.requirements)}",
                 hint="see the resolver's explanation below",
-                detail=_scrub(proc.stderr.replace(proxy.url, "<routing index>"), idx),
+                detail=_scrub(stderr.replace(proxy.url, "<routing index>"), idx),
             )
         pins = _read_pins(out.read_text())
         tags = indexclient.target_tags(p.python, p.platform)
@@ -337,25 +360,25 @@ def backend(name: str) -> Backend:
 
 def finish(pinned: list[Pinned], *, auth, cache: Path | None = None) -> list[LockedPackage]:
     """Fill in unpublished hashes (download once, cached by URL) and sizes (HEAD, cached)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .fetch import remember_url_digest, url_digest, url_size
-
-    def done(f: UnfinishedFile) -> LockedFile:
-        if f.sha256 is None:
-            digest, size = url_digest(f.url, cache=cache, auth=auth)
-            return LockedFile(f.url, digest, size)
-        size = f.size if f.size is not None else url_size(f.url, cache=cache, auth=auth)
-        if f.computed:
-            remember_url_digest(f.url, f.sha256, size, cache=cache)
-        return LockedFile(f.url, f.sha256, size)
-
     files = [f for p in pinned for f in (*p.wheels, *((p.sdist,) if p.sdist else ()))]
     # Files with a published hash and size need nothing (no thread, no request); the rest in parallel.
     finished = {f: LockedFile(f.url, f.sha256, f.size) for f in files
                 if f.sha256 is not None and f.size is not None and not f.computed}
     todo = [f for f in files if f not in finished]
     if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .fetch import remember_url_digest, url_digest, url_size
+
+        def done(f: UnfinishedFile) -> LockedFile:
+            if f.sha256 is None:
+                digest, size = url_digest(f.url, cache=cache, auth=auth)
+                return LockedFile(f.url, digest, size)
+            size = f.size if f.size is not None else url_size(f.url, cache=cache, auth=auth)
+            if f.computed:
+                remember_url_digest(f.url, f.sha256, size, cache=cache)
+            return LockedFile(f.url, f.sha256, size)
+
         with ThreadPoolExecutor(max_workers=8) as pool:
             finished.update(zip(todo, pool.map(done, todo)))
     return [

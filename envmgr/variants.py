@@ -10,7 +10,7 @@ import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -206,7 +206,9 @@ def driver_at_least(driver: str, minimum: str) -> bool:
 
 @functools.cache
 def kb() -> KnowledgeBase:
-    raw = tomllib.loads(resources.files("envmgr.data").joinpath("variants.toml").read_text("utf-8"))
+    # Read beside this module (the package is installed as files: wheel, editable, tool
+    # venv): importlib.resources would cost every command ~4 ms of imports.
+    raw = tomllib.loads((Path(__file__).parent / "data" / "variants.toml").read_text("utf-8"))
     idx = raw["index"]
     return KnowledgeBase(
         index_template=idx["url"],
