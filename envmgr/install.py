@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -437,7 +437,7 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                 if torn(why):  # remove what uv would not see or would half-remove; it reinstalls if wanted
                     for dist_info in now[name].dist_infos:
                         remove_dist(site, dist_info)
-            output = _uv_sync(venv, wanted(lock, info.markers), p, files, redo, link_mode, verbose, keep_fds)
+            output = _uv_sync(venv, lock, wanted(lock, info.markers), p, files, redo, link_mode, verbose, keep_fds)
         finally:
             if reporter is not None:
                 reporter.advance(len(p.install))
@@ -452,20 +452,29 @@ def _check_python(lock: Lock, info: PythonInfo, where) -> None:
                         hint="use an interpreter of the lock's version")
 
 
-def _uv_sync(venv: Path, want, p: Plan, files: dict[str, Path], redo: set[str], link_mode: str | None,
-             verbose: bool, keep_fds: tuple[int, ...]) -> str:
-    dirs = sorted({str(files[q.install_file.sha256].parent) for q in p.install})
-    cmd = ["pip", "sync", "--python", str(venv_python(venv)), "--require-hashes", "--no-index", "--offline"]
-    for d in dirs:
-        cmd += ["--find-links", d]
+def local_lock(lock: Lock, want: Iterable[LockedPackage], files: dict[str, Path]) -> str:
+    """A PEP 751 lock of exactly ``want``, one file each: the verified local copy (``path``)
+    where ``files`` has one, else the recorded URL (a package the venv already holds)."""
+    one = [replace(q, wheels=(q.install_file,), sdist=None) if q.install_file.is_wheel
+           else replace(q, wheels=(), sdist=q.install_file) for q in want]
+    return lock.with_packages(one).dumps(local={q.install_file.sha256: files[q.install_file.sha256]
+                                                for q in one if q.install_file.sha256 in files})
+
+
+def _uv_sync(venv: Path, lock: Lock, want, p: Plan, files: dict[str, Path], redo: set[str],
+             link_mode: str | None, verbose: bool, keep_fds: tuple[int, ...]) -> str:
+    # uv installs a PEP 751 lock as it stands (no resolution), from the files envmgr verified;
+    # sizes and hashes are checked again, and --offline keeps it from fetching anything.
+    cmd = ["pip", "sync", "--python", str(venv_python(venv)), "--require-hashes", "--offline",
+           "--preview-features", "pylock"]
     for name in sorted(redo & {q.key for q in p.install}):
         cmd += ["--reinstall-package", name]
     if link_mode:
         cmd += ["--link-mode", link_mode]
     with tempfile.TemporaryDirectory(prefix="envmgr-install-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(requirements(want))
-        return _uv([*cmd, str(req)], venv, verbose, keep_fds)
+        pylock = Path(tmp) / "pylock.toml"  # uv knows the format by this name
+        pylock.write_text(local_lock(lock, want, files))
+        return _uv([*cmd, str(pylock)], venv, verbose, keep_fds)
 
 
 def _uv(args: list[str], venv: Path, verbose: bool, keep_fds: tuple[int, ...] = ()) -> str:

@@ -65,6 +65,26 @@ def test_requirements_pin_every_file_by_hash() -> None:
     )
 
 
+def test_local_lock_names_the_verified_copies(tmp_path) -> None:
+    """What uv installs from: PEP 751, one file a package, a path where envmgr holds a verified copy."""
+    import tomllib
+
+    sdist = LockedPackage("legacy", "1.0", "https://index.example/simple",
+                          sdist=LockedFile("https://files.example/legacy-1.0.tar.gz", "c" * 64, 5))
+    torch = LockedPackage("torch", "2.7.1+cpu", "https://index.example/simple", (
+        LockedFile("https://files.example/torch-2.7.1%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl", "a" * 64, 10),
+        LockedFile("https://files.example/torch-2.7.1%2Bcpu-cp311-cp311-manylinux_2_28_aarch64.whl", "d" * 64, 11)))
+    lock = lock_of(torch, pkg("numpy", "2.2.0", sha="b" * 64), sdist)
+    copies = {"a" * 64: tmp_path / "a" / "torch.whl", "c" * 64: tmp_path / "c" / "legacy-1.0.tar.gz"}
+    data = tomllib.loads(install.local_lock(lock, lock.packages, copies))
+    files = {p["name"]: p.get("wheels", [p.get("sdist")]) for p in data["packages"]}
+    assert files["torch"] == [{"name": "torch-2.7.1+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                               "path": str(copies["a" * 64]), "size": 10, "hashes": {"sha256": "a" * 64}}]
+    assert files["legacy"][0]["path"] == str(copies["c" * 64]) and "wheels" not in data["packages"][0]
+    assert files["numpy"][0]["url"].startswith("https://files.example/") and "path" not in files["numpy"][0]
+    assert data["lock-version"] == "1.0"
+
+
 # -- what is installed, and damage --------------------------------------------------------------
 
 def dist(site, name: str, version: str, files: dict[str, str], installer: str = "uv", record: bool = True,
