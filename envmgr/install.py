@@ -184,26 +184,35 @@ def installed(site: Path | None) -> dict[str, Installed]:
     return out
 
 
-def record_paths(site: Path, dist_info: str) -> list[str] | None:
-    """Files a distribution's RECORD lists (absolute, normalised), or None when RECORD is missing."""
+def _record_names(site: Path, dist_info: str) -> list[str] | None:
+    """The paths a distribution's RECORD lists, as written (relative to ``site``); None without RECORD."""
     try:
         with open(os.path.join(site, dist_info, "RECORD"), encoding="utf-8", newline="") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError):
         return None
+    names = (next(csv.reader([line]))[0] if line[0] == '"' else line.split(",", 1)[0]
+             for line in text.splitlines() if line)
+    return [n for n in names if n]
+
+
+def _absolute(base: str, rel: str) -> str:
+    if rel.startswith(("../", "./")) or "/." in rel or "//" in rel:
+        return os.path.normpath(os.path.join(base, rel))
+    return f"{base}/{rel}" if rel else base
+
+
+def record_paths(site: Path, dist_info: str) -> list[str] | None:
+    """Files a distribution's RECORD lists (absolute, normalised), or None when RECORD is missing."""
+    names = _record_names(site, dist_info)
     base = os.fspath(site)
-    out = []
-    for line in text.splitlines():
-        if not line:
-            continue
-        rel = next(csv.reader([line]))[0] if line[0] == '"' else line.split(",", 1)[0]
-        if not rel:
-            continue
-        if rel.startswith(("../", "./")) or "/." in rel or "//" in rel:
-            out.append(os.path.normpath(os.path.join(base, rel)))
-        else:
-            out.append(f"{base}/{rel}")
-    return out
+    return None if names is None else [_absolute(base, rel) for rel in names]
+
+
+def record_dirs(site: Path, dist_info: str) -> set[str]:
+    """The folders holding the files a distribution's RECORD lists (absolute); empty without RECORD."""
+    base = os.fspath(site)
+    return {_absolute(base, rel) for rel in {n.rpartition("/")[0] for n in _record_names(site, dist_info) or ()}}
 
 
 def broken(site: Path | None, dists: Iterable[Installed], *, files: bool = True) -> dict[str, str]:

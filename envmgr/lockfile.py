@@ -9,6 +9,7 @@ credentials. Reading is strict: a file that is not a PEP 751 lock is a one-line 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -218,6 +219,13 @@ def _file(raw: dict, where: str) -> LockedFile:
 
 
 def loads(text: str, path: Path | str = "<lock>") -> Lock:
+    """Parse and check a lock's text; a Lock is immutable, so the same text is parsed once
+    per process (sync reads its lock up to five times: freshness, plan, under the venv lock)."""
+    return _loads(text, str(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _loads(text: str, path: str) -> Lock:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

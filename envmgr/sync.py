@@ -26,6 +26,7 @@ The hard problems and how they are solved:
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -155,11 +156,11 @@ def _stamp_matches(stamp: dict, project: Path, name: str, venv: Path, python: st
 
 def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
     """Every folder holding an installed file (and bin/, site-packages/) -> [mtime, names hash]."""
-    from .install import record_paths
+    from .install import record_dirs
 
     folders = {str(site), str(venv / "bin")}
     for d in dists:
-        folders.update(p.rpartition("/")[0] for p in record_paths(site, d.dist_info) or ())
+        folders.update(record_dirs(site, d.dist_info))
     folders = {f for f in folders if "/__pycache__" not in f}
     root = f"{venv}/"
     out = {}
@@ -171,11 +172,11 @@ def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
 
 
 def _write_stamp(venv: Path, data: dict) -> None:
+    # Atomic against a killed sync (rename). Not fsynced: uv does not fsync the venv's files
+    # either, so after a power loss a durable stamp would vouch for nothing more.
     tmp = venv / f"{STAMP}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, venv / STAMP)
 
 
@@ -467,13 +468,14 @@ def _inspect(lock, venv: Path, requested, base: str | None) -> _State:
     return _State(recreate, target, base, damaged, plan)
 
 
-def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], skip_driver_check: bool) -> list[str]:
+def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], skip_driver_check: bool,
+               driver=driver_version) -> list[str]:
     """Checks that stop a sync before it changes anything: driver, offline availability. Returns warnings."""
     from . import fetch
 
     warnings = []
     if state.plan.install and not skip_driver_check:
-        warning = check_driver(lock.meta.variant, lock.meta.cuda, lock.meta.min_driver, driver_version())
+        warning = check_driver(lock.meta.variant, lock.meta.cuda, lock.meta.min_driver, driver())
         if warning:
             warnings.append(warning)
     if offline:
@@ -491,6 +493,7 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
     # Read-only first: every input, the interpreter, the driver and (offline) the files are
     # checked before anything on disk changes.
     _check_inputs(venv, find_links, locked, frozen)
+    driver = functools.cache(driver_version)  # asked once, by the first check that needs it
     requested = install.query_python(python) if python else None
     lock_file = _lock_path(project, name)
     if frozen:
@@ -505,7 +508,8 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
     base = None
     if lock is not None:
         pre = _inspect(lock, venv, requested, None)
-        _preflight(lock, pre, offline=offline, find_links=find_links, skip_driver_check=skip_driver_check)
+        _preflight(lock, pre, offline=offline, find_links=find_links, skip_driver_check=skip_driver_check,
+                   driver=driver)
         base = pre.base
     elif requested is None:
         base = find_python(want)
@@ -518,7 +522,8 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
         lock_bytes = lock_file.read_bytes()
         lock = lockfile.loads(lock_bytes.decode("utf-8"), lock_file)
         state = _inspect(lock, venv, requested, base)  # again: the venv may have changed while we waited
-        warnings = _preflight(lock, state, offline=offline, find_links=find_links, skip_driver_check=skip_driver_check)
+        warnings = _preflight(lock, state, offline=offline, find_links=find_links, skip_driver_check=skip_driver_check,
+                              driver=driver)
         for w in warnings:
             log(f"warning: {w}")
         plan = state.plan
