@@ -12,6 +12,10 @@ in the same run on the same machine:
   ``UV_LINK_MODE=copy`` for both (a cache on another filesystem: CI volumes, containers);
 * no-op: the venv is already the lock: what ``envmgr run`` and CI pay on every call.
 
+The warm case also times a floor: a bare ``python -c`` that only runs the same two uv
+commands (uv's cache shared with uv's row): what any Python front end pays before doing
+any work of its own.
+
 uv's side is ``uv venv`` + ``uv pip sync --require-hashes LOCK`` (uv reads PEP 751 locks and
 installs the files they name, as envmgr does); envmgr's side is ``envmgr sync NAME --venv V``
 in a scratch copy of the project (re-locking is not timed: the lock must be fresh, or
@@ -25,6 +29,7 @@ of their own, the same filesystem, and envmgr is started as a user starts it (a 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -82,12 +87,23 @@ class Uv:
         self.env = clean_env(UV_CACHE_DIR=str(work / "cache-uv"))
 
     def create_and_sync(self) -> float:
-        return timed([uv_bin(), "venv", "-q", "--no-config", "--python", self.python, str(self.venv)],
-                     self.env, self.work) + self.sync()
+        return sum(timed(cmd, self.env, self.work) for cmd in self.commands(self.venv))
+
+    def commands(self, venv: Path) -> list[list[str]]:
+        return [[uv_bin(), "venv", "-q", "--no-config", "--python", self.python, str(venv)],
+                [uv_bin(), "pip", "sync", "-q", "--no-config", "--python", str(venv / "bin" / "python"),
+                 "--require-hashes", str(self.lock)]]
 
     def sync(self) -> float:
-        return timed([uv_bin(), "pip", "sync", "-q", "--no-config", "--python", str(self.venv / "bin" / "python"),
-                      "--require-hashes", str(self.lock)], self.env, self.work)
+        return timed(self.commands(self.venv)[1], self.env, self.work)
+
+    def floor(self) -> float:
+        """A python that only runs uv venv + uv pip sync (a separate venv, uv's cache)."""
+        venv = self.work / "venv-floor"
+        shutil.rmtree(venv, ignore_errors=True)
+        os.sync()
+        script = "import subprocess, sys, json; [subprocess.run(c, check=True) for c in json.loads(sys.argv[1])]"
+        return timed([sys.executable, "-c", script, json.dumps(self.commands(venv))], self.env, self.work)
 
 
 def paired(a, b, repeat: int, before=None) -> tuple[float, float]:
@@ -137,6 +153,9 @@ def main() -> None:
         def fresh_venvs() -> None:
             shutil.rmtree(envmgr.venv, ignore_errors=True)
             shutil.rmtree(uv.venv, ignore_errors=True)
+            # Not timed: write back what the last runs and removals left dirty, so that the
+            # next run is not charged for another's I/O (a cold run writes 5.5 GB).
+            os.sync()
 
         print(f"lock: {args.lock} ({len(lock.packages)} packages, {lock.download_size / 1e9:.2f} GB), "
               f"python {python}, uv {subprocess.run([uv_bin(), '--version'], capture_output=True, text=True).stdout.split()[1]}"
@@ -144,6 +163,7 @@ def main() -> None:
         rows = []
         rows.append(("cold cache", envmgr.sync(), uv.create_and_sync()))
         rows.append(("warm cache", *paired(envmgr.sync, uv.create_and_sync, args.repeat, before=fresh_venvs)))
+        floor, uv_again = paired(uv.floor, uv.create_and_sync, args.repeat, before=fresh_venvs)
         fresh_venvs(), envmgr.sync(), uv.create_and_sync()  # both venvs synced for the no-op runs
         rows.append(("no-op", *paired(envmgr.sync, uv.sync, args.repeat * 2)))
         for tool in (envmgr, uv):  # a cache on another filesystem than the venv (CI volumes, containers)
@@ -153,6 +173,8 @@ def main() -> None:
         print(f"{'':12} {'envmgr sync':>12} {'uv pip sync':>12} {'ratio':>7}")
         for label, e, u in rows:
             print(f"{label:12} {e:11.2f}s {u:11.2f}s {e / u:6.2f}x")
+        print(f"warm floor: python -c 'run uv venv && uv pip sync' {floor:.2f}s against uv {uv_again:.2f}s: "
+              f"{floor / uv_again:.2f}x (what a Python front end pays before any work of its own)")
         warm, noop = rows[1], rows[2]
         print(f"warm-cache ratio {warm[1] / warm[2]:.2f}x (target <= {WARM_TARGET}x): "
               f"{'ok' if warm[1] / warm[2] <= WARM_TARGET else 'MISSED'}; "

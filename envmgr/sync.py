@@ -262,10 +262,13 @@ def driver_version() -> str | None:
     :func:`envmgr.gpu.detect.detect`'s order (``ENVMGR_DRIVER_VERSION``, NVML, nvidia-smi,
     /proc); ``ENVMGR_DRIVER_VERSION=none`` pretends there is no driver (a CPU host).
     """
-    if os.environ.get("ENVMGR_DRIVER_VERSION", "").strip().lower() == "none":
+    forced = os.environ.get("ENVMGR_DRIVER_VERSION", "").strip().lower()
+    if forced == "none":
         return None
     from .gpu import detect
 
+    if not forced and detect.driver_absent():
+        return None  # a CPU host: no need to load NVML or look for nvidia-smi
     return detect.detect().driver
 
 

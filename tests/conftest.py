@@ -64,6 +64,7 @@ def session_cache_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     return {
         "uv": tmp_path_factory.mktemp("uv-cache"),
         "pip": tmp_path_factory.mktemp("pip-cache"),
+        "tmp": tmp_path_factory.mktemp("tmp"),
     }
 
 
@@ -77,7 +78,7 @@ def hermetic_env(
 
     Strips ``PIP_*``, ``UV_*`` and ``ENVMGR_*``, then sets:
     ``ENVMGR_CACHE_DIR`` (new per test), ``UV_CACHE_DIR`` and
-    ``PIP_CACHE_DIR`` (per session), ``UV_NO_CONFIG=1``,
+    ``PIP_CACHE_DIR`` and ``TMPDIR`` (per session), ``UV_NO_CONFIG=1``,
     ``UV_PYTHON_DOWNLOADS=never``, ``PIP_CONFIG_FILE=/dev/null`` (pip then
     reads no config file at all: no machine-wide extra indexes or
     constraints), ``PIP_NO_INPUT=1`` and ``PIP_DISABLE_PIP_VERSION_CHECK=1``.
@@ -95,6 +96,9 @@ def hermetic_env(
         "PIP_NO_INPUT": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_CACHE_DIR": str(session_cache_dirs["pip"]),
+        # Subprocesses' temporary files under pytest's own folder: a sync the fault tests
+        # kill -9 leaves its temporary folder there, not in the machine's /tmp.
+        "TMPDIR": str(session_cache_dirs["tmp"]),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

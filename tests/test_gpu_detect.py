@@ -276,3 +276,14 @@ def test_detect_mixed_architectures_note(tmp_path, monkeypatch):
     host = detect.detect(environ={}, use_nvml=False, **_no_proc(tmp_path))
     assert len(host.gpus) == 9
     assert any("sm_80, sm_90" in n for n in host.notes)
+
+
+def test_driver_absent_only_without_device_and_version_files(tmp_path) -> None:
+    from envmgr.gpu import detect as gd
+
+    dev, sys_v, proc_v = tmp_path / "nvidiactl", tmp_path / "sys-version", tmp_path / "proc-version"
+    assert gd.driver_absent(dev, sys_v, proc_v)
+    for present in (dev, sys_v, proc_v):
+        present.write_text("580.159.04\n")
+        assert not gd.driver_absent(dev, sys_v, proc_v), present
+        present.unlink()

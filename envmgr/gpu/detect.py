@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +158,8 @@ class SmiXml:
 
 def parse_smi_xml(text: str) -> SmiXml:
     """``nvidia-smi -q -x``: driver, CUDA version, and each GPU's MIG mode and instances."""
+    import xml.etree.ElementTree as ET  # where used: sync imports this module on every CPU host
+
     root = ET.fromstring(re.sub(r"<!DOCTYPE[^>]*>", "", text))
     gpus = []
     for g in root.findall("gpu"):
@@ -373,7 +374,7 @@ def from_nvidia_smi(smi: str) -> Host | None:
     if xml_text:
         try:
             xml = parse_smi_xml(xml_text)
-        except ET.ParseError:
+        except SyntaxError:  # xml.etree's ParseError
             xml = None
     cuda = xml.cuda if xml else None
     if cuda is None or driver is None:
@@ -422,6 +423,14 @@ def from_proc(sys_version: Path = SYS_VERSION, proc_version: Path = PROC_VERSION
 def has_nvidia_driver() -> bool:
     """Cheap: is there an NVIDIA kernel driver here (for passing GPUs into a container)?"""
     return Path("/dev/nvidiactl").exists() or PROC_VERSION.exists()
+
+
+def driver_absent(dev: Path = Path("/dev/nvidiactl"), sys_version: Path = SYS_VERSION,
+                  proc_version: Path = PROC_VERSION) -> bool:
+    """True when no NVIDIA kernel driver is loaded or passed in (no control device, no version
+    file): NVML, nvidia-smi and /proc would all come back empty, so nothing need be tried.
+    A cheap first question for callers that only want the driver (sync on a CPU host)."""
+    return not (dev.exists() or sys_version.exists() or proc_version.exists())
 
 
 def detect(*, environ: dict | None = None, use_nvml: bool = True, smi: str = "nvidia-smi",
