@@ -106,6 +106,21 @@ class Uv:
         return timed([sys.executable, "-c", script, json.dumps(self.commands(venv))], self.env, self.work)
 
 
+def settle(limit: float = 90.0) -> None:
+    """Write back dirty pages, then wait (up to ``limit`` s) until the disk is idle again
+    (Linux pressure stall information: under 1% of the last 10 s stalled on I/O)."""
+    os.sync()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            some = Path("/proc/pressure/io").read_text().splitlines()[0]
+            if float(some.split("avg10=")[1].split()[0]) < 1.0:
+                return
+        except (OSError, IndexError, ValueError):
+            return
+        time.sleep(1)
+
+
 def paired(a, b, repeat: int, before=None) -> tuple[float, float]:
     """Medians of ``repeat`` runs of ``a`` and ``b``, interleaved (order alternating) so that
     load from elsewhere on the machine falls on both alike."""
@@ -162,6 +177,7 @@ def main() -> None:
               f"{', envmgr sync --frozen (the lock is not fresh here)' if frozen else ''}", flush=True)
         rows = []
         rows.append(("cold cache", envmgr.sync(), uv.create_and_sync()))
+        settle()  # the cold runs wrote ~15 GB (downloads, caches, venvs): let the disk catch up
         rows.append(("warm cache", *paired(envmgr.sync, uv.create_and_sync, args.repeat, before=fresh_venvs)))
         floor, uv_again = paired(uv.floor, uv.create_and_sync, args.repeat, before=fresh_venvs)
         fresh_venvs(), envmgr.sync(), uv.create_and_sync()  # both venvs synced for the no-op runs

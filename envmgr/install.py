@@ -5,10 +5,13 @@ files already fetched and hash-checked by :func:`envmgr.fetch.fetch`. Output: th
 exactly the lock's packages for its interpreter (extras removed, nothing else installed).
 
 The hard part is doing that without resolving and without trusting anything but the lock:
-uv runs ``pip sync`` over a generated requirements file of ``name==version --hash=sha256:...``
-lines, with ``--require-hashes --no-index --offline`` and one ``--find-links`` per verified
-file's cache folder, so the only candidates are the lock's own bytes and uv checks each hash
-again. Planning is separate and pure: :func:`plan` compares the lock with what is installed.
+uv runs ``pip sync --require-hashes --offline`` over a generated PEP 751 lock
+(:func:`local_lock`) that names, for each package, the verified copy in envmgr's cache
+(``path``), so uv installs the lock as it stands, from the lock's own bytes, and checks each
+size and hash again. (A requirements file would make uv resolve, reading every wheel's
+metadata first.) Planning is separate and pure: :func:`plan` compares the lock with what is
+installed. :func:`requirements` gives the same set as a hashed requirements file, for the
+Containerfile builder (pip or uv inside an image build).
 
 A venv may be built at a path other than the one it finally runs from (the image exporter
 stages ``/opt/venv`` in a temp folder): ``relocatable=True`` creates it with

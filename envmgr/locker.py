@@ -187,6 +187,7 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
         def meanwhile() -> None:
             version()
             import hashlib  # noqa: F401  (the fingerprint's; loaded here, off the critical path)
+
         if log:
             log(f"{name}: resolving with {backend.name} for python {profile.python} on {profile.platform}")
         with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
