@@ -97,24 +97,25 @@ class Uv:
     def sync(self) -> float:
         return timed(self.commands(self.venv)[1], self.env, self.work)
 
-    def floor(self) -> float:
-        """A python that only runs uv venv + uv pip sync (a separate venv, uv's cache)."""
+    def floor(self, python: str = sys.executable) -> float:
+        """``python`` (envmgr's interpreter) only running uv venv + uv pip sync (a separate venv, uv's cache)."""
         venv = self.work / "venv-floor"
         shutil.rmtree(venv, ignore_errors=True)
         os.sync()
         script = "import subprocess, sys, json; [subprocess.run(c, check=True) for c in json.loads(sys.argv[1])]"
-        return timed([sys.executable, "-c", script, json.dumps(self.commands(venv))], self.env, self.work)
+        return timed([python, "-c", script, json.dumps(self.commands(venv))], self.env, self.work)
 
 
-def settle(limit: float = 90.0) -> None:
-    """Write back dirty pages, then wait (up to ``limit`` s) until the disk is idle again
-    (Linux pressure stall information: under 1% of the last 10 s stalled on I/O)."""
+def settle(limit: float = 240.0) -> None:
+    """Write back dirty pages, then wait (up to ``limit`` s) until the disk has been idle for
+    a while (Linux pressure stall information: under 1% of the last 60 s stalled on I/O;
+    ext4 goes on converting extents well after the writeback)."""
     os.sync()
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
             some = Path("/proc/pressure/io").read_text().splitlines()[0]
-            if float(some.split("avg10=")[1].split()[0]) < 1.0:
+            if float(some.split("avg60=")[1].split()[0]) < 1.0:
                 return
         except (OSError, IndexError, ValueError):
             return
@@ -179,7 +180,8 @@ def main() -> None:
         rows.append(("cold cache", envmgr.sync(), uv.create_and_sync()))
         settle()  # the cold runs wrote ~15 GB (downloads, caches, venvs): let the disk catch up
         rows.append(("warm cache", *paired(envmgr.sync, uv.create_and_sync, args.repeat, before=fresh_venvs)))
-        floor, uv_again = paired(uv.floor, uv.create_and_sync, args.repeat, before=fresh_venvs)
+        tool_python = str(Path(envmgr_cmd[0]).with_name("python")) if envmgr_cmd[0] != sys.executable else sys.executable
+        floor, uv_again = paired(lambda: uv.floor(tool_python), uv.create_and_sync, args.repeat, before=fresh_venvs)
         fresh_venvs(), envmgr.sync(), uv.create_and_sync()  # both venvs synced for the no-op runs
         rows.append(("no-op", *paired(envmgr.sync, uv.sync, args.repeat * 2)))
         for tool in (envmgr, uv):  # a cache on another filesystem than the venv (CI volumes, containers)
