@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def install_tool(dest: Path, uv: str, env: dict, src: Path = REPO) -> tuple[str, str]:
     """A venv at ``dest`` holding the envmgr of checkout ``src``; returns (python, envmgr) paths."""
-    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(dest)], check=True, env=env)
+    subprocess.run([uv, "venv", "-q", "--clear", "-p", sys.executable, str(dest)], check=True, env=env)
     subprocess.run([uv, "pip", "install", "-q", "--compile-bytecode", "-p", str(dest / "bin" / "python"), str(src)],
                    check=True, env=env)
     return str(dest / "bin" / "python"), str(dest / "bin" / "envmgr")
