@@ -99,9 +99,7 @@ class Uv:
 
     def floor(self, python: str = sys.executable) -> float:
         """``python`` (envmgr's interpreter) only running uv venv + uv pip sync (a separate venv, uv's cache)."""
-        venv = self.work / "venv-floor"
-        shutil.rmtree(venv, ignore_errors=True)
-        os.sync()
+        venv = self.work / "venv-floor"  # removed before each run, with the others (fresh_venvs)
         script = "import subprocess, sys, json; [subprocess.run(c, check=True) for c in json.loads(sys.argv[1])]"
         return timed([python, "-c", script, json.dumps(self.commands(venv))], self.env, self.work)
 
@@ -173,8 +171,8 @@ def main() -> None:
         envmgr, uv = Envmgr(work, args.lock, name, frozen, envmgr_cmd), Uv(work, args.lock, python)
 
         def fresh_venvs() -> None:
-            shutil.rmtree(envmgr.venv, ignore_errors=True)
-            shutil.rmtree(uv.venv, ignore_errors=True)
+            for venv in (envmgr.venv, uv.venv, work / "venv-floor"):
+                shutil.rmtree(venv, ignore_errors=True)
             # Not timed: write back what the last runs and removals left dirty, so that the
             # next run is not charged for another's I/O (a cold run writes 5.5 GB).
             os.sync()

@@ -20,7 +20,6 @@ index pages itself.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from .errors import ResolutionError, UserError
 from .credentials import expand_env, redact, strip_credentials
 from .lockfile import LockedFile, LockedPackage, toml_str
 from .profiles import PYPI, Profile
-from .uvtool import clean_env, uv_bin, uv_version
+from .uvtool import clean_env, running_python, uv_bin, uv_version
 from .variants import canonical, kb
 
 
@@ -257,9 +256,8 @@ def _interpreter_args(version: str) -> list[str]:
     platform and implementation are the profile's either way. For another python, uv
     looks for one itself.
     """
-    if sys.implementation.name != "cpython" or f"{sys.version_info[0]}.{sys.version_info[1]}" != version:
-        return []
-    return ["--python", os.path.realpath(sys.executable)]
+    python = running_python(version) if sys.implementation.name == "cpython" else None
+    return ["--python", python] if python else []
 
 
 def _scrub(text: str, idx: Indexes) -> str:

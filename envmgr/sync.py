@@ -297,12 +297,12 @@ def find_python(version: str) -> str:
     """An interpreter for ``version`` (``3.11``): the one envmgr runs on when it is that version, else
     ``uv python find``'s; a one-line error naming the interpreters found when none is."""
     import subprocess
-    import sys
 
-    from .uvtool import clean_env, uv_bin
+    from .uvtool import clean_env, running_python, uv_bin
 
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
-        return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    running = running_python(version)
+    if running:
+        return running
 
     env = clean_env({"UV_PYTHON_DOWNLOADS": "never"})
     proc = subprocess.run([uv_bin(), "python", "find", "--system", "--no-config", "--no-project", version],

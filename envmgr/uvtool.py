@@ -1,4 +1,5 @@
-"""The uv binary: where it is, its version, and an environment that only envmgr configures."""
+"""The uv binary: where it is, its version, an environment that only envmgr configures, and the
+interpreter envmgr runs on (handed to uv instead of letting it search)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 
 from .errors import UserError
@@ -80,6 +82,14 @@ def _uv_version(binary: str) -> str:
         except OSError:
             pass
     return version
+
+
+def running_python(version: str) -> str | None:
+    """The interpreter envmgr runs on (its base binary, not a venv's link) when it is Python
+    ``version`` (``3.11``); None otherwise."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" != version:
+        return None
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
 def clean_env(extra: dict | None = None) -> dict:
