@@ -20,7 +20,6 @@ stages ``/opt/venv`` in a temp folder): ``relocatable=True`` creates it with
 
 from __future__ import annotations
 
-import csv
 import shutil
 import json
 import os
@@ -35,7 +34,7 @@ from typing import Iterable
 from .errors import EnvmgrError, UserError
 from .lockfile import Lock, LockedPackage
 from .uvtool import clean_env, uv_bin
-from .variants import canonical
+from .distinfo import broken, canonical, installed, is_venv, record_paths, site_packages, venv_python
 
 # Run by a target interpreter (or, for the interpreter envmgr runs on, in-process): its version
 # and PEP 508 marker environment.
@@ -118,132 +117,7 @@ def query_python(path: str | Path) -> PythonInfo:
     return info
 
 
-# -- what is installed ---------------------------------------------------------------------
-
-def site_packages(venv: Path) -> Path | None:
-    """``VENV/lib/pythonX.Y/site-packages`` of a POSIX venv, or None when there is none."""
-    lib = venv / "lib"
-    try:
-        names = sorted(n for n in os.listdir(lib) if n.startswith("python"))
-    except OSError:
-        return None
-    for n in names:
-        sp = lib / n / "site-packages"
-        if sp.is_dir():
-            return sp
-    return None
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def is_venv(venv: Path) -> bool:
-    return (venv / "pyvenv.cfg").is_file()
-
-
-@dataclass(frozen=True)
-class Installed:
-    name: str  # canonical
-    version: str
-    dist_info: str  # folder name under site-packages
-    installer: str  # "uv", "pip", ... ("" when not recorded)
-    extra: tuple[str, ...] = ()  # further dist-info folders of the same name (a torn upgrade)
-
-    @property
-    def dist_infos(self) -> tuple[str, ...]:
-        return (self.dist_info, *self.extra)
-
-
-def installed(site: Path | None) -> dict[str, Installed]:
-    """Every distribution in ``site`` by canonical name (from dist-info/egg-info folder names)."""
-    out: dict[str, Installed] = {}
-    if site is None:
-        return out
-    try:
-        entries = os.listdir(site)
-    except OSError:
-        return out
-    for entry in entries:
-        if entry.endswith(".dist-info"):
-            stem = entry[: -len(".dist-info")]
-            if "-" not in stem:
-                continue
-            name, version = stem.rsplit("-", 1)
-        elif entry.endswith(".egg-info"):
-            parts = entry[: -len(".egg-info")].split("-")
-            if len(parts) < 2:
-                continue
-            name, version = parts[0], parts[1]
-        else:
-            continue
-        try:
-            installer = (site / entry / "INSTALLER").read_text().strip()
-        except OSError:
-            installer = ""
-        key = canonical(name)
-        seen = out.get(key)
-        out[key] = Installed(key, version, entry, installer, seen.dist_infos if seen else ())
-    return out
-
-
-def _record_names(site: Path, dist_info: str) -> list[str] | None:
-    """The paths a distribution's RECORD lists, as written (relative to ``site``); None without RECORD."""
-    try:
-        with open(os.path.join(site, dist_info, "RECORD"), encoding="utf-8", newline="") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-    names = (next(csv.reader([line]))[0] if line[0] == '"' else line.split(",", 1)[0]
-             for line in text.splitlines() if line)
-    return [n for n in names if n]
-
-
-def _absolute(base: str, rel: str) -> str:
-    if rel.startswith(("../", "./")) or "/." in rel or "//" in rel:
-        return os.path.normpath(os.path.join(base, rel))
-    return f"{base}/{rel}" if rel else base
-
-
-def record_paths(site: Path, dist_info: str) -> list[str] | None:
-    """Files a distribution's RECORD lists (absolute, normalised), or None when RECORD is missing."""
-    names = _record_names(site, dist_info)
-    base = os.fspath(site)
-    return None if names is None else [_absolute(base, rel) for rel in names]
-
-
-def record_dirs(site: Path, dist_info: str) -> set[str]:
-    """The folders holding the files a distribution's RECORD lists (absolute); empty without RECORD."""
-    base = os.fspath(site)
-    return {_absolute(base, rel) for rel in {n.rpartition("/")[0] for n in _record_names(site, dist_info) or ()}}
-
-
-def broken(site: Path | None, dists: Iterable[Installed], *, files: bool = True) -> dict[str, str]:
-    """Distributions not installed whole, or installed by another tool: name -> why.
-
-    Whole means one dist-info folder with METADATA and RECORD, and (``files``) every file
-    RECORD lists.
-    """
-    out: dict[str, str] = {}
-    if site is None:
-        return out
-    for d in dists:
-        if d.extra:
-            out[d.name] = f"several versions installed ({', '.join(sorted(d.dist_infos))})"
-            continue
-        paths = record_paths(site, d.dist_info) if files else []
-        if paths is None or not (files or os.path.isfile(os.path.join(site, d.dist_info, "RECORD"))):
-            out[d.name] = "RECORD missing"
-        elif not os.path.isfile(os.path.join(site, d.dist_info, "METADATA")):
-            out[d.name] = "METADATA missing"
-        elif missing := [p for p in paths if not os.path.lexists(p)]:
-            rel = os.path.relpath(missing[0], site)
-            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            out[d.name] = f"{rel}{more} missing"
-        elif d.installer not in ("uv", ""):
-            out[d.name] = f"installed by {d.installer}"
-    return out
-
+# -- what is installed: envmgr.distinfo ----------------------------------------------------
 
 def torn(why: str) -> bool:
     """A :func:`broken` reason that uv cannot repair by itself (it would not see or fully remove the dist)."""

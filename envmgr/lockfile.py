@@ -22,7 +22,7 @@ from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sd
 from packaging.version import InvalidVersion, Version
 
 from .errors import LockFileError
-from .variants import canonical
+from .distinfo import canonical
 
 LOCK_VERSION = "1.0"
 FORMAT = 1  # [tool.envmgr] format; bump when the table's meaning changes

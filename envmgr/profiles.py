@@ -16,7 +16,8 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from .errors import ProfileError
-from .variants import canonical, is_variant_name, kb, parse_torch_spec
+from .distinfo import canonical
+from .variants import is_variant_name, kb, parse_torch_spec
 
 PYPI = "pypi"  # keyword: the resolver's default index (PyPI), resolved at run time
 

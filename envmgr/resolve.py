@@ -37,7 +37,8 @@ from .credentials import expand_env, redact, strip_credentials
 from .lockfile import LockedFile, LockedPackage, toml_str
 from .profiles import PYPI, Profile
 from .uvtool import clean_env, running_python, uv_bin, uv_version
-from .variants import canonical, kb
+from .distinfo import canonical
+from .variants import kb
 
 
 @dataclass(frozen=True)

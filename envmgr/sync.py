@@ -156,7 +156,7 @@ def _stamp_matches(stamp: dict, project: Path, name: str, venv: Path, python: st
 
 def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
     """Every folder holding an installed file (and bin/, site-packages/) -> [mtime, names hash]."""
-    from .install import record_dirs
+    from .distinfo import record_dirs
 
     folders = {str(site), str(venv / "bin")}
     for d in dists:

@@ -15,6 +15,8 @@ from pathlib import Path
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from .distinfo import canonical
+
 _VARIANT_RE = re.compile(r"^(cpu|cu\d{3}|rocm\d+\.\d+(\.\d+)?|xpu)$")
 
 
@@ -169,11 +171,6 @@ class KnowledgeBase:
 
     def is_torch_family(self, name: str) -> bool:
         return canonical(name) in self.torch_family
-
-
-def canonical(name: str) -> str:
-    """PEP 503 normalised project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def parse_torch_spec(spec: str) -> SpecifierSet:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from envmgr.variants import canonical, driver_at_least, is_variant_name, kb, parse_torch_spec
+from envmgr.distinfo import canonical
+from envmgr.variants import driver_at_least, is_variant_name, kb, parse_torch_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # (variant, torch minor) the knowledge base names but has no compiled-arch list for yet.

@@ -171,7 +171,7 @@ def _pyc_of(rel_py: str, cache_tag: str) -> str:
 
 def owned_entries(venv: Path, site: Path, packages, *, image_venv: str, cache_tag: str) -> dict[str, list[Entry]]:
     """Package key -> the entries (image paths) of the files its RECORD lists, plus its pycs."""
-    from ..variants import canonical
+    from ..distinfo import canonical
 
     by_key = {p.key: p for p in packages}
     out: dict[str, list[Entry]] = {k: [] for k in by_key}
