@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Iterable
 
 from .errors import EnvmgrError, UserError
 from .lockfile import Lock, LockedPackage
-from .uvtool import clean_env, uv_bin
+from .uvtool import create_venv, pip_sync
 from .distinfo import broken, canonical, installed, is_venv, record_paths, site_packages, venv_python
 
 # Run by a target interpreter (or, for the interpreter envmgr runs on, in-process): its version
@@ -246,26 +245,6 @@ def plan(lock: Lock, installed: dict[str, str], *, env: dict | None = None,
 
 # -- acting ----------------------------------------------------------------------------------
 
-def create_venv(venv: Path, python: str | Path, *, relocatable: bool = False, prompt: str | None = None,
-                allow_existing: bool = False, keep_fds: tuple[int, ...] = ()) -> None:
-    """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock).
-
-    ``allow_existing``: ``venv`` may be a folder already (one the caller emptied or marked).
-    """
-    cmd = [uv_bin(), "venv", "--no-config", "--no-project", "--python", str(python), "--quiet"]
-    if relocatable:
-        cmd.append("--relocatable")
-    if allow_existing:
-        cmd.append("--allow-existing")
-    if prompt:
-        cmd += ["--prompt", prompt]
-    cmd.append(str(venv))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}),
-                          pass_fds=keep_fds)
-    if proc.returncode != 0:
-        raise EnvmgrError(f"cannot create a venv at {venv} with {python}", detail=proc.stderr.strip())
-
-
 def requirements(packages: Iterable[LockedPackage]) -> str:
     """A ``--require-hashes`` requirements file pinning exactly these files."""
     lines = []
@@ -349,30 +328,8 @@ def local_lock(lock: Lock, want: Iterable[LockedPackage], files: dict[str, Path]
 
 def _uv_sync(venv: Path, lock: Lock, want, p: Plan, files: dict[str, Path], redo: set[str],
              link_mode: str | None, verbose: bool, keep_fds: tuple[int, ...]) -> str:
-    # uv installs a PEP 751 lock as it stands (no resolution), from the files envmgr verified;
-    # sizes and hashes are checked again, and --offline keeps it from fetching anything.
-    cmd = ["pip", "sync", "--python", str(venv_python(venv)), "--require-hashes", "--offline",
-           "--preview-features", "pylock"]
-    for name in sorted(redo & {q.key for q in p.install}):
-        cmd += ["--reinstall-package", name]
-    if link_mode:
-        cmd += ["--link-mode", link_mode]
-    with tempfile.TemporaryDirectory(prefix="envmgr-install-") as tmp:
-        pylock = Path(tmp) / "pylock.toml"  # uv knows the format by this name
-        pylock.write_text(local_lock(lock, want, files))
-        return _uv([*cmd, str(pylock)], venv, verbose, keep_fds)
-
-
-def _uv(args: list[str], venv: Path, verbose: bool, keep_fds: tuple[int, ...] = ()) -> str:
-    """Run ``uv ARGS`` on the venv; uv's messages returned (or shown, ``verbose``); a failure raises."""
-    cmd = [uv_bin(), args[0], args[1], "--no-config", *([] if verbose else ["--no-progress"]), *args[2:]]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
-                          text=True, env=clean_env(), pass_fds=keep_fds)
-    if proc.returncode != 0:
-        out = (proc.stdout or "").strip()
-        raise EnvmgrError(f"uv {args[0]} {args[1]} on {venv} failed (exit {proc.returncode})", detail=out or None,
-                          hint="the files were verified; see uv's message below")
-    return proc.stdout or ""
+    return pip_sync(venv, local_lock(lock, want, files), reinstall=sorted(redo & {q.key for q in p.install}),
+                    link_mode=link_mode, verbose=verbose, keep_fds=keep_fds)
 
 
 def verify(lock: Lock, venv: Path, info: PythonInfo | None = None) -> None:

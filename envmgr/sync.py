@@ -491,7 +491,7 @@ def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], sk
 
 def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, offline, find_links,
                skip_driver_check, reporter, log: Log, started: float) -> SyncResult:
-    from . import fetch, install, lockfile, profiles
+    from . import fetch, install, lockfile, profiles, uvtool
 
     # Read-only first: every input, the interpreter, the driver and (offline) the files are
     # checked before anything on disk changes.
@@ -545,7 +545,7 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
             if state.recreate:
                 log(f"{name}: creating {venv} with Python {state.target.version}")
                 _clear(venv)
-                install.create_venv(venv, state.base, prompt=name, allow_existing=True, keep_fds=(lock_fd,))
+                uvtool.create_venv(venv, state.base, prompt=name, allow_existing=True, keep_fds=(lock_fd,))
             for line in plan.lines():
                 log(f"  {line}")
         # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on

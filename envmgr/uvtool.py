@@ -1,5 +1,6 @@
-"""The uv binary: where it is, its version, an environment that only envmgr configures, and the
-interpreter envmgr runs on (handed to uv instead of letting it search)."""
+"""The uv binary: where it is, its version, an environment that only envmgr configures, the
+interpreter envmgr runs on (handed to uv instead of letting it search), and the two uv commands
+that build a venv (``uv venv``, ``uv pip sync`` of a PEP 751 lock)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 
-from .errors import UserError
+from .errors import EnvmgrError, UserError
 
 # Variables that would make uv or pip resolve against something the profile does not say.
 _LEAKY_PREFIXES = ("UV_INDEX", "UV_EXTRA_INDEX", "UV_DEFAULT_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
@@ -40,6 +40,8 @@ def _uv_bin() -> str:
 
         return find_uv_bin()
     except (ImportError, FileNotFoundError):
+        import shutil
+
         found = shutil.which("uv")
         if not found:
             raise UserError("uv is not installed", hint="pip install uv")
@@ -99,3 +101,62 @@ def clean_env(extra: dict | None = None) -> dict:
     env["NO_COLOR"] = "1"
     env.update(extra or {})
     return env
+
+
+def create_venv(venv, python, *, relocatable: bool = False, prompt: str | None = None,
+                allow_existing: bool = False, keep_fds: tuple[int, ...] = ()) -> None:
+    """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock).
+
+    ``allow_existing``: ``venv`` may be a folder already (one the caller emptied or marked).
+    """
+    cmd = [uv_bin(), "venv", "--no-config", "--no-project", "--python", str(python), "--quiet"]
+    if relocatable:
+        cmd.append("--relocatable")
+    if allow_existing:
+        cmd.append("--allow-existing")
+    if prompt:
+        cmd += ["--prompt", prompt]
+    cmd.append(str(venv))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}),
+                          pass_fds=keep_fds)
+    if proc.returncode != 0:
+        raise EnvmgrError(f"cannot create a venv at {venv} with {python}", detail=proc.stderr.strip())
+
+
+def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, verbose: bool = False,
+             keep_fds: tuple[int, ...] = ()) -> str:
+    """``uv pip sync`` of the PEP 751 lock text ``pylock`` into ``venv``: installed as it stands (no
+    resolution), every size and hash checked, nothing fetched (``--offline``: its ``path``
+    entries name files already verified). Returns uv's messages (shown instead, ``verbose``).
+
+    The lock is written beside the venv (uv knows the format by the name ``pylock.toml``), in
+    a folder of this process's own, removed afterwards.
+    """
+    venv = os.fspath(venv)
+    cmd = [uv_bin(), "pip", "sync", "--no-config", *([] if verbose else ["--no-progress"]),
+           "--python", os.path.join(venv, "bin", "python"), "--require-hashes", "--offline",
+           "--preview-features", "pylock"]
+    for name in reinstall:
+        cmd += ["--reinstall-package", name]
+    if link_mode:
+        cmd += ["--link-mode", link_mode]
+    parent, base = os.path.split(venv.rstrip("/"))
+    folder = os.path.join(parent, f".{base}.envmgr-{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "pylock.toml")
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(pylock)
+        proc = subprocess.run([*cmd, path], stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
+                              text=True, env=clean_env(), pass_fds=keep_fds)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.rmdir(folder)
+    if proc.returncode != 0:
+        out = (proc.stdout or "").strip()
+        raise EnvmgrError(f"uv pip sync on {venv} failed (exit {proc.returncode})", detail=out or None,
+                          hint="the files were verified; see uv's message below")
+    return proc.stdout or ""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envmgr import fetch, install, lockfile
+from envmgr import fetch, install, lockfile, uvtool
 from envmgr.errors import UserError
 from test_sync import locked_template  # noqa: F401 (fixture)
 
@@ -49,7 +49,7 @@ def test_install_refuses_before_touching_anything(locked_template: Path, tmp_pat
         install.install(lock, tmp_path / "nothing", files={})
     assert not (tmp_path / "nothing").exists()
     venv = tmp_path / "v"
-    install.create_venv(venv, sys.executable)
+    uvtool.create_venv(venv, sys.executable)
     before = sorted(p.name for p in venv.rglob("*"))
     with pytest.raises(UserError, match=r"file\(s\) to install were not fetched: .*torch \(torch-2.7.1\+cpu-"):
         install.install(lock, venv, files={})
