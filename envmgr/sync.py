@@ -265,22 +265,24 @@ def driver_version() -> str | None:
     forced = os.environ.get("ENVMGR_DRIVER_VERSION", "").strip().lower()
     if forced == "none":
         return None
+    from .gpu import driver_absent
+
+    if not forced and driver_absent():
+        return None  # a CPU host: no need to load NVML or look for nvidia-smi
     from .gpu import detect
 
-    if not forced and detect.driver_absent():
-        return None  # a CPU host: no need to load NVML or look for nvidia-smi
     return detect.detect().driver
 
 
 def check_driver(variant: str, cuda: str, min_driver: str, driver: str | None) -> str | None:
     """None when ``driver`` can run the variant; a warning string for no driver; raise when too old."""
-    from .variants import driver_at_least, kb
-
     if not cuda or not min_driver:
         return None
     if driver is None:
         return (f"no NVIDIA driver found; installing {variant} (CUDA {cuda}) anyway: it needs driver "
                 f">= {min_driver} to run")
+    from .variants import driver_at_least, kb
+
     if driver_at_least(driver, min_driver):
         return None
     can = kb().variants_for_driver(driver)

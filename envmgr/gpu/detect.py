@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..variants import driver_at_least, kb
+from . import PROC_VERSION as _PROC_VERSION, SYS_VERSION as _SYS_VERSION, driver_absent  # noqa: F401 - driver_absent: part of this module's API
 
 ENV_DRIVER = "ENVMGR_DRIVER_VERSION"
 QUERY_FIELDS = ("index", "name", "uuid", "driver_version", "compute_cap", "memory.total", "pci.bus_id")
-SYS_VERSION = Path("/sys/module/nvidia/version")
-PROC_VERSION = Path("/proc/driver/nvidia/version")
+SYS_VERSION = Path(_SYS_VERSION)
+PROC_VERSION = Path(_PROC_VERSION)
 PROC_GPUS = Path("/proc/driver/nvidia/gpus")
 SMI_TIMEOUT = 20
 
@@ -423,14 +424,6 @@ def from_proc(sys_version: Path = SYS_VERSION, proc_version: Path = PROC_VERSION
 def has_nvidia_driver() -> bool:
     """Cheap: is there an NVIDIA kernel driver here (for passing GPUs into a container)?"""
     return Path("/dev/nvidiactl").exists() or PROC_VERSION.exists()
-
-
-def driver_absent(dev: Path = Path("/dev/nvidiactl"), sys_version: Path = SYS_VERSION,
-                  proc_version: Path = PROC_VERSION) -> bool:
-    """True when no NVIDIA kernel driver is loaded or passed in (no control device, no version
-    file): NVML, nvidia-smi and /proc would all come back empty, so nothing need be tried.
-    A cheap first question for callers that only want the driver (sync on a CPU host)."""
-    return not (dev.exists() or sys_version.exists() or proc_version.exists())
 
 
 def detect(*, environ: dict | None = None, use_nvml: bool = True, smi: str = "nvidia-smi",
