@@ -6,12 +6,11 @@ exactly the lock's packages, every file's sha256 verified, and a stamp recording
 
 The hard problems and how they are solved:
 
-* **No-op in well under a second.** The stamp (``VENV/.envmgr-sync.json``) records the lock
-  file's sha256, the profile files it was fresh against, the interpreter, and for every
-  folder the installed files live in its mtime and a hash of its entry names (``__pycache__``
-  left out, so imports do not count as edits). A sync whose stamp still matches returns
-  without the network and without importing anything but the standard library: this module
-  keeps heavy imports inside the functions of the slow path.
+* **No-op in well under a second.** The stamp (:mod:`envmgr.stamp`, ``VENV/.envmgr-sync.json``)
+  records the lock file's sha256, the profile files it was fresh against, the interpreter,
+  and the mtime of every folder the installed files live in. A sync whose stamp still
+  matches returns without the network and without importing anything but the standard
+  library: this module keeps heavy imports inside the functions of the slow path.
 * **A failed sync leaves the previous venv usable.** Every file is fetched and hash-checked
   into the cache first (:func:`envmgr.fetch.fetch`); the venv is touched only after that.
 * **kill -9 at any point.** The stamp is removed before the venv is touched and written last
@@ -27,24 +26,19 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
-import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-from . import settings
-from .credentials import Auth, expand_env
+from . import settings, stamp
 from .errors import CheckFailed, EnvmgrError, StaleError, UserError
 
-STAMP = ".envmgr-sync.json"
-MARKER = ".envmgr-syncing"  # inside a venv envmgr is creating or changing; removed with the stamp written
-STAMP_FORMAT = 1
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
+if TYPE_CHECKING:
+    from typing import Callable, Iterable
 
-Log = Callable[[str], None]
+    Log = Callable[[str], None]
 
 
 def _nolog(_: str) -> None:
@@ -66,147 +60,21 @@ def _flock_path(venv: Path) -> Path:
     return venv.parent / f".{venv.name}.envmgr-lock"
 
 
-# -- the stamp -----------------------------------------------------------------------------
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha(path: Path | str) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            return _sha256(fh.read())
-    except OSError:
-        return None
-
-
-def _names_hash(folder: str) -> str | None:
-    try:
-        names = sorted(n for n in os.listdir(folder) if n != "__pycache__")
-    except OSError:
-        return None
-    return hashlib.sha1("\0".join(names).encode()).hexdigest()
-
-
-def _dir_state(folder: str) -> list | None:
-    try:
-        mtime = os.stat(folder).st_mtime_ns
-    except OSError:
-        return None
-    return [mtime, _names_hash(folder)]
-
-
-def _resolver_key(resolver: str) -> list:
-    """Changes when the resolver the lock was made with is upgraded (its version is a lock input)."""
-    try:
-        if resolver == "uv":
-            from .uvtool import uv_bin
-
-            st = os.stat(uv_bin())
-        else:
-            import importlib.util
-
-            spec = importlib.util.find_spec("piptools")
-            st = os.stat(spec.origin) if spec and spec.origin else None
-    except (OSError, EnvmgrError, ImportError):
-        st = None
-    return [resolver, st.st_size, st.st_mtime_ns] if st else [resolver]
-
-
-def read_stamp(venv: Path) -> dict | None:
-    try:
-        with open(venv / STAMP, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == STAMP_FORMAT else None
-
-
-def _stamp_matches(stamp: dict, project: Path, name: str, venv: Path, python: str | None, frozen: bool) -> bool:
-    """Does the venv still hold what the stamp says, for the same lock (and fresh profile)?"""
-    lock = stamp.get("lock", {})
-    if stamp.get("profile") != name or lock.get("path") != str(_lock_path(project, name)):
-        return False
-    if f"sha256:{_file_sha(lock['path'])}" != lock.get("digest"):
-        return False
-    if not frozen:
-        fresh = stamp.get("fresh")
-        if not fresh:
-            return False
-        if any(_file_sha(p) != h for p, h in fresh["files"].items()):
-            return False
-        if _resolver_key(fresh["resolver"][0]) != fresh["resolver"]:
-            return False
-    py = stamp.get("python", {})
-    if _file_sha(venv / "pyvenv.cfg") != py.get("cfg") or os.path.realpath(venv / "bin" / "python") != py.get("base"):
-        return False
-    if python and os.path.realpath(python) not in (py.get("base"), py.get("requested")):
-        return False
-    for rel, (mtime, names) in stamp.get("dirs", {}).items():
-        folder = os.path.join(venv, rel)
-        try:
-            if os.stat(folder).st_mtime_ns == mtime:
-                continue
-        except OSError:
-            return False
-        if _names_hash(folder) != names:
-            return False
-    return True
-
-
-def _stamp_dirs(venv: Path, site: Path, dists) -> dict:
-    """Every folder holding an installed file (and bin/, site-packages/) -> [mtime, names hash]."""
-    from .distinfo import record_dirs
-
-    folders = {str(site), str(venv / "bin")}
-    for d in dists:
-        folders.update(record_dirs(site, d.dist_info))
-    folders = {f for f in folders if "/__pycache__" not in f}
-    root = f"{venv}/"
-    out = {}
-    for folder in sorted(folders):
-        state = _dir_state(folder) if folder.startswith(root) else None
-        if state is not None:
-            out[folder[len(root):]] = state
-    return out
-
-
-def _write_stamp(venv: Path, data: dict) -> None:
-    # Atomic against a killed sync (rename). Not fsynced: uv does not fsync the venv's files
-    # either, so after a power loss a durable stamp would vouch for nothing more.
-    tmp = venv / f"{STAMP}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, sort_keys=True)
-    os.replace(tmp, venv / STAMP)
-
-
-def _drop_stamp(venv: Path) -> None:
-    """Mark the venv as being changed: no stamp (so no no-op) and the marker (so it is ours)."""
-    try:
-        os.unlink(venv / STAMP)
-    except FileNotFoundError:
-        pass
-    venv.mkdir(parents=True, exist_ok=True)
-    (venv / MARKER).write_text("envmgr sync in progress or interrupted\n")
-
-
 # -- results -------------------------------------------------------------------------------
 
-@dataclass
 class SyncResult:
-    profile: str
-    venv: Path
-    lock: Path
-    noop: bool
-    seconds: float = 0.0
-    installed: list[str] = field(default_factory=list)  # name==version
-    removed: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    bytes_downloaded: int = 0
-    relocked: bool = False
-    created: bool = False
-    python: str = ""
-    warnings: list[str] = field(default_factory=list)
+    """What a sync did (a plain class: dataclasses costs ~10 ms to import, a no-op ~20 ms in all)."""
+
+    def __init__(self, profile: str, venv: Path, lock: Path, noop: bool, seconds: float = 0.0,
+                 installed: list[str] | None = None, removed: list[str] | None = None, unchanged: int = 0,
+                 bytes_downloaded: int = 0, relocked: bool = False, created: bool = False, python: str = "",
+                 warnings: list[str] | None = None):
+        self.profile, self.venv, self.lock, self.noop, self.seconds = profile, venv, lock, noop, seconds
+        self.installed = installed or []  # name==version
+        self.removed = removed or []
+        self.unchanged, self.bytes_downloaded = unchanged, bytes_downloaded
+        self.relocked, self.created, self.python = relocked, created, python
+        self.warnings = warnings or []
 
     def describe(self) -> str:
         if self.noop:
@@ -238,19 +106,13 @@ class SyncResult:
 def up_to_date(project: Path, name: str, *, venv: Path | str | None = None, python: str | None = None,
                frozen: bool = False) -> dict | None:
     """The stamp when the venv is exactly the (fresh) lock; None when a sync has work to do."""
-    path = venv_path(project, name, venv)
-    stamp = read_stamp(path)
-    if stamp is None or os.path.exists(path / MARKER):
-        return None
-    try:
-        return stamp if _stamp_matches(stamp, project, name, path, python, frozen) else None
-    except (KeyError, TypeError, ValueError, IndexError):  # a stamp edited by hand: redo the sync
-        return None
+    return stamp.up_to_date(venv_path(project, name, venv), profile=name, lock_path=_lock_path(project, name),
+                            python=python, frozen=frozen)
 
 
-def _noop_result(stamp: dict, project: Path, name: str, venv: Path, started: float) -> SyncResult:
+def _noop_result(found: dict, project: Path, name: str, venv: Path, started: float) -> SyncResult:
     return SyncResult(profile=name, venv=venv, lock=_lock_path(project, name), noop=True,
-                      unchanged=len(stamp.get("packages", {})), python=stamp.get("python", {}).get("version", ""),
+                      unchanged=len(found.get("packages", {})), python=found.get("python", {}).get("version", ""),
                       seconds=time.monotonic() - started)
 
 
@@ -298,6 +160,7 @@ def check_driver(variant: str, cuda: str, min_driver: str, driver: str | None) -
 def find_python(version: str) -> str:
     """An interpreter for ``version`` (``3.11``): the one envmgr runs on when it is that version, else
     ``uv python find``'s; a one-line error naming the interpreters found when none is."""
+    import json
     import subprocess
 
     from .uvtool import clean_env, running_python, uv_bin
@@ -348,7 +211,7 @@ def _venv_state(venv: Path) -> str:
         return "foreign"
     if not venv.exists():
         return "missing"
-    if (venv / MARKER).exists():
+    if (venv / stamp.MARKER).exists():
         return "ours"
     if (venv / "pyvenv.cfg").is_file():
         return "venv"
@@ -360,7 +223,7 @@ def _clear(venv: Path) -> None:
     import shutil
 
     for entry in venv.iterdir():
-        if entry.name == MARKER:
+        if entry.name == stamp.MARKER:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -405,13 +268,13 @@ def _ensure_fresh(project: Path, name: str, *, locked: bool, offline: bool, log:
         locker.lock_profiles(project, [name], log=log)
     profile = profiles.load(project, name)
     lock = lockfile.read(_lock_path(project, name))
-    fresh = {"files": {str(p): _file_sha(p) for p in profile.files}, "resolver": _resolver_key(lock.meta.resolver)}
-    return why is not None, fresh
+    return why is not None, stamp.fresh_key(profile.files, lock.meta.resolver)
 
 
 def _auth(project: Path, name: str):
     """Credentials from the profile's index URLs (``user:token@host``, ``${VAR}`` expanded)."""
     from . import profiles
+    from .credentials import Auth, expand_env
 
     try:
         p = profiles.load(project, name)
@@ -430,23 +293,23 @@ def sync(project: Path, name: str = "default", *, venv: Path | str | None = None
     path = venv_path(project, name, venv)
     find_links = [Path(d) for d in find_links]
     if not (locked and frozen):
-        stamp = up_to_date(project, name, venv=path, python=python, frozen=frozen)
-        if stamp is not None:
-            return _noop_result(stamp, project, name, path, started)
+        found = up_to_date(project, name, venv=path, python=python, frozen=frozen)
+        if found is not None:
+            return _noop_result(found, project, name, path, started)
     return _sync_slow(project, name, path, python=python, locked=locked, frozen=frozen, offline=offline,
                       find_links=find_links, skip_driver_check=skip_driver_check, reporter=reporter, log=log,
                       started=started)
 
 
-@dataclass
 class _State:
     """What the venv holds now and what it takes to make it the lock (read-only inspection)."""
 
-    recreate: bool
-    target: object  # install.PythonInfo the venv will run
-    base: str | None  # interpreter to create the venv with, when recreating
-    damaged: dict
-    plan: object  # install.Plan
+    def __init__(self, recreate: bool, target, base: str | None, damaged: dict, plan):
+        self.recreate = recreate
+        self.target = target  # install.PythonInfo the venv will run
+        self.base = base  # interpreter to create the venv with, when recreating
+        self.damaged = damaged
+        self.plan = plan  # install.Plan
 
 
 def _inspect(lock, venv: Path, requested, base: str | None) -> _State:
@@ -491,6 +354,25 @@ def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], sk
     return warnings
 
 
+def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_bytes: bytes, fresh: dict | None, version: str,
+                python: str | None) -> None:
+    """Write the stamp of a venv that now is the lock (the last step of every sync that changed it)."""
+    from .distinfo import installed, site_packages
+
+    stamp.write(venv, {
+        "profile": name,
+        "lock": {"path": str(lock_file), "digest": "sha256:" + stamp.sha256_of(lock_bytes)},  # = Lock.digest()
+        "fresh": fresh,
+        "python": {
+            "version": version,
+            "cfg": stamp.file_sha(venv / "pyvenv.cfg"),
+            "base": os.path.realpath(venv / "bin" / "python"),
+            "requested": os.path.realpath(python) if python else None,
+        },
+        "packages": {d.name: d.version for d in installed(site_packages(venv)).values()},
+    })
+
+
 def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, offline, find_links,
                skip_driver_check, reporter, log: Log, started: float) -> SyncResult:
     from . import fetch, install, lockfile, profiles, uvtool
@@ -520,9 +402,9 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
         base = find_python(want)
 
     with _venv_lock(venv, log) as lock_fd:
-        stamp = up_to_date(project, name, venv=venv, python=python, frozen=frozen)
-        if stamp is not None:  # another sync did it while we waited
-            return _noop_result(stamp, project, name, venv, started)
+        found = up_to_date(project, name, venv=venv, python=python, frozen=frozen)
+        if found is not None:  # another sync did it while we waited
+            return _noop_result(found, project, name, venv, started)
         relocked, fresh = (False, None) if frozen else _ensure_fresh(project, name, locked=locked, offline=offline, log=log)
         lock_bytes = lock_file.read_bytes()
         lock = lockfile.loads(lock_bytes.decode("utf-8"), lock_file)
@@ -543,7 +425,7 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
         if plan.empty and not state.recreate:
             log(f"{name}: {venv} already matches the lock")
         else:
-            _drop_stamp(venv)
+            stamp.drop(venv)
             if state.recreate:
                 log(f"{name}: creating {venv} with Python {state.target.version}")
                 _clear(venv)
@@ -552,26 +434,7 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
                 log(f"  {line}")
         # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on
         result = install.install(lock, venv, files=files, reinstall=state.damaged, keep_fds=(lock_fd,))
-        site = install.site_packages(venv)
-        dists = list(install.installed(site).values())
-        _write_stamp(venv, {
-            "format": STAMP_FORMAT,
-            "profile": name,
-            "lock": {"path": str(lock_file), "digest": "sha256:" + _sha256(lock_bytes)},  # = Lock.digest()
-            "fresh": fresh,
-            "python": {
-                "version": result.python.version,
-                "cfg": _file_sha(venv / "pyvenv.cfg"),
-                "base": os.path.realpath(venv / "bin" / "python"),
-                "requested": os.path.realpath(python) if python else None,
-            },
-            "packages": {d.name: d.version for d in dists},
-            "dirs": _stamp_dirs(venv, site, dists),
-        })
-        try:
-            os.unlink(venv / MARKER)
-        except FileNotFoundError:
-            pass
+        _stamp_venv(venv, name, lock_file, lock_bytes, fresh, result.python.version, python)
     return SyncResult(
         profile=name, venv=venv, lock=lock_file, noop=plan.empty and not state.recreate,
         seconds=time.monotonic() - started,
@@ -584,12 +447,9 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
 
 # -- check -----------------------------------------------------------------------------------
 
-@dataclass
 class DriftReport:
-    profile: str
-    venv: Path
-    lock: Path
-    problems: list[str]
+    def __init__(self, profile: str, venv: Path, lock: Path, problems: list[str]):
+        self.profile, self.venv, self.lock, self.problems = profile, venv, lock, problems
 
     @property
     def exact(self) -> bool:
