@@ -260,6 +260,7 @@ class InstallResult:
     seconds: float
     python: PythonInfo
     output: str = ""  # uv's messages
+    pylock: str = ""  # the PEP 751 lock uv installed ("" when there was nothing to do)
 
 
 def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: dict[str, Path],
@@ -293,7 +294,7 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
     missing = [f"{q.key} ({q.install_file.filename})" for q in p.install if q.install_file.sha256 not in files]
     if missing:
         raise UserError(f"{len(missing)} file(s) to install were not fetched: {', '.join(missing)}")
-    output = ""
+    output = pylock = ""
     if not p.empty:
         if reporter is not None:
             reporter.start(len(p.install), f"installing {len(p.install)} package(s)")
@@ -302,13 +303,15 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                 if torn(why):  # remove what uv would not see or would half-remove; it reinstalls if wanted
                     for dist_info in now[name].dist_infos:
                         remove_dist(site, dist_info)
-            output = _uv_sync(venv, lock, wanted(lock, info.markers), p, files, redo, link_mode, verbose, keep_fds)
+            pylock = local_lock(lock, wanted(lock, info.markers), files)
+            output = pip_sync(venv, pylock, reinstall=sorted(redo & {q.key for q in p.install}), link_mode=link_mode,
+                              verbose=verbose, keep_fds=keep_fds)
         finally:
             if reporter is not None:
                 reporter.advance(len(p.install))
                 reporter.finish()
     verify(lock, venv, info)
-    return InstallResult(p, time.monotonic() - started, info, output)
+    return InstallResult(p, time.monotonic() - started, info, output, pylock)
 
 
 def _check_python(lock: Lock, info: PythonInfo, where) -> None:
@@ -324,12 +327,6 @@ def local_lock(lock: Lock, want: Iterable[LockedPackage], files: dict[str, Path]
            else replace(q, wheels=(), sdist=q.install_file) for q in want]
     return lock.with_packages(one).dumps(local={q.install_file.sha256: files[q.install_file.sha256]
                                                 for q in one if q.install_file.sha256 in files})
-
-
-def _uv_sync(venv: Path, lock: Lock, want, p: Plan, files: dict[str, Path], redo: set[str],
-             link_mode: str | None, verbose: bool, keep_fds: tuple[int, ...]) -> str:
-    return pip_sync(venv, local_lock(lock, want, files), reinstall=sorted(redo & {q.key for q in p.install}),
-                    link_mode=link_mode, verbose=verbose, keep_fds=keep_fds)
 
 
 def verify(lock: Lock, venv: Path, info: PythonInfo | None = None) -> None:

@@ -217,19 +217,29 @@ def record_children(site: Path | None, wanted: set[str]) -> dict[str, set[str]]:
     return {k: {n for n in v if n != "__pycache__"} for k, v in out.items()}
 
 
-def folder_state(venv: Path, site: Path | None) -> tuple[dict, dict]:
+def folder_state(venv: Path, site: Path | None, folders: list[str] | None = None) -> tuple[dict, dict]:
     """(mtimes, listed) for a stamp: every folder the RECORDs put files in, ``bin/`` and
-    site-packages -> mtime; ``bin/`` and site-packages -> hash of their entry names."""
+    site-packages -> mtime; ``bin/`` and site-packages -> hash of their entry names.
+
+    ``folders``: those folders (relative to the venv) as an earlier sync of the same inputs
+    found them (a replayed recipe), which saves reading every RECORD; read anyway when one
+    of them is not there.
+    """
     root = f"{venv}/"
-    folders = {f for f in record_folders(site) if f.startswith(root) and "/__pycache__" not in f}
     listed_abs = {root + r for r in LISTED}
     if site is not None:
         listed_abs.add(os.fspath(site))
+    if folders is not None:
+        found = {root + f for f in folders}
+    else:
+        found = {f for f in record_folders(site) if f.startswith(root) and "/__pycache__" not in f}
     dirs, listed = {}, {}
-    for folder in sorted(folders | listed_abs):
+    for folder in sorted(found | listed_abs):
         try:
             mtime = os.stat(folder).st_mtime_ns
         except OSError:
+            if folders is not None:
+                return folder_state(venv, site)
             continue
         rel = folder[len(root):]
         dirs[rel] = mtime
@@ -240,13 +250,14 @@ def folder_state(venv: Path, site: Path | None) -> tuple[dict, dict]:
 
 # -- writing --------------------------------------------------------------------------------
 
-def write(venv: Path, data: dict) -> None:
+def write(venv: Path, data: dict, folders: list[str] | None = None) -> dict:
     """Write the stamp (``data`` plus the folder state) atomically, then drop the marker.
+    Returns the folders' mtimes (see :func:`folder_state` for ``folders``).
 
     Atomic against a killed sync (rename). Not fsynced: uv does not fsync the venv's files
     either, so after a power loss a durable stamp would vouch for nothing more.
     """
-    dirs, listed = folder_state(venv, site_packages(venv))
+    dirs, listed = folder_state(venv, site_packages(venv), folders)
     tmp = venv / f"{STAMP}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({**data, "format": FORMAT, "dirs": dirs, "listed": listed}, fh, sort_keys=True)
@@ -255,6 +266,7 @@ def write(venv: Path, data: dict) -> None:
         os.unlink(venv / MARKER)
     except FileNotFoundError:
         pass
+    return dirs
 
 
 def drop(venv: Path) -> None:

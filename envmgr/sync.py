@@ -11,6 +11,9 @@ The hard problems and how they are solved:
   and the mtime of every folder the installed files live in. A sync whose stamp still
   matches returns without the network and without importing anything but the standard
   library: this module keeps heavy imports inside the functions of the slow path.
+* **A warm sync costs little more than uv's own.** A venv that does not exist yet is made
+  from the recipe an earlier sync of the same inputs left in the cache (:mod:`envmgr.recipe`):
+  the same uv commands and checks, without the lock model's imports and reading.
 * **A failed sync leaves the previous venv usable.** Every file is fetched and hash-checked
   into the cache first (:func:`envmgr.fetch.fetch`); the venv is touched only after that.
 * **kill -9 at any point.** The stamp is removed before the venv is touched and written last
@@ -296,9 +299,70 @@ def sync(project: Path, name: str = "default", *, venv: Path | str | None = None
         found = up_to_date(project, name, venv=path, python=python, frozen=frozen)
         if found is not None:
             return _noop_result(found, project, name, path, started)
+        if not find_links and not os.path.lexists(path):
+            made = _replay(project, name, path, python=python, frozen=frozen, skip_driver_check=skip_driver_check,
+                           reporter=reporter, log=log, started=started)
+            if made is not None:
+                return made
     return _sync_slow(project, name, path, python=python, locked=locked, frozen=frozen, offline=offline,
                       find_links=find_links, skip_driver_check=skip_driver_check, reporter=reporter, log=log,
                       started=started)
+
+
+def _replay(project: Path, name: str, venv: Path, *, python, frozen, skip_driver_check, reporter, log: Log,
+            started: float) -> SyncResult | None:
+    """Make a missing venv from the recipe an earlier sync of the same inputs left (see
+    :mod:`envmgr.recipe`); None when there is none that still holds (the slow path then runs).
+
+    Same order as the slow path: every check before anything on disk changes, the venv
+    created under its file lock with the marker in place, the result checked, then stamped.
+    """
+    from . import recipe, uvtool
+    from .distinfo import broken, installed, site_packages
+
+    lock_file = _lock_path(project, name)
+    try:
+        lock_bytes = lock_file.read_bytes()
+    except OSError:
+        return None
+    requested = os.path.realpath(python) if python else None
+    r = recipe.load(recipe.key(profile=name, lock_path=lock_file, lock_digest=stamp.sha256_of(lock_bytes),
+                               requested=requested), frozen=frozen, requested=requested)
+    if r is None:
+        return None
+    d = r["driver"]
+    warning = None if skip_driver_check else check_driver(d["variant"], d["cuda"], d["min_driver"], driver_version())
+    with _venv_lock(venv, log) as lock_fd:
+        if os.path.lexists(venv):  # another sync made it while we waited: the slow path decides
+            return None
+        if warning:
+            log(f"warning: {warning}")
+        log(f"{name}: creating {venv} with Python {r['python']['version']}")
+        for line in r["lines"]:
+            log(f"  {line}")
+        stamp.drop(venv)
+        uvtool.create_venv(venv, r["python"]["base"], prompt=name, allow_existing=True, keep_fds=(lock_fd,))
+        if reporter is not None:
+            reporter.start(len(r["packages"]), f"installing {len(r['packages'])} package(s)")
+        try:
+            uvtool.pip_sync(venv, r["pylock"], keep_fds=(lock_fd,))
+        finally:
+            if reporter is not None:
+                reporter.advance(len(r["packages"]))
+                reporter.finish()
+        site = site_packages(venv)
+        now = installed(site)
+        packages = {n: i.version for n, i in now.items()}
+        if (packages != r["packages"] or broken(site, now.values(), files=False)
+                or os.path.realpath(venv / "bin" / "python") != r["python"]["base"]):
+            from . import install, lockfile
+
+            install.verify(lockfile.read(lock_file), venv)  # raises, naming what differs
+        _stamp_venv(venv, name, lock_file, lock_bytes, None if frozen else r["fresh"], r["python"]["version"], python,
+                    packages=packages, folders=r["folders"])
+    return SyncResult(profile=name, venv=venv, lock=lock_file, noop=False, seconds=time.monotonic() - started,
+                      installed=[f"{n}=={v}" for n, v in sorted(r["packages"].items())], created=True,
+                      python=r["python"]["version"], warnings=[warning] if warning else [])
 
 
 class _State:
@@ -355,11 +419,14 @@ def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], sk
 
 
 def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_bytes: bytes, fresh: dict | None, version: str,
-                python: str | None) -> None:
-    """Write the stamp of a venv that now is the lock (the last step of every sync that changed it)."""
+                python: str | None, *, packages: dict | None = None, folders: list[str] | None = None) -> dict:
+    """Write the stamp of a venv that now is the lock (the last step of every sync that changed
+    it); returns its folders' mtimes. ``packages`` (name -> version) when already read."""
     from .distinfo import installed, site_packages
 
-    stamp.write(venv, {
+    if packages is None:
+        packages = {d.name: d.version for d in installed(site_packages(venv)).values()}
+    return stamp.write(venv, {
         "profile": name,
         "lock": {"path": str(lock_file), "digest": "sha256:" + stamp.sha256_of(lock_bytes)},  # = Lock.digest()
         "fresh": fresh,
@@ -369,8 +436,22 @@ def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_bytes: bytes, fresh
             "base": os.path.realpath(venv / "bin" / "python"),
             "requested": os.path.realpath(python) if python else None,
         },
-        "packages": {d.name: d.version for d in installed(site_packages(venv)).values()},
-    })
+        "packages": packages,
+    }, folders)
+
+
+def _record(name: str, lock_file: Path, lock_bytes: bytes, lock, state: _State, result, fresh: dict | None,
+            files: dict, python: str | None, folders: list[str]) -> None:
+    """Keep how this venv was made from nothing, for the next sync of a missing venv (:mod:`envmgr.recipe`)."""
+    from . import recipe
+
+    requested = os.path.realpath(python) if python else None
+    recipe.record(
+        recipe.key(profile=name, lock_path=lock_file, lock_digest=stamp.sha256_of(lock_bytes), requested=requested),
+        base=state.base, version=result.python.version, fresh=fresh, variant=lock.meta.variant,
+        cuda=lock.meta.cuda, min_driver=lock.meta.min_driver, pylock=result.pylock,
+        files=sorted(str(files[p.install_file.sha256]) for p in result.plan.install),
+        packages={p.key: p.version for p in result.plan.install}, lines=state.plan.lines(), folders=folders)
 
 
 def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, offline, find_links,
@@ -434,7 +515,9 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
                 log(f"  {line}")
         # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on
         result = install.install(lock, venv, files=files, reinstall=state.damaged, keep_fds=(lock_fd,))
-        _stamp_venv(venv, name, lock_file, lock_bytes, fresh, result.python.version, python)
+        dirs = _stamp_venv(venv, name, lock_file, lock_bytes, fresh, result.python.version, python)
+        if state.recreate and not find_links and result.pylock:
+            _record(name, lock_file, lock_bytes, lock, state, result, fresh, files, python, sorted(dirs))
     return SyncResult(
         profile=name, venv=venv, lock=lock_file, noop=plan.empty and not state.recreate,
         seconds=time.monotonic() - started,
