@@ -321,9 +321,8 @@ def _replay(project: Path, name: str, venv: Path, *, python, frozen, skip_driver
     from .distinfo import broken, installed, site_packages
 
     lock_file = _lock_path(project, name)
-    try:
-        lock_bytes = lock_file.read_bytes()
-    except OSError:
+    lock_bytes = _read_or_none(lock_file)
+    if lock_bytes is None:
         return None
     requested = os.path.realpath(python) if python else None
     r = recipe.load(recipe.key(profile=name, lock_path=lock_file, lock_digest=stamp.sha256_of(lock_bytes),
@@ -333,7 +332,8 @@ def _replay(project: Path, name: str, venv: Path, *, python, frozen, skip_driver
     d = r["driver"]
     warning = None if skip_driver_check else check_driver(d["variant"], d["cuda"], d["min_driver"], driver_version())
     with _venv_lock(venv, log) as lock_fd:
-        if os.path.lexists(venv):  # another sync made it while we waited: the slow path decides
+        # Another sync made the venv, or re-locked, while we waited: the slow path decides.
+        if os.path.lexists(venv) or _read_or_none(lock_file) != lock_bytes:
             return None
         if warning:
             log(f"warning: {warning}")
@@ -363,6 +363,13 @@ def _replay(project: Path, name: str, venv: Path, *, python, frozen, skip_driver
     return SyncResult(profile=name, venv=venv, lock=lock_file, noop=False, seconds=time.monotonic() - started,
                       installed=[f"{n}=={v}" for n, v in sorted(r["packages"].items())], created=True,
                       python=r["python"]["version"], warnings=[warning] if warning else [])
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 class _State:

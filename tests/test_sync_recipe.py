@@ -150,19 +150,28 @@ def test_replay_checks_the_driver_before_anything(project: Path) -> None:
     assert not (project / "b").exists()
 
 
-def test_replay_into_a_venv_another_sync_made_meanwhile(project: Path, counted: dict, monkeypatch) -> None:
+@pytest.mark.parametrize("meanwhile", ["synced", "relocked"])
+def test_replay_steps_back_when_things_changed_while_it_waited(project: Path, counted: dict, monkeypatch,
+                                                                meanwhile) -> None:
+    """Another sync wins the venv's file lock first: it made the venv (the slow path finds a
+    no-op) or re-wrote the lock (the slow path installs that lock, not the recipe's)."""
     run_sync(project, project / "a")
-    # the other sync wins the venv's file lock first: the replay steps back, the slow path finds a no-op
+    lock = project / "locks" / "pylock.default.toml"
     real_lock = syncing._venv_lock
 
-    def lock_after_other_sync(venv, log):
+    def lock_after_the_other(venv, log):
         monkeypatch.setattr(syncing, "_venv_lock", real_lock)
-        run_sync(project, venv)
+        if meanwhile == "synced":
+            run_sync(project, venv)
+        else:
+            lock.write_text(lock.read_text() + "\n")
         return real_lock(venv, log)
 
-    monkeypatch.setattr(syncing, "_venv_lock", lock_after_other_sync)
+    monkeypatch.setattr(syncing, "_venv_lock", lock_after_the_other)
     result = run_sync(project, project / "b")
-    assert result.noop and installed(project / "b") == pins(project)
+    assert counted["replayed"] == (1 if meanwhile == "synced" else 0)  # only the other sync's, if any
+    assert result.noop == (meanwhile == "synced") and installed(project / "b") == pins(project)
+    assert stamp.up_to_date(project / "b", profile="default", lock_path=lock)
 
 
 def test_replay_result_is_checked(project: Path, counted: dict, monkeypatch) -> None:
