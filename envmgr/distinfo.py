@@ -126,7 +126,8 @@ def _quoted(line: str) -> str:
     return next(csv.reader([line]))[0]
 
 
-def _absolute(base: str, rel: str) -> str:
+def absolute(base: str, rel: str) -> str:
+    """A RECORD path ``rel`` (relative to site-packages ``base``) made absolute and normal."""
     if rel.startswith(("../", "./")) or "/." in rel or "//" in rel:
         return os.path.normpath(os.path.join(base, rel))
     return f"{base}/{rel}" if rel else base
@@ -136,13 +137,7 @@ def record_paths(site: Path, dist_info: str) -> list[str] | None:
     """Files a distribution's RECORD lists (absolute, normalised), or None when RECORD is missing."""
     names = record_names(site, dist_info)
     base = os.fspath(site)
-    return None if names is None else [_absolute(base, rel) for rel in names]
-
-
-def record_dirs(site: Path, dist_info: str) -> set[str]:
-    """The folders holding the files a distribution's RECORD lists (absolute); empty without RECORD."""
-    base = os.fspath(site)
-    return {_absolute(base, rel) for rel in {n.rpartition("/")[0] for n in record_names(site, dist_info) or ()}}
+    return None if names is None else [absolute(base, rel) for rel in names]
 
 
 def broken(site: Path | None, dists: Iterable[Installed], *, files: bool = True) -> dict[str, str]:

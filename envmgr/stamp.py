@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from .distinfo import record_names, site_packages
+from .distinfo import absolute, record_names, site_packages
 from .errors import EnvmgrError
 
 STAMP = ".envmgr-sync.json"
@@ -157,12 +157,6 @@ def up_to_date(venv: Path, *, profile: str, lock_path: Path, python: str | None 
 
 # -- the folders --------------------------------------------------------------------------
 
-def _absolute(base: str, rel: str) -> str:
-    if rel.startswith(("../", "./")) or "/." in rel or "//" in rel:
-        return os.path.normpath(os.path.join(base, rel))
-    return f"{base}/{rel}" if rel else base
-
-
 def _dist_infos(site: Path) -> list[str]:
     return [e for e in os.listdir(site) if e.endswith(".dist-info")]
 
@@ -172,7 +166,7 @@ def _record_files(site: Path | None) -> list[str]:
     if site is None:
         return []
     base = os.fspath(site)
-    return [_absolute(base, rel) for d in _dist_infos(site) for rel in record_names(site, d) or ()]
+    return [absolute(base, rel) for d in _dist_infos(site) for rel in record_names(site, d) or ()]
 
 
 def record_folders(site: Path | None) -> set[str]:
@@ -191,7 +185,7 @@ def record_folders(site: Path | None) -> set[str]:
             rel.update(n.rpartition("/")[0] for n in record_names(site, d) or ())
         else:
             rel.update(line.partition(",")[0].rpartition("/")[0] for line in text.splitlines() if line)
-    return {_absolute(base, r) for r in rel}
+    return {absolute(base, r) for r in rel}
 
 
 def record_children(site: Path | None, wanted: set[str]) -> dict[str, set[str]]:
