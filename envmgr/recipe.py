@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 from . import settings
+from .errors import EnvmgrError
 from .stamp import sha256_of
 
 FORMAT = 1
@@ -137,6 +138,6 @@ def load(recipe_key: str, *, frozen: bool, requested: str | None) -> dict | None
         for path, size in data["files"]:
             if os.stat(path).st_size != size:
                 return None
-    except (OSError, KeyError, TypeError, ValueError, AttributeError):
+    except (OSError, EnvmgrError, KeyError, TypeError, ValueError, AttributeError):
         return None
     return data
