@@ -13,8 +13,10 @@ The hard part is making the stamp cheap to write (it is on every sync's path) ye
 to check. Reading each folder's entries at write time costs ~20 ms for a CUDA torch venv,
 so only mtimes are recorded (~3 ms). When a folder's mtime moved, the check lists it and
 compares its entries with what the RECORDs put there, ignoring ``__pycache__`` (so imports
-do not count as edits): a file added, removed or replaced by hand misses, and the slow path
-repairs it. This module imports only the standard library and :mod:`envmgr.distinfo`.
+do not count as edits): a file added or removed by hand, or a package pip upgraded (its
+dist-info folder renamed), misses, and the slow path repairs it. A file's bytes edited in
+place are not read: no check that must answer in milliseconds can hash a 5 GB venv. This
+module imports only the standard library and :mod:`envmgr.distinfo`.
 """
 
 from __future__ import annotations
