@@ -202,6 +202,9 @@ def _venv_lock(venv: Path, log: Log):
         except BlockingIOError:
             log(f"waiting for another envmgr sync of {venv}")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        from .uvtool import remove_orphans
+
+        remove_orphans(venv)  # what a killed sync of this venv left beside it
         try:
             yield fh.fileno()
         finally:

@@ -160,3 +160,29 @@ def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, v
         raise EnvmgrError(f"uv pip sync on {venv} failed (exit {proc.returncode})", detail=out or None,
                           hint="the files were verified; see uv's message below")
     return proc.stdout or ""
+
+
+def remove_orphans(venv) -> None:
+    """Remove the lock folders :func:`pip_sync` left beside ``venv`` when killed (their process
+    is gone). Call it holding the venv's file lock, as sync does."""
+    parent, base = os.path.split(os.fspath(venv).rstrip("/"))
+    prefix = f".{base}.envmgr-"
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.kill(int(name[len(prefix):]), 0)
+            continue  # its process lives (or belongs to someone else): not ours to remove
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        folder = os.path.join(parent, name)
+        try:
+            for entry in os.listdir(folder):
+                os.unlink(os.path.join(folder, entry))
+            os.rmdir(folder)
+        except OSError:
+            pass

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,47 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
         assert imp.stdout.strip() == pins(proj, "t")["bigpkg"]
         trial += 1
     assert enough(), trials  # really killed, several times while the venv was half-changed
+
+
+def test_kill_9_of_a_replayed_sync_then_sync_is_exact(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    """A venv made again from a recipe (envmgr.recipe), killed at random points: the next sync
+    makes it exact, and no lock folder of a killed sync is left beside the venv."""
+    fresh_index.add(PYPI, None, "bigpkg", "1.0.0", files=many_files(3000, "one"))
+    proj = make_project(tmp_path, {"default": profile_text(fresh_index, "cpu", packages=("bigpkg==1.0.0",))})
+    ok(envmgr(proj, "sync"))  # the slow path: keeps the recipe
+    venv = venv_of(proj)
+
+    def fresh_replay() -> float:
+        shutil.rmtree(venv)
+        t0 = time.monotonic()
+        ok(envmgr(proj, "sync"))
+        return time.monotonic() - t0
+
+    span = min(fresh_replay(), fresh_replay())
+    seed = int(os.environ.get("SYNC_KILL_SEED", "0")) or random.randrange(1 << 30)
+    rng = random.Random(seed)
+    mid_change = 0
+    for trial in range(10):
+        shutil.rmtree(venv)
+        delay = span * rng.uniform(0.1, 1.0)
+        proc = start(proj, "sync")
+        time.sleep(delay)
+        if trial % 2:
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        mid_change += (venv / ".envmgr-syncing").exists()
+        where = f"seed {seed} trial {trial} delay {delay:.3f}"
+        proc = envmgr(proj, "sync")
+        assert proc.returncode == 0, f"{where}\n{proc.stderr}"
+        assert installed(venv) == pins(proj), where
+        ok(envmgr(proj, "sync", "--check"))
+        imp = vpy(venv, "import bigpkg, torch; print(bigpkg.__version__)")
+        assert imp.returncode == 0 and imp.stdout.strip() == "1.0.0", f"{where}: {imp.stderr}"
+        assert not [n for n in os.listdir(venv.parent) if n.startswith(f".{venv.name}.envmgr-") and
+                    n[len(venv.name) + 9:].isdigit()], where
+    assert mid_change >= 3, mid_change  # really killed while the venv was being made
 
 
 # -- concurrent syncs ---------------------------------------------------------------------------
