@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from .distinfo import absolute, record_names, site_packages
+from .distinfo import absolute, record_names, record_paths, site_packages
 from .errors import EnvmgrError
 
 STAMP = ".envmgr-sync.json"
@@ -167,26 +167,16 @@ def _record_files(site: Path | None) -> list[str]:
     """Every file the RECORDs in ``site`` list, absolute and normalised."""
     if site is None:
         return []
-    base = os.fspath(site)
-    return [absolute(base, rel) for d in _dist_infos(site) for rel in record_names(site, d) or ()]
+    return [f for d in _dist_infos(site) for f in record_paths(site, d) or ()]
 
 
 def record_folders(site: Path | None) -> set[str]:
-    """The folders the RECORDs in ``site`` put files in (absolute)."""
+    """The folders the RECORDs in ``site`` put files in (absolute). Read by the slow path only:
+    a replayed recipe brings its folders (see :func:`folder_state`)."""
     if site is None:
         return set()
+    rel = {n.rpartition("/")[0] for d in _dist_infos(site) for n in record_names(site, d) or ()}
     base = os.fspath(site)
-    rel: set[str] = set()
-    for d in _dist_infos(site):
-        try:
-            with open(os.path.join(base, d, "RECORD"), encoding="utf-8", newline="") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if '"' in text:  # quoted paths (a comma in a name): the csv reader decides
-            rel.update(n.rpartition("/")[0] for n in record_names(site, d) or ())
-        else:
-            rel.update(line.partition(",")[0].rpartition("/")[0] for line in text.splitlines() if line)
     return {absolute(base, r) for r in rel}
 
 

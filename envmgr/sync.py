@@ -328,8 +328,9 @@ def _replay(project: Path, name: str, venv: Path, *, python, frozen, skip_driver
     if lock_bytes is None:
         return None
     requested = os.path.realpath(python) if python else None
-    r = recipe.load(recipe.key(profile=name, lock_path=lock_file, lock_digest=stamp.sha256_of(lock_bytes),
-                               requested=requested), frozen=frozen, requested=requested)
+    lock_digest = "sha256:" + stamp.sha256_of(lock_bytes)  # = Lock.digest()
+    r = recipe.load(recipe.key(profile=name, lock_path=lock_file, lock_digest=lock_digest, requested=requested),
+                    frozen=frozen, requested=requested)
     if r is None:
         return None
     d = r["driver"]
@@ -361,7 +362,7 @@ def _replay(project: Path, name: str, venv: Path, *, python, frozen, skip_driver
             from . import install, lockfile
 
             install.verify(lockfile.read(lock_file), venv)  # raises, naming what differs
-        _stamp_venv(venv, name, lock_file, lock_bytes, None if frozen else r["fresh"], r["python"]["version"], python,
+        _stamp_venv(venv, name, lock_file, lock_digest, None if frozen else r["fresh"], r["python"]["version"], python,
                     packages=packages, folders=r["folders"])
     return SyncResult(profile=name, venv=venv, lock=lock_file, noop=False, seconds=time.monotonic() - started,
                       installed=[f"{n}=={v}" for n, v in sorted(r["packages"].items())], created=True,
@@ -428,7 +429,7 @@ def _preflight(lock, state: _State, *, offline: bool, find_links: list[Path], sk
     return warnings
 
 
-def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_bytes: bytes, fresh: dict | None, version: str,
+def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_digest: str, fresh: dict | None, version: str,
                 python: str | None, *, packages: dict | None = None, folders: list[str] | None = None) -> dict:
     """Write the stamp of a venv that now is the lock (the last step of every sync that changed
     it); returns its folders' mtimes. ``packages`` (name -> version) when already read."""
@@ -438,7 +439,7 @@ def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_bytes: bytes, fresh
         packages = {d.name: d.version for d in installed(site_packages(venv)).values()}
     return stamp.write(venv, {
         "profile": name,
-        "lock": {"path": str(lock_file), "digest": "sha256:" + stamp.sha256_of(lock_bytes)},  # = Lock.digest()
+        "lock": {"path": str(lock_file), "digest": lock_digest},
         "fresh": fresh,
         "python": {
             "version": version,
@@ -450,14 +451,14 @@ def _stamp_venv(venv: Path, name: str, lock_file: Path, lock_bytes: bytes, fresh
     }, folders)
 
 
-def _record(name: str, lock_file: Path, lock_bytes: bytes, lock, state: _State, result, fresh: dict | None,
+def _record(name: str, lock_file: Path, lock_digest: str, lock, state: _State, result, fresh: dict | None,
             files: dict, python: str | None, folders: list[str]) -> None:
     """Keep how this venv was made from nothing, for the next sync of a missing venv (:mod:`envmgr.recipe`)."""
     from . import recipe
 
     requested = os.path.realpath(python) if python else None
     recipe.record(
-        recipe.key(profile=name, lock_path=lock_file, lock_digest=stamp.sha256_of(lock_bytes), requested=requested),
+        recipe.key(profile=name, lock_path=lock_file, lock_digest=lock_digest, requested=requested),
         base=state.base, version=result.python.version, fresh=fresh, variant=lock.meta.variant,
         cuda=lock.meta.cuda, min_driver=lock.meta.min_driver, pylock=result.pylock,
         files=sorted(str(files[p.install_file.sha256]) for p in result.plan.install),
@@ -525,9 +526,10 @@ def _sync_slow(project: Path, name: str, venv: Path, *, python, locked, frozen, 
                 log(f"  {line}")
         # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on
         result = install.install(lock, venv, files=files, reinstall=state.damaged, keep_fds=(lock_fd,))
-        dirs = _stamp_venv(venv, name, lock_file, lock_bytes, fresh, result.python.version, python)
+        lock_digest = "sha256:" + stamp.sha256_of(lock_bytes)  # = Lock.digest()
+        dirs = _stamp_venv(venv, name, lock_file, lock_digest, fresh, result.python.version, python)
         if state.recreate and not find_links and result.pylock:
-            _record(name, lock_file, lock_bytes, lock, state, result, fresh, files, python, sorted(dirs))
+            _record(name, lock_file, lock_digest, lock, state, result, fresh, files, python, sorted(dirs))
     return SyncResult(
         profile=name, venv=venv, lock=lock_file, noop=plan.empty and not state.recreate,
         seconds=time.monotonic() - started,
