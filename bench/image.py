@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from envmgr import lockfile  # noqa: E402
-from envmgr.lockfile import LockedFile  # noqa: E402
+from envmgr.model import lockfile  # noqa: E402
+from envmgr.model.lockfile import LockedFile  # noqa: E402
 
 
 def envmgr(args: list[str], env: dict, cwd: Path) -> dict:
@@ -125,7 +125,7 @@ def main() -> None:
     lockfile.write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
     changed = changed_lock(lock, args.change)
 
-    from envmgr import fetch
+    from envmgr.net import fetch
 
     env = {"ENVMGR_CACHE_DIR": str(cache), "ENVMGR_NO_PROGRESS": "1"}
     os.environ["ENVMGR_CACHE_DIR"] = str(cache)

@@ -43,15 +43,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from envmgr import profiles  # noqa: E402
-from envmgr.uvtool import clean_env, uv_bin, uv_version  # noqa: E402
 from _tool import install_tool  # noqa: E402
+
+from envmgr.model import profiles  # noqa: E402
+from envmgr.venv.uvtool import clean_env, uv_bin, uv_version  # noqa: E402
 
 TARGET = 1.15  # the bound on envmgr lock / uv pip compile
 

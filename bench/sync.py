@@ -42,9 +42,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from envmgr import lockfile  # noqa: E402
-from envmgr.uvtool import uv_bin  # noqa: E402
 from _tool import install_tool  # noqa: E402
+
+from envmgr.model import lockfile  # noqa: E402
+from envmgr.venv.uvtool import uv_bin  # noqa: E402
 
 NOOP_TARGET = 0.25  # seconds
 WARM_TARGET = 1.2  # envmgr / uv

@@ -3,21 +3,23 @@
 No logic lives here. Every EnvmgrError is caught once, in ``main``, and printed as one
 line (exit 2 for bad input, 1 for a failed check or stale lock); no traceback. The
 console script enters through ``entry``, which runs ``lock`` and ``sync`` without loading
-typer and hands every other command line to ``main`` here.
+typer and hands every other command line to ``main`` here; those two and ``run`` are
+declared from ``commands``' tables, so the fast path and typer cannot drift apart.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional  # noqa: F401 - the generated commands' annotations name them
 
 import typer
 
-from . import __version__, entry
-from .console import DownloadBar, err, line_log, out, print_error, print_json
-from .errors import EnvmgrError
-from .settings import find_project
+from . import __version__, commands
+from .core.console import DownloadBar, err, line_log, out, print_error, print_json
+from .core.errors import EnvmgrError
+from .core.settings import find_project
 
 app = typer.Typer(
     name="envmgr",
@@ -49,7 +51,7 @@ def variants(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show the variant knowledge base: variants, CUDA, driver minimums, GPU archs."""
-    from . import report
+    from .report import knowledge as report
 
     data = report.variants_table(torch)
     if as_json:
@@ -58,73 +60,41 @@ def variants(
         report.render_variants(out, data)
 
 
-# --- lock --------------------------------------------------------------------------------
+# --- lock, sync, run: declared from ``commands``' tables -----------------------------------
 
-def _param(params, name: str):
-    """The typer declaration of one of ``entry``'s parameters (declared there, once, as data)."""
-    p = next(x for x in params if x.name == name)
-    if not p.flags:
-        return typer.Argument(None, help=p.help)
-    return typer.Option(None if p.many else p.default, *p.flags, help=p.help)
+_ANNOTATION = {"bool": "bool", "int": "int", "str": "Optional[str]", "path": "Optional[Path]",
+               "strs": "List[str]", "paths": "List[Path]"}
 
 
-@app.command()
-def lock(
-    names: List[str] = _param(entry.LOCK, "names"),
-    all_: bool = _param(entry.LOCK, "all_"),
-    resolver: Optional[str] = _param(entry.LOCK, "resolver"),
-    check: bool = _param(entry.LOCK, "check"),
-    upgrade: bool = _param(entry.LOCK, "upgrade"),
-    upgrade_package: List[str] = _param(entry.LOCK, "upgrade_package"),
-    verify: bool = _param(entry.LOCK, "verify"),
-    jobs: int = _param(entry.LOCK, "jobs"),
-    quiet: bool = _param(entry.LOCK, "quiet"),
-    as_json: bool = _param(entry.LOCK, "as_json"),
-) -> None:
-    """Resolve profiles into hashed PEP 751 locks (locks/pylock.NAME.toml)."""
-    raise typer.Exit(entry.lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json))
+def _declare(name: str, params, body, doc: str, **settings) -> None:
+    """A typer command named ``name`` whose parameters are ``params`` (one ``commands.Param``
+    each) and whose body is ``body(**arguments)``, returning the exit code."""
+
+    def command(**arguments) -> None:
+        raise typer.Exit(body(**arguments) or 0)
+
+    declared = []
+    for p in params:
+        if not p.flags:
+            info = typer.Argument(... if p.required else None, help=p.help)
+        else:
+            info = typer.Option(None if p.many else p.default, *p.flags, help=p.help)
+        declared.append(inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=info,
+                                          annotation=_ANNOTATION[p.kind]))
+    command.__signature__ = inspect.Signature(declared)
+    command.__annotations__ = {p.name: _ANNOTATION[p.kind] for p in params}
+    command.__name__ = command.__qualname__ = name.replace("-", "_")
+    command.__doc__ = doc
+    app.command(name, **settings)(command)
+    globals()[command.__name__] = command
 
 
-# --- sync commands -----------------------------------------------------------------------
-
-@app.command()
-def sync(
-    name: Optional[str] = _param(entry.SYNC, "name"),
-    venv: Optional[Path] = _param(entry.SYNC, "venv"),
-    python: Optional[str] = _param(entry.SYNC, "python"),
-    locked: bool = _param(entry.SYNC, "locked"),
-    frozen: bool = _param(entry.SYNC, "frozen"),
-    offline: bool = _param(entry.SYNC, "offline"),
-    find_links: List[Path] = _param(entry.SYNC, "find_links"),
-    skip_driver_check: bool = _param(entry.SYNC, "skip_driver_check"),
-    check: bool = _param(entry.SYNC, "check"),
-    quiet: bool = _param(entry.SYNC, "quiet"),
-    as_json: bool = _param(entry.SYNC, "as_json"),
-) -> None:
-    """Make the profile's venv exactly its lock: hash-verified, extras removed, instant when nothing changed."""
-    raise typer.Exit(entry.sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check,
-                                quiet, as_json))
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run(
-    name: str = typer.Argument(..., help="Profile whose venv runs the command."),
-    cmd: List[str] = typer.Argument(None, help="The command and its arguments, after --."),
-    venv: Optional[Path] = _param(entry.SYNC_SHARED, "venv"),
-    python: Optional[str] = _param(entry.SYNC_SHARED, "python"),
-    locked: bool = _param(entry.SYNC_SHARED, "locked"),
-    frozen: bool = _param(entry.SYNC_SHARED, "frozen"),
-    offline: bool = _param(entry.SYNC_SHARED, "offline"),
-    find_links: List[Path] = _param(entry.SYNC_SHARED, "find_links"),
-    skip_driver_check: bool = _param(entry.SYNC_SHARED, "skip_driver_check"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Say nothing about the sync."),
-) -> None:
-    """Run a command inside the profile's venv, syncing it first when needed (like `uv run`)."""
-    from . import sync as syncing
-
-    syncing.run(find_project(), name, cmd or [], venv=venv, python=python, locked=locked, frozen=frozen,
-                offline=offline, find_links=find_links or [], skip_driver_check=skip_driver_check,
-                log=line_log(not quiet))
+_declare("lock", commands.LOCK, commands.lock, "Resolve profiles into hashed PEP 751 locks (locks/pylock.NAME.toml).")
+_declare("sync", commands.SYNC, commands.sync,
+         "Make the profile's venv exactly its lock: hash-verified, extras removed, instant when nothing changed.")
+_declare("run", commands.RUN, commands.run,
+         "Run a command inside the profile's venv, syncing it first when needed (like `uv run`).",
+         context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 
 # --- image commands ----------------------------------------------------------------------
 
@@ -144,7 +114,7 @@ def export_image(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary (digest, layers with sizes, seconds)."),
 ) -> None:
     """Build a reproducible, layered OCI image from the lock and a base image, without a daemon."""
-    from . import settings
+    from .core import settings
     from .oci import export as exporting
 
     show = not quiet and not as_json
@@ -177,7 +147,7 @@ def base_image(
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror URL (default: mmdebstrap's)."),
 ) -> None:
     """Build a Debian + python3 base image with mmdebstrap into an OCI layout (no registry needed)."""
-    from . import settings
+    from .core import settings
     from .oci import debian
 
     output = output or find_project() / ".envmgr" / "bases" / suite
@@ -190,7 +160,7 @@ def _emit_text(text: str, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(text)
     else:
-        from .lockfile import write_atomic
+        from .core.files import write_atomic
 
         write_atomic(output, text)
         err.print(f"wrote {output}", highlight=False)
@@ -207,7 +177,8 @@ def diff_cmd(
     max_chars: str = typer.Option("65000", "--max-chars", metavar="N", help="Keep the markdown under N characters (GitHub's PR body limit is 65,536): the largest package lists go first. 0: no limit."),
 ) -> None:
     """What changed in the locks since BASE: torch/CUDA/cuDNN/NCCL first, GPU archs, driver, size."""
-    from . import diff as lockdiff, diffreport
+    from .report import diff as lockdiff
+    from .report import diffreport
 
     fmt = "json" if as_json else fmt
     diffreport.check_format(fmt)
@@ -226,7 +197,8 @@ def export_cmd(
     lock_file: Optional[Path] = typer.Option(None, "--lock", help="Export this lock file instead of the profile's."),
 ) -> None:
     """Export a lock: pip requirements with index lines and hashes, a CycloneDX SBOM, or PEP 751."""
-    from . import export, lockfile
+    from .model import lockfile
+    from .report import export
 
     export.check_format(fmt, output)
     lock = lockfile.read(lock_file or lockfile.lock_path(find_project(), name))
@@ -247,8 +219,9 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema envmgr-check/1)."),
 ) -> None:
     """Prove the environment computes on this GPU: torch, CUDA, driver, archs, real kernels, NCCL."""
-    from .errors import CheckFailed
-    from .gpu import check as gpu_check, render
+    from .core.errors import CheckFailed
+    from .gpu import check as gpu_check
+    from .gpu import render
 
     report = gpu_check.check(find_project(), name=name, python=python, image=image, image_python=image_python,
                              engine=engine, require_gpu=require_gpu, world=world, timeout=timeout)

@@ -1,11 +1,7 @@
 """The ``envmgr`` front door: ``lock`` and ``sync`` without typer, everything else through ``cli``.
 
-``lock`` and ``sync`` are the commands bots and users run most, and their cost is the
-point of their benchmarks: importing typer (~30 ms) and its pydantic-backed parsing
-(~70 ms) would be a fifth of a warm lock and most of a no-op sync. Their parameters are
-declared here, once, as data: this module parses them, and ``cli`` builds the typer
-declarations (``--help``, completion) from the same data. Anything this parser does not
-read exactly (--help, --opt=value, -qU, an unknown option, a bad number, an extra
+The hot commands' parameters and bodies are in ``commands``. Anything its plain parser does
+not read exactly (--help, --opt=value, -qU, an unknown option, a bad number, an extra
 argument) goes through typer as usual; both paths run the same command body.
 """
 
@@ -14,158 +10,12 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from pathlib import Path
 
-from .console import DownloadBar, err, line_log, out, print_error, print_json
-from .errors import EnvmgrError
-from .settings import find_project
+from . import commands
+from .core.console import err, print_error
+from .core.errors import EnvmgrError
 
-
-class Param:
-    """One parameter of a command. ``flags`` empty: the positional argument.
-
-    A plain class, not a dataclass: importing dataclasses costs ~10 ms, half a no-op sync.
-    """
-
-    __slots__ = ("name", "kind", "flags", "help", "default")
-
-    def __init__(self, name: str, kind: str, flags: tuple[str, ...] = (), help: str = "", default: object = None):
-        self.name = name  # the Python parameter
-        self.kind = kind  # bool, int, str, path, strs (repeatable), paths (repeatable)
-        self.flags = flags
-        self.help = help
-        self.default = default
-
-    @property
-    def many(self) -> bool:
-        return self.kind in ("strs", "paths")
-
-    def initial(self):
-        return [] if self.many else self.default
-
-
-def parse(params: tuple[Param, ...], tokens: list[str]) -> dict | None:
-    """The arguments ``tokens`` give ``params``, or None where typer must decide."""
-    options = {flag: p for p in params for flag in p.flags}
-    positional = next((p for p in params if not p.flags), None)
-    args = {p.name: p.initial() for p in params}
-    seen = False
-    rest = iter(tokens)
-    for token in rest:
-        p = options.get(token)
-        if p is not None:
-            if p.kind == "bool":
-                args[p.name] = True
-                continue
-            value = next(rest, None)
-            if value is None or value.startswith("-"):
-                return None
-            if p.kind == "int":
-                if not value.isdigit():
-                    return None
-                converted: object = int(value)
-            else:
-                converted = Path(value) if p.kind in ("path", "paths") else value
-            if p.many:
-                args[p.name].append(converted)
-            else:
-                args[p.name] = converted
-        elif token.startswith("-") or positional is None or (seen and not positional.many):
-            return None
-        elif positional.many:
-            args[positional.name].append(token)
-        else:
-            args[positional.name], seen = token, True
-    return args
-
-
-# -- lock ---------------------------------------------------------------------------------
-
-LOCK = (
-    Param("names", "strs", help="Profiles to lock (default: the default profile)."),
-    Param("all_", "bool", ("--all",), "Lock every profile.", False),
-    Param("resolver", "str", ("--resolver",), "uv (default) or pip-tools. Env: ENVMGR_RESOLVER."),
-    Param("check", "bool", ("--check",), "Exit 1 if a lock is stale against its profile; no network.", False),
-    Param("upgrade", "bool", ("--upgrade", "-U"), "Ignore the existing pins.", False),
-    Param("upgrade_package", "strs", ("--upgrade-package", "-P"), "Allow upgrading NAME (repeatable)."),
-    Param("verify", "bool", ("--verify",), "Download every locked file and check its published hash before writing.", False),
-    Param("jobs", "int", ("--jobs", "-j"), "Profiles locked at once.", 4),
-    Param("quiet", "bool", ("--quiet", "-q"), "Print nothing but errors.", False),
-    Param("as_json", "bool", ("--json",), "Machine-readable summary.", False),
-)
-
-
-def lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json) -> int:
-    from . import locker, profiles
-
-    project = find_project()
-    selected = profiles.list_profiles(project) if all_ or (check and not names) else (names or ["default"])
-    if check:
-        results = locker.check(project, selected)
-        if as_json:
-            print_json([r.to_json() for r in results])
-        else:
-            for r in results:
-                (out if r.fresh else err).print(r.describe())
-        return 1 if any(not r.fresh for r in results) else 0
-    results = locker.lock_profiles(
-        project, selected, resolver=resolver, upgrade=upgrade, upgrade_packages=upgrade_package or [], verify=verify,
-        jobs=jobs, log=None if quiet or as_json else err.print,
-    )
-    if as_json:
-        print_json([r.to_json() for r in results])
-    elif not quiet:
-        for r in results:
-            out.print(r.describe())
-    return 0
-
-
-# -- sync ---------------------------------------------------------------------------------
-
-# The options sync shares with run (cli declares run from these too).
-SYNC_SHARED = (
-    Param("venv", "path", ("--venv",), "Venv path (default: PROJECT/.envmgr/venvs/NAME). Env: ENVMGR_VENV_DIR sets the folder."),
-    Param("python", "str", ("--python",), "Interpreter for the venv; must be the lock's python version (default: found by uv)."),
-    Param("locked", "bool", ("--locked",), "Fail (exit 1) if the lock is stale instead of re-locking.", False),
-    Param("frozen", "bool", ("--frozen",), "Use the lock as it is; do not check it against the profile.", False),
-    Param("offline", "bool", ("--offline",), "No network: files from the cache or --find-links only.", False),
-    Param("find_links", "paths", ("--find-links",), "Folder of wheels to take before downloading (repeatable); hashes still checked."),
-    Param("skip_driver_check", "bool", ("--skip-driver-check",), "Install a CUDA variant even if the driver is too old.", False),
-)
-
-SYNC = (
-    Param("name", "str", help="Profile to sync (default: the default profile)."),
-    *SYNC_SHARED,
-    Param("check", "bool", ("--check",), "Report how the venv differs from the lock (exit 1); change nothing.", False),
-    Param("quiet", "bool", ("--quiet", "-q"), "Print nothing but errors.", False),
-    Param("as_json", "bool", ("--json",), "Machine-readable summary.", False),
-)
-
-
-def sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check, quiet, as_json) -> int:
-    from . import settings, sync as syncing
-
-    project, name = find_project(), name or "default"
-    if check:
-        report = syncing.check(project, name, venv=venv, python=python, frozen=frozen)
-        if as_json:
-            print_json(report.to_json())
-        elif not quiet or not report.exact:
-            (out if report.exact else err).print(report.describe(), markup=False, highlight=False)
-        return 0 if report.exact else 1
-    show = not quiet and not as_json
-    result = syncing.sync(project, name, venv=venv, python=python, locked=locked, frozen=frozen, offline=offline,
-                          find_links=find_links or [], skip_driver_check=skip_driver_check,
-                          reporter=DownloadBar() if show and settings.progress_enabled() else None,
-                          log=line_log(show))
-    if as_json:
-        print_json(result.to_json())
-    elif not quiet:
-        out.print(result.describe(), markup=False, highlight=False)
-    return 0
-
-
-FAST = {"lock": (LOCK, lock), "sync": (SYNC, sync)}
+FAST = {"lock": (commands.LOCK, commands.lock), "sync": (commands.SYNC, commands.sync)}
 
 
 def main() -> None:
@@ -179,7 +29,7 @@ def main() -> None:
     """
     argv = sys.argv[1:]
     command = FAST.get(argv[0]) if argv else None
-    args = parse(command[0], argv[1:]) if command else None
+    args = commands.parse(command[0], argv[1:]) if command else None
     if args is None:
         from .cli import main as typer_main
 

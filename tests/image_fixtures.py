@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from envmgr import lockfile
-from envmgr.lockfile import Lock, LockedFile, LockedPackage, LockMeta
 from fixture_index import PYPI, TORCH
+
+from envmgr.core import files
+from envmgr.model import lockfile
+from envmgr.model.lockfile import Lock, LockedFile, LockedPackage, LockMeta
 
 BASE_PACKAGES = ("python3", "python3-venv", "libstdc++6", "ca-certificates")
 TEST_CACHE = Path(os.environ.get("ENVMGR_TEST_CACHE") or Path.home() / ".cache" / "envmgr-test")
@@ -74,7 +75,7 @@ def write_project(root: Path, lock: Lock, *, image: dict | None = None) -> Path:
     if image:
         doc["image"] = image
     (root / "profiles" / f"{name}.toml").write_text(tomlkit.dumps(doc))
-    lockfile.write_atomic(lockfile.lock_path(root, name), lock.dumps())
+    files.write_atomic(lockfile.lock_path(root, name), lock.dumps())
     return root
 
 

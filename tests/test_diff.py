@@ -1,4 +1,4 @@
-"""envmgr.diff and envmgr.diffreport on crafted lock pairs (pure: no index, no git).
+"""envmgr.report.diff and envmgr.report.diffreport on crafted lock pairs (pure: no index, no git).
 
 The lock factory at the top (``make_lock``) is shared with the other test_diff*/test_export*
 modules: locks shaped like real ones (torch from the variant's index with its local label,
@@ -14,10 +14,11 @@ from dataclasses import replace
 
 import pytest
 
-from envmgr import diff, diffreport, lockfile
-from envmgr.errors import LockFileError
-from envmgr.lockfile import Lock, LockedFile, LockedPackage, LockMeta, fingerprint
-from envmgr.variants import kb
+from envmgr.core.errors import LockFileError
+from envmgr.model import lockfile
+from envmgr.model.lockfile import Lock, LockedFile, LockedPackage, LockMeta, fingerprint
+from envmgr.model.variants import kb
+from envmgr.report import diff, diffreport
 
 HOST = "http://127.0.0.1:9"
 PYPI_URL = f"{HOST}/simple"
@@ -304,7 +305,7 @@ def test_json_report():
 
 
 def test_render_rejects_unknown_format():
-    from envmgr.errors import UserError
+    from envmgr.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown diff format 'xml'"):
         diffreport.render([], "xml")
@@ -410,7 +411,7 @@ def test_parse_max_chars(value, expected):
 
 @pytest.mark.parametrize("value", ["-1", "abc", "", "1999", "1e5", "65000.5"])
 def test_parse_max_chars_rejects(value):
-    from envmgr.errors import UserError
+    from envmgr.core.errors import UserError
 
     with pytest.raises(UserError, match="bad --max-chars"):
         diffreport.parse_max_chars(value)

@@ -11,13 +11,12 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from envmgr.lockfile import dumps, lock_path
 from test_diff import make_lock
+
+from envmgr.model.lockfile import dumps, lock_path
 
 
 def envmgr(project: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -226,8 +225,9 @@ def test_bad_max_chars(repo: Path, value: str):
 
 
 def test_max_chars_default_matches_the_renderer():
-    from envmgr import diffreport
-    from envmgr.cli import diff_cmd
     import inspect
+
+    from envmgr.cli import diff_cmd
+    from envmgr.report import diffreport
 
     assert int(inspect.signature(diff_cmd).parameters["max_chars"].default.default) == diffreport.DEFAULT_MAX_CHARS

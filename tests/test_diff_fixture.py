@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from test_diff_cli import envmgr, git
 from test_export_pip import write_profile
-
 
 
 def test_variant_and_torch_change_between_real_locks(tmp_path: Path, fixture_index):

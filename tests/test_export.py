@@ -1,4 +1,4 @@
-"""envmgr.export and envmgr.sbom on crafted locks, and ``envmgr export`` through the CLI."""
+"""envmgr.report.export and envmgr.report.sbom on crafted locks, and ``envmgr export`` through the CLI."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
-
-from envmgr import export, sbom
-from envmgr.errors import LockFileError, UserError
-from envmgr.lockfile import loads
-from test_diff import HOST, PYPI_URL, make_lock, package
+from test_diff import HOST, PYPI_URL, make_lock
 from test_diff_cli import envmgr, one_line_error, write_lock
+
+from envmgr.core.errors import LockFileError, UserError
+from envmgr.model.lockfile import loads
+from envmgr.report import export, sbom
 
 
 def requirement_blocks(text: str) -> dict[str, list[str]]:

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from envmgr import sbom
-from envmgr.lockfile import lock_path, read
 from test_diff_cli import envmgr
 
+from envmgr.model.lockfile import lock_path, read
+from envmgr.report import sbom
 
 
 def write_profile(project: Path, name: str, fixture_index, *, variant: str = "cu126", torch: str = ">=2.7,<2.8",
@@ -35,7 +34,7 @@ def dists(site: Path) -> dict[str, str]:
     """canonical name -> version of every .dist-info under ``site``."""
     from importlib.metadata import PathDistribution
 
-    from envmgr.variants import canonical
+    from envmgr.model.variants import canonical
 
     out = {}
     for info in site.glob("*.dist-info"):

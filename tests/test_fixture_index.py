@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from fixture_index import (
     CUDA_OF_VARIANT,
     MISSING_HASH_FILE,

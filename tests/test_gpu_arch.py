@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_gpu_helpers import fixture_text
 
 from envmgr.gpu import probe
-from test_gpu_helpers import fixture_text
 
 CU126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]

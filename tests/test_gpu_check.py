@@ -15,12 +15,21 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
-from envmgr.gpu import check as gpu_check, runner, schema
 from test_gpu_helpers import (  # noqa: F401 (fixtures)
-    envmgr, json_out, link_venv, make_lock, no_torch_python, python_minor, torch_python, torch_version, write_lock,
+    envmgr,
+    json_out,
+    link_venv,
+    make_lock,
+    no_torch_python,
+    python_minor,
+    torch_python,
+    torch_version,
+    write_lock,
     write_profile,
 )
+
+from envmgr.gpu import check as gpu_check
+from envmgr.gpu import runner, schema
 
 
 def by_name(report: dict) -> dict:
@@ -226,7 +235,7 @@ def test_python_argv_ships_the_probe():
 
 
 def test_pick_engine(monkeypatch):
-    from envmgr.errors import UserError
+    from envmgr.core.errors import UserError
 
     with pytest.raises(UserError, match="docker engine runs images it has loaded"):
         runner.pick_engine("docker", "oci:/tmp/layout")
@@ -276,7 +285,9 @@ def torch_image(torch_python) -> str:
     if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:
         pytest.skip("podman does not work here")
     try:
-        from image_fixtures import bookworm_rootfs  # the image tests' cached mmdebstrap rootfs
+        from image_fixtures import (
+            bookworm_rootfs,  # the image tests' cached mmdebstrap rootfs
+        )
     except ImportError:
         pytest.skip("no bookworm rootfs helper (tests/image_fixtures.py)")
     rootfs = bookworm_rootfs()
@@ -378,7 +389,9 @@ def _blob(root: Path, data: bytes) -> dict:
 
 
 def _layer(files: dict[str, bytes]) -> bytes:
-    import gzip, io, tarfile
+    import gzip
+    import io
+    import tarfile
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -425,6 +438,7 @@ def test_venv_of_and_lock_path():
 
 def test_find_in_layers_top_down_and_whiteouts():
     import io
+
     from envmgr.gpu import imagelock
 
     def layers(*contents):
@@ -509,7 +523,7 @@ def test_bad_embedded_locks_and_layouts_are_one_line_errors(tmp_path, fake_podma
         (f"oci-archive:{tmp_path / 'junk.tar'}", "not a readable archive"),
         (f"oci-archive:{tmp_path / 'none.tar'}", "does not exist"),
     ]
-    from envmgr.errors import UserError
+    from envmgr.core.errors import UserError
 
     for ref, words in cases:
         with pytest.raises(UserError) as exc:

@@ -8,12 +8,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from envmgr.gpu import detect
 from test_gpu_helpers import (
-    H200_UUID, MIG_LISTING, eight_h100_csv, fake_nvidia_smi, fixture_text, mig_xml, rtx5090_csv,
+    H200_UUID,
+    MIG_LISTING,
+    eight_h100_csv,
+    fake_nvidia_smi,
+    fixture_text,
+    mig_xml,
+    rtx5090_csv,
 )
 
+from envmgr.host import detect
 
 # -- parsers on the real fixture ----------------------------------------------------------
 
@@ -279,7 +284,7 @@ def test_detect_mixed_architectures_note(tmp_path, monkeypatch):
 
 
 def test_driver_absent_only_without_device_and_version_files(tmp_path) -> None:
-    from envmgr.gpu import detect as gd
+    from envmgr import host as gd
 
     dev, sys_v, proc_v = tmp_path / "nvidiactl", tmp_path / "sys-version", tmp_path / "proc-version"
     assert gd.driver_absent(dev, sys_v, proc_v)

@@ -7,20 +7,30 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
-
-from envmgr import profiles
-from envmgr.errors import UserError
-from envmgr.gpu import detect, doctor, schema
-from envmgr.variants import kb
+import tomllib
 from test_gpu_helpers import (
-    MIG_LISTING, eight_h100_csv, envmgr, fake_nvidia_smi, fixture_text, json_out, make_lock, mig_xml, rtx5090_csv,
-    write_lock, write_profile,
+    MIG_LISTING,
+    eight_h100_csv,
+    envmgr,
+    fake_nvidia_smi,
+    fixture_text,
+    json_out,
+    make_lock,
+    mig_xml,
+    rtx5090_csv,
+    write_lock,
+    write_profile,
 )
+
+from envmgr.core.errors import UserError
+from envmgr.gpu import doctor, schema
+from envmgr.host import detect
+from envmgr.model import profiles
+from envmgr.model.variants import kb
 
 
 def gpu(index, name, cap, mem=81559):
@@ -291,7 +301,7 @@ def test_init_refuses_overwrite_and_validates(tmp_path):
         doctor.init_profile(tmp_path, "x", variant="cu999")
     with pytest.raises(UserError, match="not a profile name"):
         doctor.init_profile(tmp_path, "../evil")
-    from envmgr.errors import ProfileError
+    from envmgr.core.errors import ProfileError
 
     with pytest.raises(ProfileError):  # torch 2.0 has no cu130 build: the written file is rolled back
         doctor.init_profile(tmp_path, "bad", variant="cu130", torch="==2.0.1")

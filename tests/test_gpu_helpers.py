@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from envmgr import lockfile
-from envmgr.variants import kb
+from envmgr.model import lockfile
+from envmgr.model.variants import kb
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gpu" / "h200-driver580"
 REPO = Path(__file__).resolve().parents[1]

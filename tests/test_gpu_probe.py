@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import jsonschema
+from test_gpu_helpers import no_torch_python, torch_python, torch_version  # noqa: F401 (fixtures)
 
 from envmgr.gpu import probe, runner, schema
-from test_gpu_helpers import no_torch_python, torch_python, torch_version  # noqa: F401 (fixtures)
 
 PROBE = Path(probe.__file__)
 

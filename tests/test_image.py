@@ -3,15 +3,14 @@ skopeo, the OCI JSON schemas, docker-registry with htpasswd auth, podman's Docke
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import image_fixtures as fx
 import pytest
 
-import image_fixtures as fx
 from envmgr.oci import image as im
 from envmgr.oci import layers as ly
 from envmgr.oci import layout

@@ -12,12 +12,18 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-
-from fixture_index import MISSING_HASH_FILE, PYPI, TORCH, WRONG_HASH_FILE, FixtureIndex, Release
+import tomllib
+from fixture_index import (
+    MISSING_HASH_FILE,
+    PYPI,
+    TORCH,
+    WRONG_HASH_FILE,
+    FixtureIndex,
+    Release,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cr3t-t0ken-xyz"
@@ -558,9 +564,9 @@ def test_pip_tools_and_uv_make_the_same_lock(fixture_index: FixtureIndex, tmp_pa
     (["lock", "--jobs", "x"], None), (["lock", "--resolver"], None), (["lock", "--bogus"], None),
 ])
 def test_lock_fast_path_reads_only_what_it_knows(argv: list[str], expected: dict | None) -> None:
-    from envmgr import entry
+    from envmgr import commands
 
-    got = entry.parse(entry.LOCK, argv[1:])
+    got = commands.parse(commands.LOCK, argv[1:])
     if expected is None:
         assert got is None
     else:
@@ -576,9 +582,9 @@ def test_typer_declarations_are_entrys_parameters(command: str) -> None:
 
     import typer
 
-    from envmgr import cli, entry
+    from envmgr import cli, commands
 
-    params = {"lock": entry.LOCK, "sync": entry.SYNC, "run": entry.SYNC_SHARED}[command]
+    params = {"lock": commands.LOCK, "sync": commands.SYNC, "run": commands.SYNC_SHARED}[command]
     signature = inspect.signature(getattr(cli, command)).parameters
     if command != "run":
         assert list(signature) == [p.name for p in params]
@@ -612,7 +618,7 @@ def test_typer_path_gives_the_same_lock(fixture_index: FixtureIndex, tmp_path: P
 def _pypi_reachable() -> bool:
     import socket
 
-    from envmgr.resolve import default_index_url
+    from envmgr.lock.resolve import default_index_url
 
     host = default_index_url().split("//", 1)[1].split("/", 1)[0]
     try:
@@ -630,9 +636,9 @@ def test_default_profile_matches_uv_pip_compile(tmp_path: Path) -> None:
     """
     if not _pypi_reachable():
         pytest.skip("the real package index is not reachable")
-    from envmgr import profiles
-    from envmgr.resolve import default_index_url
-    from envmgr.uvtool import uv_bin
+    from envmgr.lock.resolve import default_index_url
+    from envmgr.model import profiles
+    from envmgr.venv.uvtool import uv_bin
 
     profile = profiles.load(REPO, "default")
     project = tmp_path / "project"

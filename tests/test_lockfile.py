@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from envmgr import lockfile
-from envmgr.errors import LockFileError
-from envmgr.lockfile import Lock, LockedFile, LockedPackage, LockMeta
+from envmgr.core.errors import LockFileError
+from envmgr.core import files
+from envmgr.model import lockfile
+from envmgr.model.lockfile import Lock, LockedFile, LockedPackage, LockMeta
 
 SHA = "a" * 64
 
@@ -139,11 +140,11 @@ def test_read_missing_names_the_command(tmp_path: Path) -> None:
 
 def test_write_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "locks" / "pylock.x.toml"
-    assert lockfile.write_atomic(path, "one\n") is True
+    assert files.write_atomic(path, "one\n") is True
     os.utime(path, (1, 1))
-    assert lockfile.write_atomic(path, "one\n") is False  # unchanged: not even touched
+    assert files.write_atomic(path, "one\n") is False  # unchanged: not even touched
     assert path.stat().st_mtime == 1
-    assert lockfile.write_atomic(path, "two\n") is True
+    assert files.write_atomic(path, "two\n") is True
     assert path.read_text() == "two\n" and oct(path.stat().st_mode & 0o777) == "0o644"
 
     def broken(src, dst):
@@ -151,7 +152,7 @@ def test_write_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(os, "replace", broken)
     with pytest.raises(OSError):
-        lockfile.write_atomic(path, "three\n")
+        files.write_atomic(path, "three\n")
     assert path.read_text() == "two\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["pylock.x.toml"]  # no temp file left
 

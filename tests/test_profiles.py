@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from envmgr import profiles
-from envmgr.errors import ProfileError
-from envmgr.variants import kb
+from envmgr.core.errors import ProfileError
+from envmgr.model import profiles
+from envmgr.model.variants import kb
 
 REPO = Path(__file__).resolve().parents[1]
 INDEX = "http://127.0.0.1:9/whl/cu126"  # never contacted: validation needs no network
@@ -75,7 +75,7 @@ def test_every_shipped_profile_validates() -> None:
 
 def test_shipped_default_lock_is_fresh_and_readable() -> None:
     """The committed lock matches its profile (no network: --check only compares inputs)."""
-    from envmgr import lockfile
+    from envmgr.model import lockfile
 
     lock = lockfile.read(REPO / "locks" / "pylock.default.toml")
     assert lock.meta.profile == "default" and lock.package("torch") is not None

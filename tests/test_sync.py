@@ -17,10 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from envmgr import install, lockfile
 from fixture_index import PYPI, FixtureIndex
-from test_lock import cli_env as lock_cli_env, make_project, profile_text as lock_profile_text
+from test_lock import cli_env as lock_cli_env
+from test_lock import make_project
+from test_lock import profile_text as lock_profile_text
+
+from envmgr.core import files
+from envmgr.model import lockfile
+from envmgr.venv import install
 
 REPO = Path(__file__).resolve().parents[1]
 VENVS = Path(".envmgr") / "venvs"
@@ -343,7 +347,7 @@ def test_no_matching_python_names_what_was_found(project: Path) -> None:
     lock = lockfile.read(lockfile.lock_path(project, "cpu"))
     from dataclasses import replace
 
-    lockfile.write_atomic(lockfile.lock_path(project, "cpu"), replace(lock, meta=replace(lock.meta, python="3.99")).dumps())
+    files.write_atomic(lockfile.lock_path(project, "cpu"), replace(lock, meta=replace(lock.meta, python="3.99")).dumps())
     before = tree(project)
     line = failed(envmgr(project, "sync", "cpu", "--frozen"))
     assert "no Python 3.99 found" in line and "found: 3." in line and "--python" in line
@@ -426,7 +430,7 @@ def test_json_summary_shape(project: Path) -> None:
 
 def test_download_progress_reaches_the_reporter(project: Path, monkeypatch) -> None:
     """What the CLI's rich bar shows (on a terminal): every byte fetched, then finish."""
-    from envmgr import sync
+    from envmgr.sync import syncer as sync
 
     class Recorder:
         def __init__(self) -> None:

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from envmgr import lockfile
 from test_sync import REPO, envmgr, installed, ok, venv_of, vpy
+
+from envmgr.model import lockfile
 
 
 def du(path: Path) -> int:

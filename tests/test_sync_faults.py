@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from envmgr import lockfile
 from fixture_index import PYPI, FixtureIndex
 from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
     assert_exact,
@@ -37,6 +36,8 @@ from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
     venv_of,
     vpy,
 )
+
+from envmgr.model import lockfile
 
 
 def two_state_project(index: FixtureIndex, root: Path) -> Path:
@@ -177,7 +178,7 @@ def test_kill_9_at_random_points_then_sync_is_exact(fresh_index: FixtureIndex, t
 
 
 def test_kill_9_of_a_replayed_sync_then_sync_is_exact(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    """A venv made again from a recipe (envmgr.recipe), killed at random points: the next sync
+    """A venv made again from a recipe (envmgr.sync.recipe), killed at random points: the next sync
     makes it exact, and no lock folder of a killed sync is left beside the venv."""
     fresh_index.add(PYPI, None, "bigpkg", "1.0.0", files=many_files(3000, "one"))
     proj = make_project(tmp_path, {"default": profile_text(fresh_index, "cpu", packages=("bigpkg==1.0.0",))})

@@ -1,4 +1,4 @@
-"""``envmgr.install`` as the image exporter uses it: a lock's verified files into a venv built
+"""``envmgr.venv.install`` as the image exporter uses it: a lock's verified files into a venv built
 in a staging folder, then moved to where it runs (``relocatable=True``)."""
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from envmgr import fetch, install, lockfile, uvtool
-from envmgr.errors import UserError
 from test_sync import locked_template  # noqa: F401 (fixture)
+
+from envmgr.core.errors import UserError
+from envmgr.model import lockfile
+from envmgr.net import fetch
+from envmgr.venv import install, uvtool
 
 
 def files_for(lock) -> dict:

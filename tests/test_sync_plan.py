@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from envmgr import install, lockfile, sync
-from envmgr.errors import CheckFailed
-from envmgr.lockfile import Lock, LockedFile, LockedPackage, LockMeta
+from envmgr.core.errors import CheckFailed
+from envmgr.model import lockfile
+from envmgr.model.lockfile import Lock, LockedFile, LockedPackage, LockMeta
+from envmgr.sync import syncer as sync
+from envmgr.venv import install
 
 
 def pkg(name: str, version: str, marker: str | None = None, sha: str = "0" * 64) -> LockedPackage:

@@ -1,4 +1,4 @@
-"""A missing venv made again from the recipe of an earlier sync (``envmgr.recipe``): what it
+"""A missing venv made again from the recipe of an earlier sync (``envmgr.sync.recipe``): what it
 may trust, and when it refuses.
 
 The replay must give the venv and stamp the slow path gives, and must never be used when
@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
-from envmgr import recipe, stamp, sync as syncing
 from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
     assert_exact,
     envmgr,
@@ -26,6 +24,9 @@ from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
     project,
     site,
 )
+
+from envmgr.sync import recipe, stamp
+from envmgr.sync import syncer as syncing
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The stamp that makes a no-op sync cheap (``envmgr.stamp``): folder mtimes written, entries
+"""The stamp that makes a no-op sync cheap (``envmgr.sync.stamp``): folder mtimes written, entries
 compared with what the RECORDs put there only when a folder moved.
 
 Imports are not edits (``__pycache__``); a file added, removed or deleted by hand is.
@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from envmgr import stamp, sync as syncing
 from test_sync import locked_template, project, site  # noqa: F401 (locked_template, project: fixtures)
+
+from envmgr.sync import stamp
+from envmgr.sync import syncer as syncing
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from envmgr.distinfo import canonical
-from envmgr.variants import driver_at_least, is_variant_name, kb, parse_torch_spec
+from envmgr.model.names import canonical
+from envmgr.model.variants import driver_at_least, is_variant_name, kb, parse_torch_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # (variant, torch minor) the knowledge base names but has no compiled-arch list for yet.

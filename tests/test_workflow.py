@@ -22,13 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fixture_index as fx
 import pytest
 import yaml
-
-import fixture_index as fx
 from fixture_index import TORCH, FixtureIndex
 from test_diff_cli import git
-
 
 WORKFLOW = Path(__file__).resolve().parents[1] / ".github" / "workflows" / "lock-update.yml"
 EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
-from ..settings import venv_root
-from ..variants import kb
+from ..core.errors import UserError
+from ..core.settings import venv_root
 from . import runner
+from .expect import driver_table, expectations_from_lock, profile_expectations  # noqa: F401 - check's API
 
-if TYPE_CHECKING:  # the lock and profile modules load only when a profile is checked
-    from .. import lockfile, profiles
+if TYPE_CHECKING:  # the profile module loads only when a profile is checked
+    pass
 
 CHECK_SCHEMA = "envmgr-check/1"
 
@@ -51,46 +49,6 @@ class Target:
         if self.kind == "venv":
             return f"venv of profile {self.profile} ({self.python})"
         return self.python
-
-
-# -- expectations -------------------------------------------------------------------------
-
-def driver_table() -> dict:
-    """CUDA -> [minor-version minimum, toolkit driver]: lets the probe judge any torch build."""
-    return {c: [i.min_driver, i.toolkit_driver] for c, i in kb().cuda.items()}
-
-
-def expectations_from_lock(lock: lockfile.Lock) -> dict:
-    m = lock.meta
-    torch = lock.package("torch")
-    cudnn = next((p.version for p in lock.packages if p.key.startswith("nvidia-cudnn")), "")
-    nccl = next((p.version for p in lock.packages if p.key.startswith("nvidia-nccl")), "")
-    return {
-        "profile": m.profile, "python": m.python, "variant": m.variant, "torch": torch.version if torch else "",
-        "cuda": m.cuda, "cudnn": cudnn, "nccl": nccl, "min_driver": m.min_driver, "toolkit_driver": m.toolkit_driver,
-        "arch_list": list(m.arch_list), "ptx": m.ptx,
-    }
-
-
-def expectations_from_profile(p: profiles.Profile) -> dict:
-    exact = re.fullmatch(r"==\s*(\d+(?:\.\d+)+(?:\+\w+)?)", p.torch.strip()) or re.fullmatch(r"(\d+(?:\.\d+)+)", p.torch.strip())
-    version = exact.group(1) if exact else ""
-    facts = kb().facts(p.variant, version or "0")
-    return {
-        "profile": p.name, "python": p.python, "variant": p.variant, "torch": version, "cuda": facts.cuda,
-        "min_driver": facts.min_driver, "toolkit_driver": facts.toolkit_driver, "arch_list": list(facts.arch_list),
-        "ptx": facts.ptx,
-    }
-
-
-def profile_expectations(project: Path, name: str) -> tuple[dict, str, profiles.Profile]:
-    from .. import lockfile, profiles
-
-    p = profiles.load(project, name)
-    path = lockfile.lock_path(project, name)
-    if path.is_file():
-        return expectations_from_lock(lockfile.read(path)), f"lock {path}", p
-    return expectations_from_profile(p), f"profile {p.path} (no lock yet)", p
 
 
 # -- targets --------------------------------------------------------------------------------
@@ -225,7 +183,7 @@ def check(project: Path, *, name: str | None = None, python: str | None = None, 
         full["sizes"] = sizes
     expect_json = json.dumps(full, sort_keys=True, separators=(",", ":"))
     if target.kind == "image":
-        from .detect import has_nvidia_driver
+        from ..host.detect import has_nvidia_driver
 
         with_gpu = has_nvidia_driver() if gpu is None else gpu
         run = runner.run_image(target.image, target.python, expect_json, engine=target.engine, gpu=with_gpu, timeout=timeout)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import tomlkit
 
-from .. import lockfile, profiles
-from ..errors import EnvmgrError, UserError
-from ..variants import VariantFacts, driver_at_least, kb
-from . import detect as detect_mod
+from ..core.errors import EnvmgrError, UserError
+from ..core.files import write_atomic
+from ..host import detect as detect_mod
+from ..model import lockfile, profiles
+from ..model.variants import VariantFacts, driver_at_least, kb
 from .probe import arch_coverage
 
 DOCTOR_SCHEMA = "envmgr-doctor/1"
@@ -261,13 +262,13 @@ def init_profile(project: Path, name: str, *, variant: str = "auto", torch: str 
     text = tomlkit.dumps(doc)
     old = path.read_text("utf-8") if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    lockfile.write_atomic(path, text)
+    write_atomic(path, text)
     try:
         profiles.load(project, name)
     except EnvmgrError:
         if old is None:
             path.unlink(missing_ok=True)
         else:
-            lockfile.write_atomic(path, old)
+            write_atomic(path, old)
         raise
     return InitResult(name, path, variant, torch, python, reason)

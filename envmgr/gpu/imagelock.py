@@ -30,7 +30,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..errors import EnvmgrError, UserError
+from ..core.errors import EnvmgrError, UserError
 from ..oci.sources import split_tag
 
 LABEL = "io.envmgr."
@@ -308,8 +308,8 @@ def read(ref: str, *, engine: str, image_python: str | None) -> Found:
 def expectations(ref: str, *, engine: str, image_python: str | None) -> tuple[dict, str | None, list[str], dict | None]:
     """(expectations, expect_source, notes, labels) from the image's embedded lock; empty
     expectations and a note saying why when it has none. A lock that does not parse: exit 2."""
-    from .. import lockfile
-    from .check import expectations_from_lock
+    from ..model import lockfile
+    from .expect import expectations_from_lock
 
     found = read(ref, engine=engine, image_python=image_python)
     notes = list(found.notes)

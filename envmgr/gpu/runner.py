@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .probe import PROGRESS_PREFIX
 
 PROBE_PATH = Path(__file__).with_name("probe.py")

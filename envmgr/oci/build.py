@@ -15,9 +15,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import __version__, lockfile, settings
-from ..errors import EnvmgrError, UserError
-from .export import DEFAULT_USER, DEFAULT_VENV, LABEL, Options, Result, _profile_image, default_tag
+from .. import __version__
+from ..core import settings
+from ..core.errors import EnvmgrError, UserError
+from ..model import lockfile
+from .export import (
+    DEFAULT_USER,
+    DEFAULT_VENV,
+    LABEL,
+    Options,
+    Result,
+    _profile_image,
+    default_tag,
+)
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "Containerfile.in"
 
@@ -58,9 +68,10 @@ def render(template: str, lock: lockfile.Lock, conf: dict, *, base: str, python:
 
 def context(project: Path, opts: Options, dest: Path, *, engine: str) -> tuple[Path, lockfile.Lock, str]:
     """Write the build context into ``dest``; returns (dest, lock, tag)."""
-    from .. import fetch, sbom
-    from ..install import requirements, wanted
-    from ..uvtool import uv_bin
+    from ..net import fetch
+    from ..report import sbom
+    from ..venv.install import requirements, wanted
+    from ..venv.uvtool import uv_bin
 
     lock = lockfile.read(lockfile.lock_path(project, opts.name))
     conf = _profile_image(project, opts.name)

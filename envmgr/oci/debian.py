@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import image as im
 from .layers import BlobStore, stream_layer
 from .layout import write_dir

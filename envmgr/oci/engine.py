@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import EnvmgrError, UserError
+from ..core.errors import EnvmgrError, UserError
 from . import image as im
 from .layout import write_tar
 

@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, lockfile, settings
-from ..errors import EnvmgrError, UserError
-from ..fetch import NullReporter
+from .. import __version__
+from ..core import settings
+from ..core.errors import EnvmgrError, UserError
+from ..model import lockfile
+from ..net.fetch import NullReporter
 from . import image as im
 from . import layers as ly
 from . import layout, sources, venvlayers
@@ -75,7 +77,7 @@ def default_tag(lock: lockfile.Lock) -> str:
 
 
 def _profile_image(project: Path, name: str) -> dict:
-    from .. import profiles
+    from ..model import profiles
 
     if not profiles.profile_path(project, name).is_file():
         return {}
@@ -157,7 +159,7 @@ export PATH
 
 
 def _top_entries(lock: lockfile.Lock, venv: str, facts: sources.BaseFacts, user_entries: list[ly.Entry]) -> list[ly.Entry]:
-    from .. import sbom
+    from ..report import sbom
 
     root = venv.strip("/")
     ver = facts.version
@@ -190,7 +192,8 @@ class _Staged:
 def _stage(lock, packages, facts: sources.BaseFacts, host_python: str, opts: Options, reporter, notes,
            tmp: Path) -> _Staged:
     """Install ``packages`` (only those) into a relocatable venv under ``tmp``."""
-    from .. import fetch, install
+    from ..net import fetch
+    from ..venv import install
 
     files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
     staged = tmp / "venv"
@@ -243,8 +246,8 @@ def export(project: Path, opts: Options, *, reporter=None, log=None) -> Result:
     res.base, res.base_digest, res.python = base_ref, base.digest, facts.python
     step("base")
 
-    from ..install import wanted
-    from ..uvtool import uv_version
+    from ..venv.install import wanted
+    from ..venv.uvtool import uv_version
 
     packages = wanted(lock, _markers(lock.meta.platform, facts.version))
     host_python, host_version = staging_python(facts.version)
@@ -389,8 +392,8 @@ def staging_python(version: str) -> tuple[str, str]:
     """(path, full version) of this machine's Python ``version`` that stages the venv; ("", "") if none."""
     import subprocess
 
-    from ..install import query_python
-    from ..uvtool import clean_env, uv_bin
+    from ..venv.install import query_python
+    from ..venv.uvtool import clean_env, uv_bin
 
     proc = subprocess.run([uv_bin(), "python", "find", "--no-config", "--no-project", version], capture_output=True,
                           text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}))

@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 import isal
 from isal import isal_zlib
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the bytes a layer holds for the same input change
 BLOCK = 1 << 20  # compressor input block: fixed so output depends on content only

@@ -18,9 +18,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import image as im
-from .layers import Entry, with_parents, write_tar as _write_tar
+from .layers import Entry, with_parents
+from .layers import write_tar as _write_tar
 
 LAYOUT = im.canonical_json({"imageLayoutVersion": "1.0.0"})
 

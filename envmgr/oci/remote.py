@@ -27,8 +27,8 @@ from urllib.parse import urlencode, urljoin
 
 import requests
 
-from ..errors import NetworkError, UserError
-from ..fetch import NullReporter
+from ..core.errors import NetworkError, UserError
+from ..net.fetch import NullReporter
 from . import image as im
 from .layers import BlobStore
 from .layout import manifest_to_image, pick_platform

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import image as im
 from .layers import BlobStore, sha256_file
 from .layout import read_dir

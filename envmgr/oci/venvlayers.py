@@ -24,8 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import UserError
-from ..lockfile import LockedPackage
+from ..core.errors import UserError
+from ..model.lockfile import LockedPackage
 from .layers import Entry, file_entry
 
 DEFAULT_THRESHOLD = 1 << 20  # wheel bytes: a package this big gets its own layer
@@ -171,7 +171,7 @@ def _pyc_of(rel_py: str, cache_tag: str) -> str:
 
 def owned_entries(venv: Path, site: Path, packages, *, image_venv: str, cache_tag: str) -> dict[str, list[Entry]]:
     """Package key -> the entries (image paths) of the files its RECORD lists, plus its pycs."""
-    from ..distinfo import canonical
+    from ..model.names import canonical
 
     by_key = {p.key: p for p in packages}
     out: dict[str, list[Entry]] = {k: [] for k in by_key}

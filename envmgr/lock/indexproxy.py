@@ -1,0 +1,228 @@
+"""A routing simple index on 127.0.0.1, for resolvers that have no per-package index.
+
+pip-compile sees one index. For a torch-family project the page comes from the torch
+index only; for any other project from the default index (then the extra indexes, first
+one with the project wins). Hrefs are rewritten to absolute upstream URLs, so files and
+PEP 658 metadata are fetched from the real index, and the ``#sha256`` fragments and
+``data-*`` attributes pass through untouched.
+
+With ``serve_unhashed`` (the uv backend), a file the index publishes no hash for is served
+through this index instead: the first request downloads it from upstream once, passing the
+bytes on while they arrive and keeping them, hashed, in envmgr's file cache (hash cached by
+URL); any later request (uv asks twice while writing a pylock) is answered from the cache.
+``original(url)`` maps such a local URL back to the upstream one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import shutil
+import threading
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from packaging.utils import canonicalize_name
+
+from ..core.errors import EnvmgrError
+from ..net import indexclient
+from ..net.credentials import Auth
+
+
+class RoutingIndex:
+    """Serve a routed view of upstream indexes; ``known_hash(url)`` fills unpublished hashes.
+
+    ``unhashed`` collects the upstream file URLs served without a published hash, so the
+    caller can cache the hash the resolver computes for them (download once, by URL).
+    """
+
+    def __init__(self, default: str, extra: tuple[str, ...] = (), torch: str | None = None,
+                 family: set[str] = frozenset(), known_hash=None, serve_unhashed: bool = False):
+        self.default, self.extra, self.torch, self.family = default, extra, torch, family
+        self.known_hash = known_hash or (lambda url: None)
+        self.serve_unhashed = serve_unhashed
+        self.unhashed: set[str] = set()
+        self.errors: list[str] = []  # unexpected failures while serving (shown with the resolver's)
+        self._files: dict[str, str] = {}  # token -> upstream URL (with credentials) of a served file
+        self._file_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def sources(self, project: str) -> list[str]:
+        if self.torch and canonicalize_name(project) in self.family:
+            return [self.torch]
+        return [self.default, *self.extra]
+
+    def page(self, project: str) -> str | None:
+        for url in self.sources(project):
+            files = indexclient.project_page(url, project)
+            if files:
+                return _render(project, [self._local(_with_credentials(self._fill(f), url)) for f in files])
+        return None
+
+    def _local(self, f: indexclient.IndexFile) -> indexclient.IndexFile:
+        """An unhashed file, when serving them, gets a URL on this index (see the module doc)."""
+        if not self.serve_unhashed or f.sha256:
+            return f
+        token = hashlib.sha256(f.url.encode()).hexdigest()[:24]
+        with self._lock:
+            self._files[token] = f.url
+        return replace(f, url=f"{self.base}/files/{token}/{quote(f.filename)}")
+
+    def original(self, url: str) -> str:
+        """The upstream URL of a file this index served itself (other URLs unchanged)."""
+        prefix = f"{self.base}/files/"
+        if not url.startswith(prefix):
+            return url
+        token = url[len(prefix):].split("/", 1)[0]
+        with self._lock:
+            return self._files.get(token, url)
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler, token: str, name: str) -> None:
+        from ..net import fetch
+
+        with self._lock:
+            upstream = self._files.get(token)
+            lock = self._file_locks.setdefault(token, threading.Lock())
+        if upstream is None:
+            handler.send_error(404)
+            return
+        auth = Auth.from_urls([upstream])
+        if name.endswith(".metadata"):  # PEP 658: small, passed through
+            with fetch._get(upstream + ".metadata", auth) as resp:
+                _send(handler, resp.content, "application/octet-stream")
+            return
+        with lock:  # one download per file, however many requests
+            cached = fetch.cached_url_file(upstream)
+            if cached is not None:
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/octet-stream")
+                handler.send_header("Content-Length", str(cached.stat().st_size))
+                handler.end_headers()
+                with cached.open("rb") as fh:
+                    shutil.copyfileobj(fh, handler.wfile)
+                return
+
+            started = []
+
+            def start(resp) -> None:
+                started.append(True)
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/octet-stream")
+                if resp.headers.get("Content-Length"):
+                    handler.send_header("Content-Length", resp.headers["Content-Length"])
+                else:
+                    handler.close_connection = True
+                handler.end_headers()
+
+            try:
+                fetch.download_to_cache(upstream, auth=auth, sink=handler.wfile.write, on_response=start)
+            except EnvmgrError:
+                if not started:
+                    raise
+                handler.close_connection = True  # the body stops short: the client sees the break
+
+    def _fill(self, f: indexclient.IndexFile) -> indexclient.IndexFile:
+        if f.sha256:
+            return f
+        cached = self.known_hash(f.url)
+        if cached:
+            return replace(f, sha256=cached)
+        self.unhashed.add(f.url)
+        return f
+
+    def __enter__(self) -> "RoutingIndex":
+        router = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                parts = [p for p in self.path.split("?")[0].split("/") if p]
+                if len(parts) == 3 and parts[0] == "files":
+                    try:
+                        router._serve_file(self, parts[1], unquote(parts[2]))
+                    except EnvmgrError as exc:
+                        self.send_error(502, str(exc)[:200])
+                    return
+                if len(parts) != 2 or parts[0] != "simple":
+                    self.send_error(404)
+                    return
+                try:
+                    body = router.page(parts[1])
+                except EnvmgrError as exc:
+                    self.send_error(502, str(exc)[:200])
+                    return
+                if body is None:
+                    self.send_error(404)
+                    return
+                _send(self, body.encode(), "text/html; charset=utf-8")
+
+            def log_message(self, *args):
+                pass
+
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self._server.router = self
+        self._server.daemon_threads = True
+        # a short poll interval: shutdown() waits for the loop to notice (0.5 s by default)
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return self
+
+    @property
+    def base(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/simple"
+
+    def __exit__(self, *exc) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """No traceback on the user's terminal when a resolver hangs up mid-answer (it gave up:
+    its own error says why); anything unexpected is kept in ``router.errors``."""
+
+    router: RoutingIndex
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        self.router.errors.append(f"routing index: {type(exc).__name__}: {exc}")
+
+
+def _send(handler: BaseHTTPRequestHandler, data: bytes, content_type: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _with_credentials(f: indexclient.IndexFile, index_url: str) -> indexclient.IndexFile:
+    """Files on the index's own host need its credentials too (the resolver fetches them)."""
+    idx, file = urlsplit(index_url), urlsplit(f.url)
+    if idx.username is None or file.hostname != idx.hostname or file.username is not None:
+        return f
+    return replace(f, url=urlunsplit(file._replace(netloc=idx.netloc)))
+
+
+def _render(project: str, files: list[indexclient.IndexFile]) -> str:
+    rows = []
+    for f in files:
+        href = f.url + (f"#sha256={f.sha256}" if f.sha256 else "")
+        attrs = f' href="{html.escape(href)}"'
+        if f.requires_python:
+            attrs += f' data-requires-python="{html.escape(f.requires_python)}"'
+        if f.metadata:
+            # PEP 658: pip reads METADATA without downloading the wheel (upstream serves it).
+            m = html.escape(f.metadata)
+            attrs += f' data-dist-info-metadata="{m}" data-core-metadata="{m}"'
+        rows.append(f"<a{attrs}>{html.escape(f.filename)}</a><br/>")
+    return f"<!DOCTYPE html><html><body><h1>{html.escape(project)}</h1>\n" + "\n".join(rows) + "\n</body></html>\n"

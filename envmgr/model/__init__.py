@@ -1,0 +1,9 @@
+"""Model: what the other stages agree on. Takes profile files, lock files and the shipped
+knowledge base; gives immutable values. Imports nothing of envmgr but the core (errors).
+
+- ``names``: PEP 503 name normalisation (stdlib only: the fast paths import it).
+- ``variants``: the variant knowledge base (``data/variants.toml``): CUDA, minimum driver,
+  arch lists per torch release; version and driver comparisons.
+- ``profiles``: ``profiles/NAME.toml`` read, inherited and validated into a ``Profile``.
+- ``lockfile``: the lock model and its deterministic PEP 751 serialisation.
+"""

@@ -1,0 +1,334 @@
+"""Profiles: ``profiles/NAME.toml``, one PyTorch/CUDA variant each, validated up front.
+
+A profile names a variant, a torch version or specifier, a python, extra packages and
+indexes, and may ``extends`` a shared file (scalars override, ``packages`` and
+``extra-index-urls`` append, ``[image]`` merges). Every error names the file and line and
+says how to fix it. Files whose name starts with ``_`` are shared bases, not profiles.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+from packaging.requirements import InvalidRequirement, Requirement
+
+from ..core.errors import ProfileError
+from .names import canonical
+from .variants import is_variant_name, kb, parse_torch_spec
+
+PYPI = "pypi"  # keyword: the resolver's default index (PyPI), resolved at run time
+
+# key -> (type, description); the schema users see in `envmgr profiles --help`-style docs.
+KEYS: dict[str, tuple[type | tuple, str]] = {
+    "description": (str, "free text"),
+    "extends": (str, "a shared base file, relative to this one"),
+    "variant": (str, "cpu, cuNNN or rocmX.Y"),
+    "torch": (str, "torch version (2.7.1) or PEP 440 specifier (>=2.7,<2.8)"),
+    "python": (str, "target python, MAJOR.MINOR"),
+    "packages": (list, "extra requirements (PEP 508)"),
+    "torch-index-url": (str, "index for torch-family packages (default: the variant's PyTorch index; 'pypi' for PyPI)"),
+    "index-url": (str, "default index for everything else (default: pypi)"),
+    "extra-index-urls": (list, "more indexes for non-torch packages, searched after index-url"),
+    "platform": (str, "target platform (default linux-x86_64)"),
+    "image": (dict, "settings for envmgr export-image"),
+}
+IMAGE_KEYS: dict[str, tuple[type | tuple, str]] = {
+    "base": (str, "base image: registry ref, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE"),
+    "python": (str, "the base's interpreter path (default: detected)"),
+    "venv": (str, "venv path inside the image (default /opt/venv)"),
+    "user": (str, "user the image runs as (default envmgr, uid 1000)"),
+    "workdir": (str, "working directory"),
+    "env": (dict, "extra environment variables"),
+    "labels": (dict, "extra labels"),
+    "entrypoint": (list, "entrypoint"),
+    "cmd": (list, "default command"),
+    "tag": (str, "image name and tag (default derived from profile and lock digest)"),
+}
+
+# platform keyword -> (uv --python-platform, PEP 508 environment marker)
+PLATFORMS = {
+    "linux-x86_64": ("x86_64-manylinux_2_28", "sys_platform == 'linux' and platform_machine == 'x86_64'"),
+    "linux-aarch64": ("aarch64-manylinux_2_28", "sys_platform == 'linux' and platform_machine == 'aarch64'"),
+}
+DEFAULT_PLATFORM = "linux-x86_64"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    variant: str
+    torch: str
+    python: str
+    packages: tuple[str, ...] = ()
+    torch_index_url: str = ""  # "" = the variant's PyTorch index; "pypi" = the default
+    index_url: str = PYPI
+    extra_index_urls: tuple[str, ...] = ()
+    platform: str = DEFAULT_PLATFORM
+    image: dict = field(default_factory=dict)
+    description: str = ""
+    files: tuple[Path, ...] = ()  # this file and every file it extends
+
+    @property
+    def torch_index(self) -> str:
+        """The torch-family index: a URL or ``pypi``."""
+        return self.torch_index_url or kb().index_url(self.variant)
+
+    @property
+    def torch_from_default(self) -> bool:
+        """True when the torch family resolves from the default index (PyPI's build)."""
+        return self.torch_index == self.index_url
+
+    @property
+    def torch_requirement(self) -> str:
+        return "torch" + str(parse_torch_spec(self.torch))
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return (self.torch_requirement, *self.packages)
+
+    @property
+    def uv_platform(self) -> str:
+        return PLATFORMS[self.platform][0]
+
+    @property
+    def environment_marker(self) -> str:
+        return PLATFORMS[self.platform][1]
+
+    def lock_inputs(self, resolver: str, resolver_version: str) -> dict:
+        """Every input that affects resolution; the lock's fingerprint covers exactly these."""
+        # Credentials (user:token@, ${VAR}@) never reach a lock, not even the user name.
+        from ..core.urls import strip_credentials
+
+        major_minor = ".".join(resolver_version.split(".")[:2])
+        return {
+            "requirements": sorted(self.requirements),
+            "variant": self.variant,
+            "python": self.python,
+            "platform": self.platform,
+            "index-url": strip_credentials(self.index_url),
+            "torch-index": strip_credentials(self.torch_index),
+            "extra-index-urls": [strip_credentials(u) for u in self.extra_index_urls],
+            "resolver": f"{resolver} {major_minor}",
+        }
+
+
+# -- loading ------------------------------------------------------------------------------
+
+def profile_path(project: Path, name: str) -> Path:
+    return project / "profiles" / f"{name}.toml"
+
+
+def list_profiles(project: Path) -> list[str]:
+    d = project / "profiles"
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.toml") if not p.name.startswith("_"))
+
+
+def load(project: Path, name: str) -> Profile:
+    path = profile_path(project, name)
+    if name.startswith("_") and path.is_file():
+        raise ProfileError(f"{path} is a shared base, not a profile (files starting with '_' are for 'extends')",
+                           hint=f"profiles here: {', '.join(list_profiles(project)) or 'none'}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ProfileError(f"{name!r} is not a profile name", hint="a name starts with a letter or digit, then letters, digits, '-', '_', '.'")
+    if not path.is_file():
+        known = ", ".join(list_profiles(project)) or "none"
+        raise ProfileError(f"no profile {name!r}: {path} does not exist", hint=f"profiles here: {known}")
+    return load_file(path, name)
+
+
+def load_file(path: Path, name: str | None = None) -> Profile:
+    data, origin, files = _load_chain(path, ())
+    return _validate(name or path.stem, path, data, origin, files)
+
+
+def _line_of(path: Path, key: str) -> int:
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except OSError:
+        return 0
+    pat = re.compile(rf"^\s*(\"{re.escape(key)}\"|{re.escape(key)})\s*=|^\s*\[\s*{re.escape(key)}\s*\]")
+    for i, line in enumerate(lines, 1):
+        if pat.match(line):
+            return i
+    return 0
+
+
+def _where(path: Path, key: str) -> str:
+    line = _line_of(path, key)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        loc = f"{path}:{m.group(1)}:{m.group(2)}" if m else str(path)
+        raise ProfileError(f"{loc}: invalid TOML: {msg}", hint="fix the syntax")
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict, tuple[Path, ...]]:
+    """Merge ``path`` over what it extends. Returns (data, key -> defining file, files)."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ProfileError(f"{_where(seen[-1], 'extends')}: extends cycle: {chain}", hint="remove one 'extends'")
+    data = _read_toml(path)
+    _check_keys(path, data)
+    base_data: dict = {}
+    origin: dict = {}
+    files: tuple[Path, ...] = ()
+    if "extends" in data:
+        ext = data["extends"]
+        if not isinstance(ext, str):
+            raise ProfileError(f"{_where(path, 'extends')}: 'extends' must be a string (a file path)")
+        base_path = (path.parent / ext)
+        if not base_path.is_file():
+            raise ProfileError(f"{_where(path, 'extends')}: extends {ext!r}, which does not exist", hint=f"looked for {base_path}")
+        base_data, origin, files = _load_chain(base_path, (*seen, path))
+    merged = dict(base_data)
+    for key, value in data.items():
+        if key == "extends":
+            continue
+        if key in ("packages", "extra-index-urls") and key in merged:
+            merged[key] = [*merged[key], *[v for v in value if v not in merged[key]]]
+        elif key == "image" and key in merged:
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+        origin[key] = path
+    return merged, origin, (*files, path)
+
+
+def _suggest(key: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+
+
+def _check_keys(path: Path, data: dict) -> None:
+    for key, value in data.items():
+        if key not in KEYS:
+            raise ProfileError(f"{_where(path, key)}: unknown key {key!r}", hint=_suggest(key, KEYS))
+        typ = KEYS[key][0]
+        if not isinstance(value, typ):
+            raise ProfileError(f"{_where(path, key)}: {key!r} must be a {_type_name(typ)}, not {type(value).__name__}", hint=KEYS[key][1])
+        if typ is list and not all(isinstance(v, str) for v in value):
+            raise ProfileError(f"{_where(path, key)}: {key!r} must be a list of strings")
+    for key, value in data.get("image", {}).items():
+        if key not in IMAGE_KEYS:
+            raise ProfileError(f"{_where(path, key)}: unknown key {key!r} in [image]", hint=_suggest(key, IMAGE_KEYS))
+        typ = IMAGE_KEYS[key][0]
+        if not isinstance(value, typ):
+            raise ProfileError(f"{_where(path, key)}: [image] {key!r} must be a {_type_name(typ)}", hint=IMAGE_KEYS[key][1])
+
+
+def _type_name(typ) -> str:
+    return {str: "string", list: "list", dict: "table"}.get(typ, str(typ))
+
+
+def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path, ...]) -> Profile:
+    def where(key: str) -> str:
+        return _where(origin.get(key, path), key)
+
+    for required in ("variant", "torch", "python"):
+        if required not in data:
+            raise ProfileError(f"{path}: missing required key {required!r}", hint=KEYS[required][1])
+    k = kb()
+    variant = data["variant"]
+    if not is_variant_name(variant) or not k.is_known_variant(variant):
+        raise ProfileError(
+            f"{where('variant')}: unknown variant {variant!r}",
+            hint=f"known variants: {', '.join(k.known_variants())}",
+        )
+    try:
+        parse_torch_spec(data["torch"])
+    except ValueError as exc:
+        raise ProfileError(f"{where('torch')}: {exc}", hint="write a version (2.7.1) or a specifier (>=2.7,<2.8)")
+    python = data["python"]
+    if not re.fullmatch(r"3\.\d{1,2}", python):
+        raise ProfileError(f"{where('python')}: python must be MAJOR.MINOR like \"3.11\", not {python!r}")
+    platform = data.get("platform", DEFAULT_PLATFORM)
+    if platform not in PLATFORMS:
+        raise ProfileError(f"{where('platform')}: unknown platform {platform!r}", hint=f"known: {', '.join(PLATFORMS)}")
+    packages = tuple(data.get("packages", ()))
+    for req in packages:
+        try:
+            parsed = Requirement(req)
+        except InvalidRequirement as exc:
+            # packaging's message spans lines (a caret under the column); keep the first
+            reason = str(exc).splitlines()[0] if str(exc) else "not PEP 508"
+            raise ProfileError(f"{where('packages')}: bad requirement {req!r}: {reason}",
+                               hint="write NAME, NAME==VERSION or NAME>=X,<Y")
+        if canonical(parsed.name) == "torch":
+            raise ProfileError(f"{where('packages')}: torch is set by the 'torch' key, not in packages", hint="remove it from packages")
+    index_url = data.get("index-url", PYPI)
+    torch_index_url = data.get("torch-index-url", "")
+    for key in ("index-url", "torch-index-url"):
+        if key in data and data[key] != PYPI and not re.match(r"^(https?|file)://", data[key]):
+            raise ProfileError(f"{where(key)}: {key} must be an http(s):// or file:// URL or 'pypi', not {data[key]!r}")
+    for url in data.get("extra-index-urls", ()):
+        if url != PYPI and not re.match(r"^(https?|file)://", url):
+            raise ProfileError(f"{where('extra-index-urls')}: not a URL: {url!r}")
+
+    profile = Profile(
+        name=name,
+        path=path,
+        variant=variant,
+        torch=data["torch"],
+        python=python,
+        packages=packages,
+        torch_index_url=torch_index_url,
+        index_url=index_url,
+        extra_index_urls=tuple(data.get("extra-index-urls", ())),
+        platform=platform,
+        image=dict(data.get("image", {})),
+        description=data.get("description", ""),
+        files=files,
+    )
+    _check_variant_facts(profile, where)
+    return profile
+
+
+def _check_variant_facts(p: Profile, where) -> None:
+    """Cross-check variant, torch, python and index against the knowledge base."""
+    k = kb()
+    releases = k.releases_admitted(p.torch)
+    if not releases:
+        # Newer than the knowledge base (or older than it): nothing to check against.
+        return
+    with_variant = [r for r in releases if r.has_variant(p.variant)]
+    if not with_variant:
+        have = "; ".join(f"torch {r.minor} has {', '.join(r.all_variants)}" for r in releases)
+        has_it = k.releases_with_variant(p.variant)
+        span = f"{has_it[0]}-{has_it[-1]}" if len(has_it) > 1 else ", ".join(has_it) or "no release"
+        raise ProfileError(
+            f"{where('torch')}: torch {p.torch} has no {p.variant} build ({have})",
+            hint=f"{p.variant} exists for torch {span}",
+        )
+    if not any(p.python in r.python for r in with_variant):
+        supported = "; ".join(f"torch {r.minor}: {r.python[0]}-{r.python[-1]}" for r in with_variant)
+        raise ProfileError(f"{where('python')}: python {p.python} is not supported by torch {p.torch} ({supported})",
+                           hint="pick a supported python or another torch")
+    if p.torch_index_url == PYPI or (p.torch_index_url and p.torch_index_url == p.index_url):
+        wrong = [r for r in with_variant if r.pypi_default != p.variant]
+        if wrong:
+            r = wrong[0]
+            raise ProfileError(
+                f"{where('torch-index-url')}: torch {r.minor} on PyPI is a {r.pypi_default} build, not {p.variant}",
+                hint=f"set variant = \"{r.pypi_default}\", or drop torch-index-url to use the {p.variant} index",
+            )

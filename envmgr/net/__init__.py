@@ -1,0 +1,8 @@
+"""Net: files and index pages over HTTP. Takes URLs (from locks and profiles) and
+credentials; gives verified files in the content-addressed cache and parsed index pages.
+Uses the model; knows nothing of venvs, images or resolvers.
+
+- ``credentials``: index credentials from the environment and netrc; URL redaction.
+- ``fetch``: fetch-and-verify of a lock's files into the cache (sha256, size, progress).
+- ``indexclient``: PEP 503/691 index pages and PEP 658 metadata.
+"""

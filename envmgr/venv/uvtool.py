@@ -1,0 +1,188 @@
+"""The uv binary: where it is, its version, an environment that only envmgr configures, the
+interpreter envmgr runs on (handed to uv instead of letting it search), and the two uv commands
+that build a venv (``uv venv``, ``uv pip sync`` of a PEP 751 lock)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+from ..core.errors import EnvmgrError, UserError
+
+# Variables that would make uv or pip resolve against something the profile does not say.
+_LEAKY_PREFIXES = ("UV_INDEX", "UV_EXTRA_INDEX", "UV_DEFAULT_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
+                   "UV_CONSTRAINT", "UV_OVERRIDE", "UV_TORCH_BACKEND", "UV_PYTHON", "UV_CONFIG_FILE",
+                   "UV_NO_CONFIG", "UV_OFFLINE", "UV_PRERELEASE", "UV_RESOLUTION", "UV_EXCLUDE_NEWER",
+                   "PIP_")
+
+
+# Threads (profiles locked at once, the version asked alongside a resolution) call these
+# concurrently; find_uv_bin() reads sysconfig, whose first use is not thread-safe (a racing
+# reader sees EXE as None), so each runs under a lock of its own.
+_bin_lock = threading.Lock()
+_version_lock = threading.Lock()
+
+
+def uv_bin() -> str:
+    with _bin_lock:
+        return _uv_bin()
+
+
+@functools.cache
+def _uv_bin() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        import shutil
+
+        found = shutil.which("uv")
+        if not found:
+            raise UserError("uv is not installed", hint="pip install uv")
+        return found
+
+
+def uv_version() -> str:
+    binary = uv_bin()
+    with _version_lock:
+        return _uv_version(binary)
+
+
+@functools.cache
+def _uv_version(binary: str) -> str:
+    # Remembered per binary (path, size, mtime) in the cache: one process less per lock.
+    from ..core import settings
+
+    try:
+        st = os.stat(binary)
+        key = f"{os.path.realpath(binary)}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        key = None
+    memo = settings.cache_dir() / "uv-version.json"
+    if key:
+        try:
+            data = json.loads(memo.read_text())
+            if data.get("key") == key and data.get("version"):
+                return data["version"]
+        except (OSError, ValueError, AttributeError):
+            pass
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"uv (\d+\.\d+\.\d+\S*)", out)
+    version = m.group(1) if m else out.strip()
+    if key:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".uv-version.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "version": version}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass
+    return version
+
+
+def running_python(version: str) -> str | None:
+    """The interpreter envmgr runs on (its base binary, not a venv's link) when it is Python
+    ``version`` (``3.11``); None otherwise."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" != version:
+        return None
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """This process's environment without index/resolution settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES)}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["NO_COLOR"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def create_venv(venv, python, *, relocatable: bool = False, prompt: str | None = None,
+                allow_existing: bool = False, keep_fds: tuple[int, ...] = ()) -> None:
+    """``uv venv`` at ``venv`` with interpreter ``python`` (no pip: the venv holds only the lock).
+
+    ``allow_existing``: ``venv`` may be a folder already (one the caller emptied or marked).
+    """
+    cmd = [uv_bin(), "venv", "--no-config", "--no-project", "--python", str(python), "--quiet"]
+    if relocatable:
+        cmd.append("--relocatable")
+    if allow_existing:
+        cmd.append("--allow-existing")
+    if prompt:
+        cmd += ["--prompt", prompt]
+    cmd.append(str(venv))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}),
+                          pass_fds=keep_fds)
+    if proc.returncode != 0:
+        raise EnvmgrError(f"cannot create a venv at {venv} with {python}", detail=proc.stderr.strip())
+
+
+def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, verbose: bool = False,
+             keep_fds: tuple[int, ...] = ()) -> str:
+    """``uv pip sync`` of the PEP 751 lock text ``pylock`` into ``venv``: installed as it stands (no
+    resolution), every size and hash checked, nothing fetched (``--offline``: its ``path``
+    entries name files already verified). Returns uv's messages (shown instead, ``verbose``).
+
+    The lock is written beside the venv (uv knows the format by the name ``pylock.toml``), in
+    a folder of this process's own, removed afterwards.
+    """
+    venv = os.fspath(venv)
+    cmd = [uv_bin(), "pip", "sync", "--no-config", *([] if verbose else ["--no-progress"]),
+           "--python", os.path.join(venv, "bin", "python"), "--require-hashes", "--offline",
+           "--preview-features", "pylock"]
+    for name in reinstall:
+        cmd += ["--reinstall-package", name]
+    if link_mode:
+        cmd += ["--link-mode", link_mode]
+    parent, base = os.path.split(venv.rstrip("/"))
+    folder = os.path.join(parent, f".{base}.envmgr-{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "pylock.toml")
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(pylock)
+        proc = subprocess.run([*cmd, path], stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
+                              text=True, env=clean_env(), pass_fds=keep_fds)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.rmdir(folder)
+    if proc.returncode != 0:
+        out = (proc.stdout or "").strip()
+        raise EnvmgrError(f"uv pip sync on {venv} failed (exit {proc.returncode})", detail=out or None,
+                          hint="the files were verified; see uv's message below")
+    return proc.stdout or ""
+
+
+def remove_orphans(venv) -> None:
+    """Remove the lock folders :func:`pip_sync` left beside ``venv`` when killed (their process
+    is gone). Call it holding the venv's file lock, as sync does."""
+    parent, base = os.path.split(os.fspath(venv).rstrip("/"))
+    prefix = f".{base}.envmgr-"
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.kill(int(name[len(prefix):]), 0)
+            continue  # its process lives (or belongs to someone else): not ours to remove
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        folder = os.path.join(parent, name)
+        try:
+            for entry in os.listdir(folder):
+                os.unlink(os.path.join(folder, entry))
+            os.rmdir(folder)
+        except OSError:
+            pass
