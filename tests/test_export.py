@@ -12,6 +12,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from test_diff import HOST, PYPI_URL, make_lock
 from test_diff_cli import envmgr, one_line_error, write_lock
 
+from envmgr.core import urls
 from envmgr.core.errors import LockFileError, UserError
 from envmgr.model.lockfile import loads
 from envmgr.report import export, sbom
@@ -232,3 +233,10 @@ def test_cli_export_bad_inputs(project, tmp_path):
     one_line_error(envmgr(project, "export", "gpu", "-f", "cyclonedx"), "fingerprint does not match")
     path.write_text(good.replace('version = "9.7.1.26"', 'version = "9.8.0.1"'))
     one_line_error(envmgr(project, "export", "gpu"), "package nvidia-cudnn-cu12 9.8.0.1 does not match its file")
+
+
+def test_only_references_pip_expands_are_kept():
+    # pip expands ${UPPER_CASE} only: any other "reference" is written nowhere, like a secret
+    assert export.safe_url("https://${tok}@idx.example.invalid/simple") == ("https://idx.example.invalid/simple", True)
+    assert urls.strip_secrets("https://${tok}@idx.example.invalid/simple") == ("https://${tok}@idx.example.invalid/simple", False)
+    assert urls.strip_secrets("https://${USER}:${TOKEN}@idx.example.invalid/s", refs=None) == ("https://idx.example.invalid/s", True)

@@ -28,12 +28,21 @@ def expand_env(url: str) -> str:
     return _ENV_REF.sub(sub, url)
 
 
-def redact(url: str) -> str:
-    """The URL without any password or token: safe to write and print."""
+def _userinfo(url: str):
+    """(split URL, ``user:password`` part, host part), or None for a URL without one."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
-        return url
+        return None
     userinfo, host = parts.netloc.rsplit("@", 1)
+    return parts, userinfo, host
+
+
+def redact(url: str) -> str:
+    """The URL without any password or token: safe to write and print."""
+    found = _userinfo(url)
+    if found is None:
+        return url
+    parts, userinfo, host = found
     user = userinfo.split(":", 1)[0]
     if _ENV_REF.fullmatch(userinfo) or (":" not in userinfo and not _ENV_REF.search(userinfo)):
         shown = "****"  # a bare token as user name is a secret too
@@ -44,7 +53,24 @@ def redact(url: str) -> str:
 
 def strip_credentials(url: str) -> str:
     """The URL without its ``user:password@`` part."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return strip_secrets(url, refs=None)[0]
+
+
+def strip_secrets(url: str, *, refs: re.Pattern | None = _ENV_REF) -> tuple[str, bool]:
+    """(the URL fit to write, whether credentials were removed from it).
+
+    Credentials made only of ``${VAR}`` references (``refs``: those the reader of the
+    written URL expands) are kept, as is a plain user name before a ``${VAR}`` password;
+    anything literal goes, the user name with it. ``refs=None`` removes every credential.
+    """
+    found = _userinfo(url)
+    if found is None:
+        return url, False
+    parts, userinfo, host = found
+    if refs is not None:
+        user, _, password = userinfo.partition(":")
+        if password and refs.fullmatch(password):
+            return url, False  # user:${TOKEN}: the user name is not a secret
+        if refs.fullmatch(user) and not password:
+            return url, False
+    return urlunsplit(parts._replace(netloc=host)), True

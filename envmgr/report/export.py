@@ -13,31 +13,22 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from ..core.errors import UserError
+from ..core.urls import strip_secrets
 from ..model.lockfile import Lock, check_consistency, dumps
 from ..model.variants import kb
 from . import sbom
 
 FORMATS = ("requirements", "cyclonedx", "pylock")
 DEFAULT_INDEX = sbom.DEFAULT_INDEX
-_ENV_REF = re.compile(r"\$\{[A-Z0-9_]+\}")
+_PIP_REF = re.compile(r"\$\{[A-Z0-9_]+\}")  # the ${VAR} references pip expands in a requirements file
 _PYLOCK_NAME = re.compile(r"^pylock(\.[^.]+)?\.toml$")
 
 
 def safe_url(url: str) -> tuple[str, bool]:
-    """(url fit to write, whether credentials were removed). ``${VAR}`` parts are kept."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, False
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user, _, password = userinfo.partition(":")
-    if _ENV_REF.fullmatch(user) and (not password or _ENV_REF.fullmatch(password)):
-        return url, False
-    if password and _ENV_REF.fullmatch(password):
-        return url, False  # user:${TOKEN}: the user name is not a secret
-    return urlunsplit(parts._replace(netloc=host)), True
+    """(url fit to write, whether credentials were removed). ``${VAR}`` parts pip expands are kept."""
+    return strip_secrets(url, refs=_PIP_REF)
 
 
 def index_lines(lock: Lock) -> tuple[list[str], list[str]]:
