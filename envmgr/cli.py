@@ -272,6 +272,100 @@ def init_cmd(
 
 
 
+# --- cluster commands (k8s, slurm, report) -----------------------------------------------
+
+cluster_app = typer.Typer(name="cluster", no_args_is_help=True,
+                          help="Run a lock on Kubernetes and Slurm: manifests, an sbatch script, the fleet check's table.")
+app.add_typer(cluster_app, name="cluster")
+_TRAIN_ARGS = {"allow_extra_args": True}
+
+
+@cluster_app.command("k8s", context_settings=_TRAIN_ARGS)
+def cluster_k8s(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Profile whose lock the image carries (locks/pylock.NAME.toml)."),
+    image: str = typer.Option(..., "--image", help="HOST/NAME@sha256:... or HOST/NAME:TAG (resolved to its digest through the registry)."),
+    nodes: int = typer.Option(1, "--nodes", help="Nodes: training pods, and nodes the fleet check covers."),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="GPUs a pod requests (default 1; none for a cpu lock)."),
+    procs_per_node: Optional[int] = typer.Option(None, "--procs-per-node", help="torchrun processes a pod (default: one a GPU)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace written into every manifest (default: none, kubectl's)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for the manifests (default: k8s/NAME)."),
+    cpus: str = typer.Option("", "--cpus-per-node", help="CPU request = limit of a training pod (default 8 a GPU, at least 4)."),
+    memory: str = typer.Option("", "--memory-per-node", help="Memory request = limit of a training pod (default 32Gi a GPU, at least 16Gi); /dev/shm gets half."),
+    workspace_claim: str = typer.Option("", "--workspace-claim", help="An existing PVC for /workspace (default: write workspace-pvc.yaml)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Kubernetes manifests: a fleet check on every GPU node, and training (Indexed Job + headless Service, PyTorchJob).
+
+    After `--`: the training script and its arguments (default: an all-reduce smoke test)."""
+    from .cluster import affinity, k8s
+
+    result = k8s.generate(find_project(), name, image=image, nodes=nodes, gpus_per_node=gpus_per_node,
+                          procs_per_node=procs_per_node, namespace=namespace, output=output, cpus=cpus, memory=memory,
+                          workspace_claim=workspace_claim, command=list(ctx.args))
+    if as_json:
+        print_json(result.to_json())
+        return
+    out.print(f"image {result.image}" + (f" (resolved from {result.image.given})" if result.image.resolved else ""),
+              markup=False, highlight=False)
+    for line in affinity.describe(result.affinity):
+        out.print(f"  runs where: {line}", markup=False, highlight=False)
+    for f in result.files:
+        out.print(f"wrote {f}", markup=False, highlight=False)
+    out.print("next:", markup=False, highlight=False)
+    for step in result.next_steps:
+        out.print(f"  {step}", markup=False, highlight=False)
+
+
+@cluster_app.command("slurm", context_settings=_TRAIN_ARGS)
+def cluster_slurm(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Profile to run (locks/pylock.NAME.toml)."),
+    nodes: int = typer.Option(1, "--nodes", help="Nodes to allocate (#SBATCH --nodes)."),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="GPUs a node (#SBATCH --gpus-per-node; default 1, none for a cpu lock)."),
+    procs_per_node: Optional[int] = typer.Option(None, "--procs-per-node", help="torchrun processes a node (default: one a GPU)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Run in this image through pyxis (HOST/NAME@sha256:... or :TAG, resolved)."),
+    venv: bool = typer.Option(False, "--venv", help="Sync a node-local venv on each node from the shared cache (the default)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The script to write (default: envmgr-NAME.sbatch)."),
+    time_limit: str = typer.Option("", "--time", help="#SBATCH --time (default: the partition's)."),
+    partition: str = typer.Option("", "--partition", "-p", help="#SBATCH --partition."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """An sbatch script: envmgr's check on every allocated node, then torchrun with rendezvous from Slurm's environment.
+
+    After `--`: the training script and its arguments (default: an all-reduce smoke test)."""
+    from .cluster import slurm
+
+    result = slurm.generate(find_project(), name, nodes=nodes, gpus_per_node=gpus_per_node, procs_per_node=procs_per_node,
+                            image=image, venv=venv, output=output, command=list(ctx.args), time=time_limit,
+                            partition=partition)
+    if as_json:
+        print_json(result.to_json())
+        return
+    where = f"image {result.image}" if result.image else "a venv on each node"
+    out.print(f"wrote {result.path}: {result.nodes} node(s) x {result.gpus} GPU(s), {result.procs} process(es) a node, {where}",
+              markup=False, highlight=False)
+    out.print(f"next: sbatch {result.path}", markup=False, highlight=False)
+
+
+@cluster_app.command("report")
+def cluster_report(
+    paths: List[Path] = typer.Argument(..., help="Files or folders of fleet check output (check JSON, kubectl logs, Slurm output)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report (schema envmgr-cluster-report/1)."),
+) -> None:
+    """One row a node: GPU, driver, a verdict per check family; which nodes cannot run the lock and why. Exit 1 if any."""
+    from .cluster import report
+
+    rows = report.read(list(paths))
+    if as_json:
+        print_json(report.summary(rows))
+    else:
+        report.render(out, rows)
+    if not all(r.ok for r in rows):
+        raise typer.Exit(1)
+
+
+
 def main() -> None:
     try:
         rc = app(standalone_mode=False)

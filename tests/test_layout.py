@@ -21,6 +21,7 @@ LAYERS = [
     {"sync", "report"},          # lock -> venv; lock -> text (PR body, SBOM, exports)
     {"oci"},                     # lock -> image (the SBOM inside it from report)
     {"gpu"},                     # venv/interpreter/image -> check report; doctor
+    {"cluster"},                 # lock + image -> k8s manifests, sbatch scripts; fleet check -> table
     {"commands"},                # every command's parameters; the hot commands' bodies
     {"cli"},                     # typer
     {"entry"},                   # the console script
