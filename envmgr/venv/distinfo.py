@@ -12,13 +12,10 @@ module without loading packaging or the lock model, which would cost more than t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..model.names import canonical
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
-if TYPE_CHECKING:
-    from typing import Iterable
 
 
 def site_packages(venv: Path) -> Path | None:
