@@ -20,7 +20,7 @@ does on the slow path; the result is checked the same way and stamped the same w
 
 What this buys is the slow path's imports and reading (the lock model, packaging, TOML):
 ~40 ms of a warm sync's ~60 ms before uv starts. It imports only the standard library and
-envmgr's light modules (stamp, distinfo, uvtool).
+envmgr's light modules (stamp, distinfo, uvtool, core.files).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..core import settings
 from ..core.errors import EnvmgrError
+from ..core.files import write_atomic
 from .stamp import sha256_of
 
 FORMAT = 1
@@ -90,10 +91,9 @@ def record(recipe_key: str, *, base: str, version: str, fresh: dict | None, vari
             "folders": folders,  # the stamp's (relative to the venv): the same inputs make the same tree
         }
         d = folder()
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{recipe_key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, d / f"{recipe_key}.json")
+        # A cache every read of which is checked: not fsynced; rewritten even when the same, as
+        # its mtime is its age for _prune.
+        write_atomic(d / f"{recipe_key}.json", json.dumps(data, sort_keys=True), fsync=False, skip_unchanged=False)
         _prune(d)
     except OSError:
         pass
