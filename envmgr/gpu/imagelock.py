@@ -19,7 +19,6 @@ a note, never an error; a lock that is there but does not parse is a one-line er
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import platform
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import EnvmgrError, UserError
+from ..oci.layerfs import clean, find_in_layers
+from ..oci.layout import pick_manifest
 from ..oci.sources import split_tag
 
 LABEL = "io.envmgr."
@@ -94,8 +95,7 @@ class _Layout:
             raise UserError(f"--image {ref}: {self.root} does not exist")
         try:
             self.tar = tarfile.open(self.root, "r:*")
-            self.members = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m for m in self.tar.getmembers()
-                            if m.isfile()}
+            self.members = {clean(m.name): m for m in self.tar.getmembers() if m.isfile()}
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UserError(f"--image {ref}: not a readable archive: {_first_line(exc)}")
 
@@ -132,59 +132,9 @@ def _arch() -> str:
 
 
 def _manifest(lay: _Layout) -> dict:
-    from ..oci import image as im
-    from ..oci.layout import pick_platform
-
-    where = f"--image {lay.ref}"
-    manifests = lay.json("index.json").get("manifests", [])
-    if lay.tag:
-        manifests = [d for d in manifests if lay.tag in ((d.get("annotations") or {}).get("org.opencontainers.image.ref.name"),
-                                                         (d.get("annotations") or {}).get("io.containerd.image.name"))]
-        if not manifests:
-            raise UserError(f"{where}: no image tagged {lay.tag!r}")
-    if not manifests:
-        raise UserError(f"{where}: the layout holds no image")
-    desc = manifests[0] if len(manifests) == 1 else pick_platform({"manifests": manifests}, "linux", _arch(), where)
-    while desc.get("mediaType") in im.INDEX_TYPES:
-        desc = pick_platform(lay.json(lay.blob(desc["digest"])), "linux", _arch(), where)
+    desc = pick_manifest(lay.json("index.json"), lay.tag, os_="linux", arch=_arch(), where=f"--image {lay.ref}",
+                         load=lambda digest: lay.json(lay.blob(digest)))
     return lay.json(lay.blob(desc["digest"]))
-
-
-def _layer_stream(raw, media_type: str):
-    from ..oci import image as im
-
-    mt = im.oci_layer_type(media_type)
-    if mt == im.OCI_LAYER_GZIP:
-        return gzip.GzipFile(fileobj=raw)
-    if mt == im.OCI_LAYER_ZSTD:
-        try:
-            import zstandard
-        except ImportError:
-            raise UserError("the image has zstd layers and the zstandard module is not installed")
-        return zstandard.ZstdDecompressor().stream_reader(raw)
-    return raw
-
-
-def find_in_layers(layers, path: str) -> bytes | None:
-    """The file ``path`` in an image's layers ``[(media_type, opener)]`` bottom-up: searched
-    top-down; a whiteout of it (or of a folder above it) above the file means it was removed."""
-    rel = path.strip("/")
-    parents = [str(p) for p in PurePosixPath(rel).parents if str(p) != "."]
-    hidden = {posixpath.join(posixpath.dirname(rel), ".wh." + posixpath.basename(rel))}
-    hidden |= {posixpath.join(posixpath.dirname(p), ".wh." + posixpath.basename(p)) for p in parents}
-    opaque = {posixpath.join(p, ".wh..wh..opq") for p in parents}
-    for media_type, opener in reversed(list(layers)):
-        with opener() as raw, tarfile.open(fileobj=_layer_stream(raw, media_type), mode="r|") as tf:
-            gone = False
-            for m in tf:
-                name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
-                if name == rel and m.isfile():
-                    return tf.extractfile(m).read()
-                if name in hidden or name in opaque:
-                    gone = True  # an opaque folder still shows its own layer's files: read on
-            if gone:
-                return None
-    return None
 
 
 def from_layout(ref: str, image_python: str | None) -> Found:

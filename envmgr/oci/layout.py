@@ -5,7 +5,8 @@ streams the same layout into one tar, plus a Docker ``manifest.json`` and ``repo
 what Docker 25+ ``docker save`` writes, so ``docker load``, ``podman load`` and OCI tools
 (``skopeo``, ``oci-archive:``) all read it. Both write to a temp sibling and rename, so a
 failure (disk full included) leaves no half-written output. ``read_dir`` reads a layout
-back into an ``Image`` (used for ``oci:DIR[:TAG]`` bases and round-trip tests).
+back into an ``Image`` (used for ``oci:DIR[:TAG]`` bases and round-trip tests); ``pick_manifest``
+is its choice of image in a layout, also used by ``gpu.imagelock`` on layouts read in place.
 """
 
 from __future__ import annotations
@@ -191,15 +192,10 @@ def pick_platform(index: dict, os_: str, arch: str, where: str) -> dict:
     raise UserError(f"{where} has no {os_}/{arch} image (it has: {have})", hint="pick a base built for the lock's platform")
 
 
-def read_dir(root: Path, tag: str | None, *, os_: str, arch: str, where: str | None = None) -> tuple[im.Image, str]:
-    """(image, manifest digest) from an OCI layout directory; the only image, or the tagged one."""
-    where = where or f"oci:{root}"
-    try:
-        index = json.loads((root / "index.json").read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"{where}: not an OCI layout (no index.json)")
-    except ValueError as exc:
-        raise UserError(f"{where}: index.json is not JSON: {exc}")
+def pick_manifest(index: dict, tag: str | None, *, os_: str, arch: str, where: str, load) -> dict:
+    """The descriptor of the image manifest a layout's ``index.json`` names: the one tagged
+    ``tag``, else the only one, else the one for os/arch; nested indexes are read through
+    ``load(digest) -> dict``."""
     manifests = index.get("manifests", [])
     if tag:
         manifests = [d for d in manifests if tag in ((d.get("annotations") or {}).get("org.opencontainers.image.ref.name"),
@@ -216,6 +212,20 @@ def read_dir(root: Path, tag: str | None, *, os_: str, arch: str, where: str | N
             raise UserError(f"{where}: holds {len(manifests)} images; name one as oci:DIR:TAG (tags: {names})")
     else:
         desc = manifests[0]
+    while desc.get("mediaType") in im.INDEX_TYPES:
+        desc = pick_platform(load(desc["digest"]), os_, arch, where)
+    return desc
+
+
+def read_dir(root: Path, tag: str | None, *, os_: str, arch: str, where: str | None = None) -> tuple[im.Image, str]:
+    """(image, manifest digest) from an OCI layout directory; the only image, or the tagged one."""
+    where = where or f"oci:{root}"
+    try:
+        index = json.loads((root / "index.json").read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{where}: not an OCI layout (no index.json)")
+    except ValueError as exc:
+        raise UserError(f"{where}: index.json is not JSON: {exc}")
 
     def blob(digest: str) -> Path:
         p = root / _blob_rel(digest)
@@ -223,8 +233,7 @@ def read_dir(root: Path, tag: str | None, *, os_: str, arch: str, where: str | N
             raise UserError(f"{where}: blob {digest} is missing")
         return p
 
-    while desc.get("mediaType") in im.INDEX_TYPES:
-        desc = pick_platform(json.loads(blob(desc["digest"]).read_bytes()), os_, arch, where)
+    desc = pick_manifest(index, tag, os_=os_, arch=arch, where=where, load=lambda d: json.loads(blob(d).read_bytes()))
     manifest_bytes = blob(desc["digest"]).read_bytes()
     return manifest_to_image(manifest_bytes, blob, where), im.sha256_digest(manifest_bytes)
 

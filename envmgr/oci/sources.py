@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from . import image as im
+from .layerfs import merged
 from .layers import BlobStore, sha256_file
 from .layout import read_dir
 
@@ -158,59 +159,6 @@ _PY_NAME = re.compile(r"python(\d+)\.(\d+)$")
 _CANDIDATES = ("usr/local/bin/python3", "usr/bin/python3", "bin/python3", "opt/conda/bin/python3")
 
 
-def _open_layer(layer: im.Layer):
-    if layer.media_type == im.OCI_LAYER_GZIP:
-        from isal import igzip
-
-        return igzip.open(layer.path, "rb")
-    if layer.media_type == im.OCI_LAYER_ZSTD:
-        try:
-            import zstandard
-        except ImportError:
-            raise UserError("the base has zstd layers and the zstandard module is not installed")
-        return zstandard.ZstdDecompressor().stream_reader(open(layer.path, "rb"), closefd=True)
-    return open(layer.path, "rb")
-
-
-def _scan(image: im.Image) -> tuple[dict[str, tuple[str, str]], dict[str, bytes]]:
-    """Merged view of the base's filesystem: path -> (type, link target), plus small /etc files."""
-    fs: dict[str, tuple[str, str]] = {}
-    etc: dict[str, bytes] = {}
-    wanted = {"etc/passwd", "etc/group"}
-    for layer in image.layers:
-        try:
-            with _open_layer(layer) as raw, tarfile.open(fileobj=raw, mode="r|") as tf:
-                for m in tf:
-                    name = m.name
-                    while name.startswith("./"):
-                        name = name[2:]
-                    name = name.strip("/")
-                    if name in ("", "."):
-                        continue
-                    name = posixpath.normpath(name)
-                    base = posixpath.basename(name)
-                    parent = posixpath.dirname(name)
-                    if base == ".wh..wh..opq":
-                        for k in [k for k in fs if k.startswith(parent + "/")]:
-                            del fs[k]
-                        continue
-                    if base.startswith(".wh."):
-                        gone = posixpath.join(parent, base[4:])
-                        for k in [k for k in fs if k == gone or k.startswith(gone + "/")]:
-                            del fs[k]
-                        etc.pop(gone, None)
-                        continue
-                    kind = "dir" if m.isdir() else "symlink" if m.issym() else "file"
-                    fs[name] = (kind, m.linkname if m.issym() else "")
-                    if name in wanted and m.isfile() and m.size < 1 << 20:
-                        etc[name] = tf.extractfile(m).read()  # type: ignore[union-attr]
-                    elif name in wanted and m.islnk():
-                        etc.pop(name, None)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"base layer {layer.digest} cannot be read: {exc}")
-    return fs, etc
-
-
 def _resolve(fs: dict, path: str) -> str | None:
     """Follow symlinks inside the image's filesystem; the final path, or None."""
     for _ in range(20):
@@ -243,7 +191,7 @@ def inspect(image: im.Image, *, declared: str | None, ref: str, cache: Path) -> 
                          group=d["group"].encode("latin-1"), path_env=d["path_env"])
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    fs, etc = _scan(image)
+    fs, etc = merged(image, frozenset({"etc/passwd", "etc/group"}), where="base")
     candidates = [declared.lstrip("/")] if declared else list(_CANDIDATES)
     found = None
     for cand in candidates:
