@@ -14,6 +14,7 @@ ENV_VARS = {
     "ENVMGR_RESOLVER": "default resolver for `envmgr lock` (uv or pip-tools)",
     "ENVMGR_VENV_DIR": "where profile venvs live (default: PROJECT/.envmgr/venvs)",
     "ENVMGR_NO_PROGRESS": "set to 1 to disable progress bars",
+    "ENVMGR_HTTP_RETRIES": "how often a failed HTTP read (connection error, 429, 5xx) is tried again, 0-10 (default 2)",
     "ENVMGR_DRIVER_VERSION": "pretend the NVIDIA driver is this version (testing, containers)",
     "ENVMGR_DEFAULT_REGISTRY": "registry for image references without a host (export-image --base/--push)",
     "ENVMGR_INSECURE_REGISTRIES": "comma-separated registries reached over plain HTTP (localhost/127.* always are)",

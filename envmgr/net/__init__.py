@@ -2,7 +2,8 @@
 credentials; gives verified files in the content-addressed cache and parsed index pages.
 Uses the model; knows nothing of venvs, images or resolvers.
 
-- ``credentials``: index credentials from the environment and netrc; URL redaction.
+- ``http``: every request and body read: the session, timeouts, retries, one-line errors.
+- ``credentials``: index credentials by host, from the URLs (URL redaction is ``core.urls``).
 - ``fetch``: fetch-and-verify of a lock's files into the cache (sha256, size, progress).
 - ``indexclient``: PEP 503/691 index pages and PEP 658 metadata.
 """
