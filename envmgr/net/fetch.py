@@ -3,37 +3,33 @@
 Shared by ``sync`` and ``export-image`` (and by ``lock`` for files whose hash the index
 does not publish). A file lands in ``CACHE/files/sha256/<hex>/<filename>`` only after its
 bytes hashed to ``<hex>``: a cached file is a verified file. Downloads run in parallel,
-stream to a temp file in the same directory and are renamed into place, so a killed fetch
-leaves no half-written file under a valid name.
+stream to a temp file beside their place and are renamed into it (``core.files``), so a
+killed fetch leaves no half-written file under a valid name. HTTP itself (session, timeouts,
+retries, errors) is ``net.http``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import Iterable, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ..core import settings
 from ..core.errors import HashMismatchError, NetworkError, UserError
+from ..core.files import atomic_path, write_atomic
 from ..core.urls import redact, strip_credentials
 from ..model.lockfile import LockedFile
+from . import http
 from .credentials import Auth
+from .http import get as _get  # noqa: F401  (lock/indexproxy calls fetch._get; http.get is the one)
 
-if TYPE_CHECKING:
-    import requests
-
-# requests (and urllib3, certifi, charset-normalizer) is imported where it is used: a lock
-# whose index publishes every hash and size, the usual case, never needs it, and importing
-# it costs a command about 50 ms.
-
-CHUNK = 1 << 20
-TIMEOUT = (10, 60)
+CHUNK = http.CHUNK
 
 
 class Reporter(Protocol):
@@ -53,35 +49,6 @@ class NullReporter:
         pass
 
 
-_local = threading.local()
-
-
-def session() -> "requests.Session":
-    s = getattr(_local, "session", None)
-    if s is None:
-        import requests
-
-        s = requests.Session()
-        s.headers["User-Agent"] = "envmgr"
-        _local.session = s
-    return s
-
-
-def _get(url: str, auth: Auth | None, *, stream: bool = False, method: str = "GET") -> "requests.Response":
-    import requests
-
-    clean = strip_credentials(url)
-    try:
-        resp = session().request(method, clean, auth=(auth or Auth()).for_url(clean), stream=stream, timeout=TIMEOUT, allow_redirects=True)
-    except requests.RequestException as exc:
-        raise NetworkError(f"cannot reach {redact(url)}: {type(exc).__name__}", hint="check the network or the index URL")
-    if resp.status_code in (401, 403):
-        raise NetworkError(f"{redact(url)}: HTTP {resp.status_code} (credentials missing or refused)", hint="put user:token in the index URL or in ~/.netrc")
-    if resp.status_code >= 400:
-        raise NetworkError(f"{redact(url)}: HTTP {resp.status_code}")
-    return resp
-
-
 # -- the cache ----------------------------------------------------------------------------
 
 def files_dir(cache: Path | None = None) -> Path:
@@ -92,39 +59,43 @@ def cached_path(f: LockedFile, cache: Path | None = None) -> Path:
     return files_dir(cache) / f.sha256 / f.filename
 
 
-def _stream_to(resp: "requests.Response", dest_dir: Path, on_chunk=None) -> tuple[Path, str, int]:
-    """Stream a response body into a temp file in ``dest_dir``, hashing it on the way.
+class _WrongBytes(Exception):
+    def __init__(self, actual: str) -> None:
+        self.actual = actual
 
-    Returns (temp path, sha256 hex, size); the caller renames it into place. ``on_chunk``
-    sees every chunk (progress, or a reader the bytes are passed on to).
-    """
-    import requests
 
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=dest_dir)
+def _write_hashing(chunks: Iterable[bytes], path: Path, on_chunk=None) -> tuple[str, int]:
+    """Write ``chunks`` to ``path``, hashing them on the way: (sha256 hex, size).
+    ``on_chunk`` sees every chunk (progress, or a reader the bytes are passed on to)."""
     h = hashlib.sha256()
     size = 0
+    with open(path, "wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            h.update(chunk)
+            size += len(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+    return h.hexdigest(), size
+
+
+def _read(src: Path) -> Iterable[bytes]:
+    with src.open("rb") as fh:
+        yield from iter(lambda: fh.read(CHUNK), b"")
+
+
+def _verified(chunks: Iterable[bytes], dest: Path, sha256: str, on_chunk=None) -> Path:
+    """``dest`` holding ``chunks``, if they hash to ``sha256``; else _WrongBytes and no file.
+    Not fsynced: every file in the cache is hashed again when it is used."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in resp.iter_content(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
-                if on_chunk is not None:
-                    on_chunk(chunk)
-    except requests.RequestException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise NetworkError(f"download of {redact(resp.url)} broke off after {size} bytes: {type(exc).__name__}", hint="retry when the network is back")
+        with atomic_path(dest, fsync=False) as tmp:
+            actual, _ = _write_hashing(chunks, tmp, on_chunk)
+            if actual != sha256:
+                raise _WrongBytes(actual)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # the <hex> folder made for it, when nothing else is in it
         raise
-    return Path(tmp), h.hexdigest(), size
-
-
-def _place(tmp: Path, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
     return dest
 
 
@@ -135,42 +106,22 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
         return dest
     reporter = reporter or NullReporter()
     parts = urlsplit(f.url)
-    if parts.scheme == "file":
-        src = Path(unquote(parts.path))
-        if not src.exists():
-            raise NetworkError(f"{name}: {f.url} does not exist")
-        tmp_path, actual = _copy_hashing(src, dest.parent.parent)
-        reporter.advance(f.size)
-    else:
-        with _get(f.url, auth, stream=True) as resp:
-            tmp_path, actual, _ = _stream_to(resp, dest.parent.parent, lambda chunk: reporter.advance(len(chunk)))
-    if actual != f.sha256:
-        tmp_path.unlink(missing_ok=True)
-        raise HashMismatchError(
-            f"hash mismatch for {name}: {redact(f.url)} expected sha256:{f.sha256}, got sha256:{actual}",
-            hint="the bytes served are not the bytes the lock names; nothing was installed or written",
-        )
-    return _place(tmp_path, dest)
-
-
-def _copy_hashing(src: Path, dest_dir: Path) -> tuple[Path, str]:
-    """Copy a local file into a temp file in ``dest_dir``, hashing it in the same pass."""
-    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=_mkdir(dest_dir))
-    h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                out.write(chunk)
-                h.update(chunk)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp), h.hexdigest()
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+        if parts.scheme == "file":
+            src = Path(unquote(parts.path))
+            if not src.exists():
+                raise NetworkError(f"{name}: {f.url} does not exist")
+            _verified(_read(src), dest, f.sha256)
+            reporter.advance(f.size)
+        else:
+            with http.get(f.url, auth, stream=True) as resp:
+                _verified(http.body(resp), dest, f.sha256, lambda chunk: reporter.advance(len(chunk)))
+    except _WrongBytes as exc:
+        raise HashMismatchError(
+            f"hash mismatch for {name}: {redact(f.url)} expected sha256:{f.sha256}, got sha256:{exc.actual}",
+            hint="the bytes served are not the bytes the lock names; nothing was installed or written",
+        ) from None
+    return dest
 
 
 def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None, auth: Auth | None = None,
@@ -229,11 +180,10 @@ def _from_find_links(f: LockedFile, dirs: Iterable[Path], cache: Path | None) ->
         cand = Path(d) / f.filename
         if not cand.is_file():
             continue
-        dest = cached_path(f, cache)
-        tmp, actual = _copy_hashing(cand, dest.parent.parent)
-        if actual == f.sha256:
-            return _place(tmp, dest)
-        tmp.unlink(missing_ok=True)
+        try:
+            return _verified(_read(cand), cached_path(f, cache), f.sha256)
+        except _WrongBytes:
+            continue
     return None
 
 
@@ -287,11 +237,19 @@ def download_to_cache(url: str, *, auth: Auth | None = None, cache: Path | None 
             except OSError:
                 sink = None
 
-    with _get(url, auth, stream=True) as resp:
-        if on_response:
-            on_response(resp)
-        tmp, digest, size = _stream_to(resp, _mkdir(files_dir(cache)), forward)
-    path = _place(tmp, files_dir(cache) / digest / _url_filename(url))
+    folder = files_dir(cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    # The place is named by the bytes' hash, known only once they are all in: they are
+    # staged beside it, then moved into place through core.files like any other file.
+    with tempfile.TemporaryDirectory(prefix=".part-", dir=folder) as stage:
+        staged = Path(stage) / "body"
+        with http.get(url, auth, stream=True) as resp:
+            if on_response:
+                on_response(resp)
+            digest, size = _write_hashing(http.body(resp), staged, forward)
+        path = folder / digest / _url_filename(url)
+        with atomic_path(path, fsync=False) as tmp:
+            os.replace(staged, tmp)
     remember_url_digest(url, digest, size, cache=cache)
     return path
 
@@ -307,7 +265,8 @@ def cached_url_digest(url: str, *, cache: Path | None = None) -> tuple[str, int]
 
 def remember_url_digest(url: str, sha256: str, size: int, *, cache: Path | None = None) -> None:
     """Record a hash computed from the bytes of ``url`` (by envmgr or by the resolver)."""
-    _write_json_atomic(_url_cache_file(url, cache), {"url": strip_credentials(url), "sha256": sha256, "size": size})
+    record = {"url": strip_credentials(url), "sha256": sha256, "size": size}
+    write_atomic(_url_cache_file(url, cache), json.dumps(record, sort_keys=True), fsync=False)
 
 
 def url_size(url: str, *, cache: Path | None = None, auth: Auth | None = None) -> int:
@@ -320,18 +279,9 @@ def url_size(url: str, *, cache: Path | None = None, auth: Auth | None = None) -
         return int(entry.read_text())
     except (FileNotFoundError, ValueError):
         pass
-    resp = _get(url, auth, method="HEAD")
-    length = resp.headers.get("Content-Length")
+    length = http.request("HEAD", url, auth=auth).headers.get("Content-Length")
     if length is None:
         return url_digest(url, cache=cache, auth=auth)[1]
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    entry.write_text(length)
+    write_atomic(entry, length, fsync=False)
     return int(length)
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, sort_keys=True)
-    os.replace(tmp, path)

@@ -24,9 +24,11 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from . import http
 from .credentials import Auth
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+_PAGE_OR_NONE = frozenset(http.OK) | {404}
 
 
 @dataclass(frozen=True)
@@ -104,37 +106,13 @@ def parse_json(data: dict, page_url: str) -> list[IndexFile]:
 
 def project_page(index_url: str, name: str, auth: Auth | None = None) -> list[IndexFile]:
     """Every file on ``index_url``'s page for project ``name`` ([] if the index has no page)."""
-    from ..core.errors import NetworkError
-
     page = f"{index_url.rstrip('/')}/{canonicalize_name(name)}/"
-    try:
-        resp = _get_page(page, auth)
-    except NetworkError as exc:
-        if "HTTP 404" in str(exc):
-            return []
-        raise
+    resp = http.get(page, auth, headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"}, ok=_PAGE_OR_NONE)
+    if resp.status_code == 404:
+        return []
     if resp.headers.get("Content-Type", "").startswith(JSON_TYPE):
         return parse_json(resp.json(), resp.url)
     return parse_html(resp.text, resp.url)
-
-
-def _get_page(url: str, auth: Auth | None):
-    import requests
-
-    from ..core.errors import NetworkError
-    from ..core.urls import redact, strip_credentials
-    from .fetch import TIMEOUT, session
-
-    clean = strip_credentials(url)
-    auth = auth or Auth.from_urls([url])
-    try:
-        resp = session().get(clean, auth=auth.for_url(clean), timeout=TIMEOUT,
-                             headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"})
-    except requests.RequestException as exc:
-        raise NetworkError(f"cannot reach {redact(url)}: {type(exc).__name__}", hint="check the network or the index URL")
-    if resp.status_code >= 400:
-        raise NetworkError(f"{redact(url)}: HTTP {resp.status_code}")
-    return resp
 
 
 def host_platform() -> str:
