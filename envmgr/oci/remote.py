@@ -23,18 +23,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin
 
-import requests
-
 from ..core.errors import NetworkError, UserError
+from ..net import http
 from ..net.fetch import NullReporter
 from . import image as im
 from .layers import BlobStore
 from .layout import manifest_to_image, pick_platform
 
-TIMEOUT = (10, 300)
-CHUNK = 1 << 20
+if TYPE_CHECKING:
+    import requests
+
+CHUNK = http.CHUNK
+AUTH_HINT = "docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD"
 ACCEPT = ", ".join((im.OCI_INDEX, im.DOCKER_LIST, im.OCI_MANIFEST, im.DOCKER_MANIFEST))
 
 
@@ -138,7 +141,6 @@ class Registry:
     host: str
     creds: tuple[str, str] | None = None
     _auth: dict = field(default_factory=dict)  # scope -> Authorization header value
-    _local: threading.local = field(default_factory=threading.local)
 
     @classmethod
     def for_host(cls, host: str) -> "Registry":
@@ -148,19 +150,16 @@ class Registry:
     def base(self) -> str:
         return f"{'http' if _insecure(self.host) else 'https'}://{self.host}"
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "s", None)
-        if s is None:
-            s = self._local.s = requests.Session()
-            s.headers["User-Agent"] = "envmgr"
-        return s
+    @property
+    def server(self) -> http.Server:
+        return http.Server(f"registry {self.host}", reach_hint="check the address and that the registry runs",
+                           auth_hint=AUTH_HINT)
 
     def _authorize(self, challenge: str, scope: str) -> str:
         scheme, _, params = challenge.partition(" ")
         if scheme.lower() == "basic":
             if not self.creds:
-                raise NetworkError(f"registry {self.host}: HTTP 401, credentials required",
-                                   hint="docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD")
+                raise NetworkError(f"registry {self.host}: HTTP 401, credentials required", hint=AUTH_HINT)
             return "Basic " + base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
         if scheme.lower() != "bearer":
             raise NetworkError(f"registry {self.host}: unsupported auth scheme {scheme!r}")
@@ -169,16 +168,8 @@ class Registry:
             raise NetworkError(f"registry {self.host}: Bearer challenge without realm")
         query = [("service", attrs["service"])] if "service" in attrs else []
         query += [("scope", s) for s in scope.split(" ") if s]
-        try:
-            resp = self._session().get(attrs["realm"] + ("&" if "?" in attrs["realm"] else "?") + urlencode(query),
-                                       auth=self.creds, timeout=TIMEOUT)
-        except requests.RequestException as exc:
-            raise NetworkError(f"registry {self.host}: token request failed: {type(exc).__name__}")
-        if resp.status_code in (401, 403):
-            raise NetworkError(f"registry {self.host}: credentials refused (HTTP {resp.status_code})",
-                               hint="docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD")
-        if resp.status_code >= 400:
-            raise NetworkError(f"registry {self.host}: token request gave HTTP {resp.status_code}")
+        resp = http.get(attrs["realm"] + ("&" if "?" in attrs["realm"] else "?") + urlencode(query),
+                        self.creds, timeout=http.LONG_TIMEOUT, server=self.server, what="a token")
         data = resp.json()
         token = data.get("token") or data.get("access_token")
         if not token:
@@ -195,11 +186,8 @@ class Registry:
                 h["Authorization"] = self._auth[scope]
             data = body() if callable(body) else body
             try:
-                resp = self._session().request(method, url, headers=h, data=data, stream=stream, timeout=TIMEOUT,
-                                               allow_redirects=True)
-            except requests.RequestException as exc:
-                raise NetworkError(f"cannot reach registry {self.host}: {type(exc).__name__}",
-                                   hint="check the address and that the registry runs")
+                resp = http.request(method, url, headers=h, data=data, stream=stream, timeout=http.LONG_TIMEOUT,
+                                    ok=http.ANY, server=self.server, what=what or path)
             finally:
                 if hasattr(data, "close"):
                     data.close()
@@ -207,16 +195,7 @@ class Registry:
                 self._auth[scope] = self._authorize(resp.headers["WWW-Authenticate"], scope)
                 continue
             break
-        if resp.status_code in ok:
-            return resp
-        if resp.status_code == 401:
-            raise NetworkError(f"registry {self.host}: HTTP 401 for {what or path} (credentials missing or refused)",
-                               hint="docker login / podman login, or set ENVMGR_REGISTRY_USERNAME and ENVMGR_REGISTRY_PASSWORD")
-        if resp.status_code == 403:
-            raise NetworkError(f"registry {self.host}: HTTP 403 for {what or path} (not allowed)")
-        if resp.status_code == 404:
-            raise NetworkError(f"registry {self.host}: {what or path} not found (HTTP 404)")
-        raise NetworkError(f"registry {self.host}: HTTP {resp.status_code} for {what or path}: {resp.text[:200].strip()}")
+        return http.check(resp, ok, server=self.server, what=what or path)
 
 
 # -- pull -------------------------------------------------------------------------------------
@@ -225,20 +204,19 @@ def _download(reg: Registry, ref: Ref, digest: str, size: int, store: BlobStore,
     if store.has(digest, size):
         reporter.advance(size)
         return store.path(digest)
-    resp = reg.request("GET", f"/v2/{ref.repo}/blobs/{digest}", scope=scope, stream=True, what=f"blob {digest}")
+    what = f"blob {digest}"
+    resp = reg.request("GET", f"/v2/{ref.repo}/blobs/{digest}", scope=scope, stream=True, what=what)
     fh, tmp = store.temp()
     h = hashlib.sha256()
     try:
         with fh, resp:
-            for chunk in resp.iter_content(CHUNK):
+            for chunk in http.body(resp, server=reg.server, what=what):
                 fh.write(chunk)
                 h.update(chunk)
                 reporter.advance(len(chunk))
         if "sha256:" + h.hexdigest() != digest:
             raise NetworkError(f"registry {reg.host}: blob {digest} arrived with a different digest")
         return store.commit(tmp, digest)
-    except requests.RequestException as exc:
-        raise NetworkError(f"registry {reg.host}: download of {digest} broke off: {type(exc).__name__}")
     finally:
         tmp.unlink(missing_ok=True)
 
