@@ -76,11 +76,10 @@ def _uv_version(binary: str) -> str:
     m = re.search(r"uv (\d+\.\d+\.\d+\S*)", out)
     version = m.group(1) if m else out.strip()
     if key:
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_name(f".uv-version.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "version": version}))
-            os.replace(tmp, memo)
+        from ..core.files import write_atomic
+
+        try:  # a memo: a torn or lost one is read as no memo, so no fsync
+            write_atomic(memo, json.dumps({"key": key, "version": version}), fsync=False)
         except OSError:
             pass
     return version
