@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.files import atomic_path
 from . import image as im
 from .layers import BlobStore, stream_layer
 from .layout import write_dir
@@ -23,26 +24,23 @@ ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def mmdebstrap(suite: str, dest_tar: Path, *, packages=PACKAGES, mirror: str | None = None, log=None) -> Path:
-    """Run mmdebstrap into ``dest_tar`` (written to a temp sibling, then renamed)."""
+    """Run mmdebstrap into ``dest_tar`` (written to a temp sibling, then renamed: ``atomic_path``;
+    the temp's name is not ``*.tar``, so the format is named)."""
     if suite not in SUITES:
         raise UserError(f"unknown suite {suite!r}", hint=f"known: {', '.join(SUITES)}")
     exe = shutil.which("mmdebstrap")
     if not exe:
         raise UserError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
-    dest_tar.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest_tar.name}.", suffix=".tar", dir=dest_tar.parent)
-    os.close(fd)
-    cmd = [exe, "--variant=apt", "--include=" + ",".join(packages), "--quiet", suite, tmp]
-    if mirror:
-        cmd.append(mirror)
-    if log:
-        log(f"running {' '.join(cmd[:-1] if not mirror else cmd)} (about 20 s)")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        Path(tmp).unlink(missing_ok=True)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"mmdebstrap failed: {tail[0]}", hint="it needs Debian's mirror and root or subuids")
-    os.replace(tmp, dest_tar)
+    with atomic_path(dest_tar) as tmp:
+        cmd = [exe, "--variant=apt", "--format=tar", "--include=" + ",".join(packages), "--quiet", suite, str(tmp)]
+        if mirror:
+            cmd.append(mirror)
+        if log:
+            log(f"running {' '.join(cmd[:-1] if not mirror else cmd)} (about 20 s)")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"mmdebstrap failed: {tail[0]}", hint="it needs Debian's mirror and root or subuids")
     return dest_tar
 
 

@@ -33,6 +33,7 @@ import isal
 from isal import isal_zlib
 
 from ..core.errors import UserError
+from ..core.files import write_atomic
 
 FORMAT_VERSION = 1  # bump when the bytes a layer holds for the same input change
 BLOCK = 1 << 20  # compressor input block: fixed so output depends on content only
@@ -251,6 +252,8 @@ class BlobStore:
             return False
 
     def temp(self):
+        """A temp file for a blob whose digest is known once written (``commit`` names it); a
+        blob known beforehand goes through ``core.files`` (``put_bytes``)."""
         self.blobs.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".part-", dir=self.blobs)
         return os.fdopen(fd, "wb"), Path(tmp)
@@ -264,10 +267,7 @@ class BlobStore:
     def put_bytes(self, data: bytes) -> tuple[str, Path]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has(digest, len(data)):
-            fh, tmp = self.temp()
-            with fh:
-                fh.write(data)
-            self.commit(tmp, digest)
+            write_atomic(self.path(digest), data, mode=0o444, fsync=False, skip_unchanged=False)
         return digest, self.path(digest)
 
 
@@ -318,12 +318,8 @@ class LayerCache:
         return layer if self.store.has(layer.digest, layer.size) else None
 
     def put(self, key: str, layer: BuiltLayer) -> None:
-        self.index.mkdir(parents=True, exist_ok=True)
         data = {k: v for k, v in layer.__dict__.items() if k not in ("path", "cached")}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.index)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, sort_keys=True)
-        os.replace(tmp, self.index / f"{key}.json")
+        write_atomic(self.index / f"{key}.json", json.dumps(data, sort_keys=True), fsync=False)  # read back verified
 
 
 def sha256_file(path: Path) -> str:

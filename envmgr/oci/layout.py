@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.files import atomic_path
 from . import image as im
 from .layers import Entry, with_parents
 from .layers import write_tar as _write_tar
@@ -72,7 +73,9 @@ def _out_of_space(exc: OSError) -> bool:
 
 @contextmanager
 def _atomic(dest: Path, *, directory: bool):
-    """Yield a temp sibling of ``dest``; rename it over ``dest`` on success, remove it on failure."""
+    """Yield a temp sibling of ``dest``; rename it over ``dest`` on success, remove it on failure.
+    A file goes through ``core.files.atomic_path`` (fsynced); an error writing either is one line,
+    a full disk named as such."""
     dest = dest.absolute()
     parent = dest.parent
     if not parent.is_dir():
@@ -82,42 +85,30 @@ def _atomic(dest: Path, *, directory: bool):
     if not directory and dest.is_dir():
         raise UserError(f"{dest} is a directory", hint="name a .tar file, or a directory without .tar")
     try:
-        if directory:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=parent)
-            os.close(fd)
-            tmp = Path(name)
+        with _atomic_dir(dest) if directory else atomic_path(dest) as tmp:
+            yield tmp
     except OSError as exc:
-        raise UserError(f"cannot write {dest}: {exc.strerror}")
-    try:
-        yield tmp
-        if directory:
-            old = None
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=parent))
-                os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-    except OSError as exc:
-        _remove(tmp)
         if _out_of_space(exc):
             raise UserError(f"no space left writing {dest}: nothing was written", hint="free space or pick another --output")
         raise UserError(f"cannot write {dest}: {exc.strerror or exc}")
+
+
+@contextmanager
+def _atomic_dir(dest: Path):
+    """A directory's ``atomic_path``: the old one is moved aside, the new one renamed in."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, old / "x")
+        os.replace(tmp, dest)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        _remove(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        p.unlink(missing_ok=True)
 
 
 def _place_blob(src: Path | bytes, dest: Path) -> None:
@@ -170,11 +161,8 @@ class _FileSink:
 
 
 def write_tar(image: im.Image, dest: Path, *, name: str | None = None, mtime: int = 0) -> Path:
-    with _atomic(dest, directory=False) as tmp:
-        with open(tmp, "wb") as fh:
-            _write_tar(tar_entries(image, name), _FileSink(fh), mtime=mtime)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with _atomic(dest, directory=False) as tmp, open(tmp, "wb") as fh:
+        _write_tar(tar_entries(image, name), _FileSink(fh), mtime=mtime)
     return dest
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.files import write_atomic
 from . import image as im
 from .layerfs import merged
 from .layers import BlobStore, sha256_file
@@ -214,10 +215,7 @@ def inspect(image: im.Image, *, declared: str | None, ref: str, cache: Path) -> 
                      if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     facts = BaseFacts(python="/" + found[1], version=version, passwd=etc.get("etc/passwd", b""),
                       group=etc.get("etc/group", b""), path_env=path_env)
-    key.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=key.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"python": facts.python, "version": version, "passwd": facts.passwd.decode("latin-1"),
-                   "group": facts.group.decode("latin-1"), "path_env": path_env}, fh)
-    os.replace(tmp, key)
+    write_atomic(key, json.dumps({"python": facts.python, "version": version, "passwd": facts.passwd.decode("latin-1"),
+                                  "group": facts.group.decode("latin-1"), "path_env": path_env}),
+                 fsync=False)  # a cache: a torn file does not parse and is rebuilt
     return facts

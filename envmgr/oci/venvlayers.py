@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import UserError
+from ..core.files import write_atomic
 from ..model.lockfile import LockedPackage
 from .layers import Entry, file_entry
 
@@ -157,9 +158,7 @@ def normalize_dist_info(dist: Path) -> None:
     record = dist / "RECORD"
     lines = record.read_text("utf-8").splitlines(keepends=True)
     kept = [line for line in lines if next(csv.reader([line]), [""])[0] not in drop]
-    tmp = dist / ".RECORD.tmp"
-    tmp.write_text("".join(kept), "utf-8")
-    os.replace(tmp, record)
+    write_atomic(record, "".join(kept), fsync=False)  # the staged venv lives for one export
     for name in _MACHINE_FILES:
         (dist / name).unlink(missing_ok=True)
 
