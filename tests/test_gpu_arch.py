@@ -8,6 +8,7 @@ import pytest
 from test_gpu_helpers import fixture_text
 
 from envmgr.gpu import probe
+from envmgr.model import gpucompat
 
 CU126 = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
@@ -19,7 +20,7 @@ CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
     ("sm_5", None), ("gfx90a", None), ("", None),
 ])
 def test_parse_arch(entry, want):
-    assert probe.parse_arch(entry) == want
+    assert gpucompat.parse_arch(entry) == want
 
 
 def test_h200_fixture_is_covered_by_its_own_arch_list():

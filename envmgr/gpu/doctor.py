@@ -23,8 +23,8 @@ from ..core.errors import EnvmgrError, UserError
 from ..core.files import write_atomic
 from ..host import detect as detect_mod
 from ..model import lockfile, profiles
-from ..model.variants import VariantFacts, driver_at_least, kb
-from .probe import arch_coverage
+from ..model.gpucompat import arch_coverage, driver_at_least, version_tuple
+from ..model.variants import VariantFacts, kb
 
 DOCTOR_SCHEMA = "envmgr-doctor/1"
 
@@ -35,15 +35,6 @@ class Verdict:
     reasons: tuple[str, ...] = ()  # why it cannot run
     notes: tuple[str, ...] = ()  # caveats when it can
     native: bool = False  # the driver supports this CUDA without minor-version compatibility
-
-
-def _cuda_tuple(text: str | None) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text or ""))
-
-
-def _natural(version: str) -> tuple[int, ...]:
-    """"2.12" > "2.9": the public version's numbers, part by part ("+cu126" ignored)."""
-    return _cuda_tuple(version.split("+", 1)[0])
 
 
 def assess(facts: VariantFacts, host: detect_mod.Host, torch_label: str = "") -> Verdict:
@@ -64,8 +55,8 @@ def assess(facts: VariantFacts, host: detect_mod.Host, torch_label: str = "") ->
         reasons.append(f"driver {host.driver} is too old for {v}: CUDA {facts.cuda} needs >= {facts.min_driver}")
     elif not facts.min_driver:
         notes.append(f"minimum driver for CUDA {facts.cuda} unknown to the knowledge base")
-    host_cuda = _cuda_tuple(host.cuda)
-    want = _cuda_tuple(facts.cuda)
+    host_cuda = version_tuple(host.cuda)
+    want = version_tuple(facts.cuda)
     if host_cuda and want and host_cuda[:1] < want[:1] and not reasons:
         reasons.append(f"driver {host.driver} supports CUDA {host.cuda}; {v} needs a CUDA {want[0]} driver")
     if host.cuda:  # read from the driver, or inferred from its version by the knowledge base
@@ -76,7 +67,6 @@ def assess(facts: VariantFacts, host: detect_mod.Host, torch_label: str = "") ->
         no_jit = facts.toolkit_driver and not driver_at_least(host.driver, facts.toolkit_driver)
         notes.append(f"runs through CUDA minor-version compatibility (driver's CUDA {host.cuda or '?'} < {facts.cuda})"
                      + (f": no PTX JIT below driver {facts.toolkit_driver}" if no_jit else ""))
-    ptx = (facts.ptx,) if facts.ptx else ()
     if not host.gpus:
         notes.append("no GPU detected: GPU architecture not checked")
     elif not facts.arch_list:
@@ -86,7 +76,7 @@ def assess(facts: VariantFacts, host: detect_mod.Host, torch_label: str = "") ->
             if g.capability is None:
                 notes.append(f"GPU {g.index} {g.name}: compute capability unknown, not checked")
                 continue
-            cov = arch_coverage(g.capability, facts.arch_list, ptx, host.driver, facts.toolkit_driver)
+            cov = arch_coverage(g.capability, facts.arch_list, facts.ptx, host.driver, facts.toolkit_driver)
             if not cov["covered"]:
                 why = cov["reason"].replace("is not compiled in", f"is not compiled into {build}", 1)
                 reasons.append(f"GPU {g.index} {g.name}: {why}")
@@ -99,12 +89,12 @@ def rank(torch_version: str, facts: VariantFacts, verdict: Verdict) -> tuple:
     """Higher is better among variants that run: the newest torch first, then a CUDA the
     driver supports natively, then the newest CUDA; cpu last."""
     gpu = bool(facts.cuda)
-    return (verdict.runs, gpu, _natural(torch_version) if torch_version else (), verdict.native, _cuda_tuple(facts.cuda))
+    return (verdict.runs, gpu, version_tuple(torch_version), verdict.native, version_tuple(facts.cuda))
 
 
 def newest_release_with(variant: str) -> str | None:
     minors = kb().releases_with_variant(variant)
-    return max(minors, key=_natural) if minors else None
+    return max(minors, key=version_tuple) if minors else None
 
 
 def variant_verdicts(host: detect_mod.Host) -> list[dict]:
@@ -132,7 +122,7 @@ def _torch_of(profile: profiles.Profile) -> str:
         releases = kb().releases_admitted(spec)
     except ValueError:
         return ""
-    return max((r.minor for r in releases), key=_natural, default="")
+    return max((r.minor for r in releases), key=version_tuple, default="")
 
 
 def facts_from_lock(lock: lockfile.Lock) -> VariantFacts:

@@ -19,8 +19,9 @@ interpreter runs it -- a venv, any python, or the one inside an image. torch is 
 once and every kernel runs in this one process; ``--world N`` adds N-1 worker processes
 (torchrun-style environment variables) for an N-GPU all-reduce.
 
-The pure helpers at the top (arch coverage, version comparison, CUDA-runtime conflicts) are
-also what ``envmgr doctor`` decides with, so both agree.
+The version and arch-coverage rules are not written here: they live in
+``envmgr/model/gpucompat.py`` (stdlib only, Python 3.8+), which ``envmgr doctor`` and
+``envmgr diff`` decide with too, and which travels with the probe (see ``RULES_MODULE``).
 """
 
 from __future__ import annotations
@@ -58,13 +59,30 @@ DEFAULT_SIZES = {
 
 # -- pure helpers (no torch) ----------------------------------------------------------------
 
-def version_tuple(text):
-    """``"580.159.04"`` -> ``(580, 159, 4)``; non-numeric parts are ignored."""
-    return tuple(int(p) for p in re.findall(r"\d+", str(text or "")))
+# The version and arch rules are envmgr's one copy, shared with doctor and diff:
+# envmgr/model/gpucompat.py (stdlib only, like this file). Imported as part of envmgr the
+# probe takes the package's module; run alone it takes the copy envmgr's runner registered
+# under RULES_MODULE before sending this source, or else (``python probe.py``) the file
+# in the package beside this one.
+RULES_MODULE = "envmgr_gpucompat"
 
 
-def driver_at_least(driver, minimum):
-    return version_tuple(driver) >= version_tuple(minimum)
+def _rules_beside():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "model", "gpucompat.py")
+    spec = importlib.util.spec_from_file_location(RULES_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[RULES_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:  # envmgr.gpu.probe
+    from ..model import gpucompat as _rules
+else:
+    _rules = sys.modules.get(RULES_MODULE) or _rules_beside()
+version_tuple, driver_at_least, arch_name, arch_coverage = (
+    _rules.version_tuple, _rules.driver_at_least, _rules.arch_name, _rules.arch_coverage)
 
 
 def cuda_int(version):
@@ -80,84 +98,6 @@ def cuda_str(value):
     if value is None:
         return None
     return "%d.%d" % (value // 1000, (value % 1000) // 10)
-
-
-_ARCH_RE = re.compile(r"^(sm|compute|lto)_(\d+)([a-z]?)$")
-
-
-def parse_arch(entry):
-    """``sm_86`` -> ``("sm", 8, 6, "")``; ``compute_90`` -> PTX; ``sm_90a`` -> arch-specific.
-
-    The last digit is the minor version: ``sm_120`` is 12.0, ``sm_89`` is 8.9.
-    """
-    m = _ARCH_RE.match(str(entry).strip())
-    if not m:
-        return None
-    digits = m.group(2)
-    if len(digits) < 2:
-        return None
-    return (m.group(1), int(digits[:-1]), int(digits[-1]), m.group(3))
-
-
-def arch_name(capability):
-    return "sm_%d%d" % (capability[0], capability[1])
-
-
-def arch_coverage(capability, arch_list, ptx=(), driver="", toolkit_driver=""):
-    """Can code compiled for ``arch_list`` run on a GPU of ``capability`` (major, minor)?
-
-    - SASS (``sm_XY``) runs on the same major with the same or a higher minor: sm_86 code
-      runs on sm_89, not the other way round, and never across majors (sm_90 is not sm_100).
-      Arch-specific builds (``sm_90a``) run only on exactly that capability; family ones
-      (``sm_100f``) like plain SASS.
-    - PTX (``compute_XY`` entries, or ``ptx``: arch names whose PTX is embedded) is compiled
-      by the driver for any capability at or above it, which needs the driver of the CUDA
-      toolkit that wrote it (``toolkit_driver``); with an older driver (minor-version
-      compatibility) there is no JIT.
-
-    Returns ``{"covered": bool, "via": str | None, "reason": str}``.
-    """
-    cap = (int(capability[0]), int(capability[1]))
-    gpu = arch_name(cap)
-    sass, ptxs = [], []
-    for entry in arch_list:
-        parsed = parse_arch(entry)
-        if parsed is None:
-            continue
-        kind, major, minor, suffix = parsed
-        if kind == "compute":
-            ptxs.append((major, minor, entry))
-        elif kind == "sm":
-            sass.append((major, minor, suffix, entry))
-    for entry in ptx or ():
-        parsed = parse_arch(entry)
-        if parsed is not None:
-            ptxs.append((parsed[1], parsed[2], entry))
-    exact = [e for (ma, mi, _s, e) in sass if (ma, mi) == cap]
-    if exact:
-        return {"covered": True, "via": exact[0], "reason": "%s is compiled in" % exact[0]}
-    compatible = [(mi, e) for (ma, mi, s, e) in sass if ma == cap[0] and mi <= cap[1] and s != "a"]
-    if compatible:
-        via = max(compatible)[1]
-        return {"covered": True, "via": via,
-                "reason": "%s code runs on %s (binary compatible within major %d)" % (via, gpu, cap[0])}
-    usable_ptx = sorted((ma, mi, e) for (ma, mi, e) in ptxs if (ma, mi) <= cap)
-    compiled = " ".join(e for (_ma, _mi, _s, e) in sorted(sass)) or "nothing"
-    if usable_ptx:
-        via = usable_ptx[-1][2]
-        label = via if via.startswith("compute_") else "PTX of " + via
-        if driver and toolkit_driver and not driver_at_least(driver, toolkit_driver):
-            return {"covered": False, "via": None,
-                    "reason": "%s is not compiled in (%s); %s would need JIT, which needs driver >= %s (have %s)"
-                    % (gpu, compiled, label, toolkit_driver, driver)}
-        need = " (JIT needs driver >= %s)" % toolkit_driver if toolkit_driver and not driver else ""
-        return {"covered": True, "via": via,
-                "reason": "%s is JIT-compiled for %s by the driver%s" % (label, gpu, need)}
-    lower_minor = [e for (ma, mi, s, e) in sass if ma == cap[0] and mi > cap[1]]
-    why = "%s is not compiled in (%s)" % (gpu, compiled)
-    if lower_minor:
-        why += "; %s code does not run on the lower minor %s" % (lower_minor[0], gpu)
-    return {"covered": False, "via": None, "reason": why + " and no PTX reaches it"}
 
 
 def cudnn_tuple(value):

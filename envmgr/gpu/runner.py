@@ -2,6 +2,8 @@
 
 The probe's source travels with the command (``python -c SOURCE`` locally and through the
 docker SDK, ``python -`` on stdin through podman), so nothing is installed in the target.
+That source is a bundle (``probe_source``): the rules module the probe imports
+(``model/gpucompat.py``) first, then the probe itself.
 The command lines are built by pure functions (``python_argv``, ``podman_argv``,
 ``docker_run_kwargs``), tested apart from running them.
 """
@@ -19,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import UserError
-from .probe import PROGRESS_PREFIX
+from ..model import gpucompat
+from .probe import PROGRESS_PREFIX, RULES_MODULE
 
 PROBE_PATH = Path(__file__).with_name("probe.py")
+RULES_PATH = Path(gpucompat.__file__)
 DEFAULT_IMAGE_PYTHON = "/opt/venv/bin/python"
 ENGINES = ("auto", "podman", "docker")
 
@@ -36,8 +40,21 @@ class ProbeRun:
     timed_out: bool = False
 
 
+# What the target's python runs: the rules registered as the module the probe looks for,
+# then the probe as __main__, each compiled under its own file name (for tracebacks).
+_BUNDLE = """\
+import sys, types
+_rules = sys.modules[{name!r}] = types.ModuleType({name!r})
+exec(compile({rules!r}, {rules_file!r}, "exec"), _rules.__dict__)
+del _rules
+exec(compile({probe!r}, "probe.py", "exec"), {{"__name__": "__main__", "__package__": None}})
+"""
+
+
 def probe_source() -> str:
-    return PROBE_PATH.read_text("utf-8")
+    """The probe and the rules it imports, as one program for ``python -c`` or ``python -``."""
+    return _BUNDLE.format(name=RULES_MODULE, rules=RULES_PATH.read_text("utf-8"), rules_file=RULES_PATH.name,
+                          probe=PROBE_PATH.read_text("utf-8"))
 
 
 def python_argv(python: str, expect_json: str, source: str | None = None) -> list[str]:
