@@ -5,7 +5,8 @@ Output: a :class:`ProfileDiff` of frozen dataclasses: the packages added, remove
 upgraded, downgraded or rebuilt, each with the kind of change (major, minor, patch, a local
 label such as ``+cu126 -> +cu128``); the torch, CUDA, cuDNN, NCCL and triton changes as
 *key* changes; the minimum driver; the compiled GPU arch list and which GPUs stop or start
-being supported; the download size. :func:`diff_locks` is pure; rendering lives in
+being supported (by ``model.gpucompat``'s coverage rule, the one ``check`` and ``doctor``
+decide with); the download size. :func:`diff_locks` is pure; rendering lives in
 ``diffreport``.
 
 The I/O half (:func:`load_pairs`) reads the base locks from git (``git show
@@ -24,6 +25,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from ..core.errors import LockFileError, UserError
+from ..model.gpucompat import parse_arch, runs_on
 from ..model.lockfile import (
     Lock,
     LockedPackage,
@@ -71,41 +73,16 @@ GPU_FAMILIES: dict[tuple[int, int], str] = {
     (12, 1): "Blackwell: DGX Spark",
 }
 _FAMILY_BY_MAJOR = {3: "Kepler", 5: "Maxwell", 6: "Pascal", 7: "Volta/Turing", 8: "Ampere/Ada", 9: "Hopper", 10: "Blackwell", 11: "Blackwell", 12: "Blackwell"}
-_SM_RE = re.compile(r"^(?:sm|compute)_(\d+)(\d)([af]?)$")
-
-
-def parse_arch(arch: str) -> tuple[int, int, str] | None:
-    """``sm_86`` -> (8, 6, ""); ``sm_90a`` -> (9, 0, "a"); None if not an arch name."""
-    m = _SM_RE.match(arch.strip())
-    return (int(m.group(1)), int(m.group(2)), m.group(3)) if m else None
 
 
 def describe_arch(arch: str) -> str:
     """``sm_70`` -> ``sm_70 (Volta: V100)``."""
-    cap = parse_arch(arch)
-    if cap is None:
+    parsed = parse_arch(arch)
+    if parsed is None:
         return arch
-    name = GPU_FAMILIES.get(cap[:2]) or _FAMILY_BY_MAJOR.get(cap[0])
+    _kind, major, minor, _suffix = parsed
+    name = GPU_FAMILIES.get((major, minor)) or _FAMILY_BY_MAJOR.get(major)
     return f"{arch} ({name})" if name else arch
-
-
-def runs_on(capability: tuple[int, int], arch_list: tuple[str, ...], ptx: str = "") -> bool:
-    """Whether a build with ``arch_list`` (+ PTX of ``ptx``) runs on a GPU of ``capability``.
-
-    Compiled code runs on GPUs of the same major and an equal or higher minor; PTX is
-    JIT-compiled for any GPU at or above its arch; ``sm_90a`` code runs on 9.0 only.
-    """
-    for arch in arch_list:
-        cap = parse_arch(arch)
-        if cap is None:
-            continue
-        if cap[2]:  # sm_90a: arch-specific code runs on that capability only
-            if cap[:2] == tuple(capability):
-                return True
-        elif cap[0] == capability[0] and cap[1] <= capability[1]:
-            return True
-    cap = parse_arch(ptx) if ptx else None
-    return bool(cap and cap[:2] <= capability)
 
 
 # -- the diff model -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from ..model.gpucompat import version_tuple
 from .diff import ArchChange, ProfileDiff, describe_arch
 
 JSON_FORMAT = 1
@@ -101,7 +102,7 @@ def _key_table(d: ProfileDiff) -> list[str]:
     for name, label in (("min-driver", "minimum driver"), ("toolkit-driver", "driver for PTX JIT")):
         f = d.fact(name)
         if f:
-            rows.append(f"| {label} | {_cell(f.old)} | {_cell(f.new)} | {'raised' if _driver_key(f.new) > _driver_key(f.old) else 'lowered'} |")
+            rows.append(f"| {label} | {_cell(f.old)} | {_cell(f.new)} | {'raised' if version_tuple(f.new) > version_tuple(f.old) else 'lowered'} |")
     if d.arch:
         rows.append(
             f"| GPU archs | {_cell(_arch_text(d.arch.old, d.arch.old_ptx))} | {_cell(_arch_text(d.arch.new, d.arch.new_ptx))} | "
@@ -112,10 +113,6 @@ def _key_table(d: ProfileDiff) -> list[str]:
     if not rows:
         return []
     return ["| | before | after | change |", "|---|---|---|---|", *rows, ""]
-
-
-def _driver_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.replace("-", ".").split(".") if p.isdigit())
 
 
 def _arch_delta(a: ArchChange) -> str:
@@ -149,7 +146,7 @@ def _driver_lines(d: ProfileDiff) -> list[str]:
     f = d.fact("min-driver")
     if not f or not f.old or not f.new:
         return []
-    if _driver_key(f.new) > _driver_key(f.old):
+    if version_tuple(f.new) > version_tuple(f.old):
         return [f"**Minimum driver raised** from {f.old} to {f.new}: hosts with an older NVIDIA driver fail with \"driver too old\".", ""]
     return [f"Minimum driver lowered from {f.old} to {f.new}.", ""]
 
