@@ -25,7 +25,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.variants import driver_at_least, kb
+from ..model.gpucompat import driver_at_least, version_tuple
+from ..model.variants import kb
 from . import PROC_VERSION as _PROC_VERSION
 from . import SYS_VERSION as _SYS_VERSION
 
@@ -236,13 +237,9 @@ def infer_cuda(driver: str) -> str | None:
         if info.source == "inferred" or not info.toolkit_driver:
             continue
         if driver_at_least(driver, info.toolkit_driver):
-            if best is None or _vt(version) > _vt(best):
+            if best is None or version_tuple(version) > version_tuple(best):
                 best = version
     return best
-
-
-def _vt(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text))
 
 
 def merge_mig(gpus: list[Gpu], xml: SmiXml | None, listing=None) -> list[Gpu]:

@@ -15,6 +15,7 @@ import tomllib
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from .gpucompat import driver_at_least, version_tuple
 from .names import canonical
 
 _VARIANT_RE = re.compile(r"^(cpu|cu\d{3}|rocm\d+\.\d+(\.\d+)?|xpu)$")
@@ -96,7 +97,7 @@ class KnowledgeBase:
         )
 
     def known_variants(self) -> list[str]:
-        rocm = sorted({f"rocm{r}" for rel in self.torch.values() for r in rel.rocm}, key=_natural)
+        rocm = sorted({f"rocm{r}" for rel in self.torch.values() for r in rel.rocm}, key=version_tuple)
         return [*self.variant_cuda, *rocm]
 
     def cuda_of(self, variant: str) -> str:
@@ -132,7 +133,7 @@ class KnowledgeBase:
         return [m for m, rel in self.torch.items() if rel.has_variant(variant)]
 
     def newest_release(self) -> TorchRelease:
-        return max(self.torch.values(), key=lambda r: _natural(r.minor))
+        return max(self.torch.values(), key=lambda r: version_tuple(r.minor))
 
     # -- GPUs -----------------------------------------------------------------------------
     def arch_list(self, variant: str, torch_version: str) -> ArchList | None:
@@ -186,19 +187,6 @@ def parse_torch_spec(spec: str) -> SpecifierSet:
 
 def is_variant_name(variant: str) -> bool:
     return bool(_VARIANT_RE.match(variant))
-
-
-def _natural(text: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.]", re.sub(r"^\D+", "", text)))
-
-
-def parse_driver(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", version))
-
-
-def driver_at_least(driver: str, minimum: str) -> bool:
-    """``580.159.04`` >= ``580``; compares numerically, part by part."""
-    return parse_driver(driver) >= parse_driver(minimum)
 
 
 @functools.cache
