@@ -228,6 +228,10 @@ def render(console, rows: list[Row]) -> None:
         table.add_row(escape(r.node), escape(r.gpu), escape(r.driver), escape(r.torch),
                       *(_STATUS.get(r.family(p), r.family(p)) for _, p in used),
                       "[green]ok[/]" if r.ok else "[bold red]cannot run[/]")
+    if not console.is_terminal:  # piped into a file or a log: a row stays one line, not wrapped at 80 columns
+        from rich.console import Console
+
+        console = Console(file=console.file, width=max(console.width, 200), soft_wrap=True)
     console.print(table)
     bad = [r for r in rows if not r.ok]
     console.print(f"{len(rows)} node(s): {len(rows) - len(bad)} ok, {len(bad)} cannot run the lock", highlight=False)
