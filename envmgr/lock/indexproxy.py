@@ -80,7 +80,7 @@ class RoutingIndex:
             return self._files.get(token, url)
 
     def _serve_file(self, handler: BaseHTTPRequestHandler, token: str, name: str) -> None:
-        from ..net import fetch
+        from ..net import fetch, http
 
         with self._lock:
             upstream = self._files.get(token)
@@ -90,7 +90,7 @@ class RoutingIndex:
             return
         auth = Auth.from_urls([upstream])
         if name.endswith(".metadata"):  # PEP 658: small, passed through
-            with fetch._get(upstream + ".metadata", auth) as resp:
+            with http.get(upstream + ".metadata", auth) as resp:
                 _send(handler, resp.content, "application/octet-stream")
             return
         with lock:  # one download per file, however many requests

@@ -27,7 +27,6 @@ from ..core.urls import redact, strip_credentials
 from ..model.lockfile import LockedFile
 from . import http
 from .credentials import Auth
-from .http import get as _get  # noqa: F401  (lock/indexproxy calls fetch._get; http.get is the one)
 
 CHUNK = http.CHUNK
 
