@@ -80,7 +80,7 @@ def script(work: Workload, project: Path, opts: Options) -> str:
         f"export ENVMGR_PROJECT=${{ENVMGR_PROJECT:-{_q(str(project))}}}",
         'CHECKS=${ENVMGR_CHECK_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/envmgr-checks-$SLURM_JOB_ID}',
         'mkdir -p "$CHECKS"',
-        f"NODES=$SLURM_JOB_NUM_NODES",
+        "NODES=$SLURM_JOB_NUM_NODES",
         'echo "envmgr: job $SLURM_JOB_ID on $NODES node(s): $SLURM_JOB_NODELIST"',
         "",
     ]
@@ -98,7 +98,7 @@ def script(work: Workload, project: Path, opts: Options) -> str:
             f'srun --ntasks-per-node=1 "$ENVMGR" sync {_q(name)} --frozen --offline --venv "$VENV" --quiet',
             "",
             "# 2. the check on every node, one JSON document a node (CHECKS/NODE.json).",
-            f'srun --ntasks-per-node=1 --output="$CHECKS/%N.json" --error="$CHECKS/%N.err" \\',
+            'srun --ntasks-per-node=1 --output="$CHECKS/%N.json" --error="$CHECKS/%N.err" \\',
             f'    "$ENVMGR" check {_q(name)} --python "$VENV" --json{require} || true',
         ]
         run = "srun --ntasks-per-node=1"
@@ -106,7 +106,7 @@ def script(work: Workload, project: Path, opts: Options) -> str:
         python = _q(work.venv + "/bin/python")
         torchrun = _q(work.venv + "/bin/torchrun")
         expect = json.dumps(work.expect, sort_keys=True)
-        pyxis = (f'--container-image={_q(image.enroot)} --container-name=envmgr-{name}-$SLURM_JOB_ID '
+        pyxis = (f'--container-image="$IMAGE" --container-name=envmgr-{name}-$SLURM_JOB_ID '
                  '--export=ALL,NVIDIA_VISIBLE_DEVICES=all')
         lines += [
             "# 1. the image, through pyxis/enroot, pinned by digest; enroot's NVIDIA hook mounts the",
@@ -118,7 +118,7 @@ def script(work: Workload, project: Path, opts: Options) -> str:
             'printf "%s\\n" "$PROBE" > "$CHECKS/probe.py"',
             f"printf '%s\\n' {_q(expect)} > \"$CHECKS/expect.json\"",
             f'srun --ntasks-per-node=1 {pyxis} --container-mounts="$CHECKS:/envmgr-checks:ro" \\',
-            f'    --output="$CHECKS/%N.json" --error="$CHECKS/%N.err" \\',
+            '    --output="$CHECKS/%N.json" --error="$CHECKS/%N.err" \\',
             f'    {python} /envmgr-checks/probe.py --expect-file /envmgr-checks/expect.json'
             + (' --require-gpu' if opts.gpus else '') + ' || true',
         ]
