@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
-import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ..core.compat import tomllib
 from ..core.errors import ResolutionError, UserError
 from ..core.urls import expand_env, redact, strip_credentials
 from ..model.lockfile import LockedFile, LockedPackage, toml_str

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import tomllib
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
@@ -24,6 +23,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from ..core.compat import tomllib
 from ..core.errors import LockFileError
 from ..core.settings import lock_path  # noqa: F401 - part of the lock model's API
 from .names import canonical

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
 from packaging.requirements import InvalidRequirement, Requirement
 
+from ..core.compat import tomllib
 from ..core.errors import ProfileError
 from .names import canonical
 from .variants import is_variant_name, kb, parse_torch_spec
