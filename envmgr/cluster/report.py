@@ -156,7 +156,7 @@ def parse_text(text: str, source: str) -> list[Row]:
     single = len(found) == 1
     stem = Path(source).name.split(".")[0]
     for number, node, stream, doc in sorted(found, key=lambda f: f[0]):
-        name = node or (stem if single and (stream is None or stream.startswith("task")) else None) \
+        name = node or (stem if single and stream is None else None) \
             or (stream.split("/")[1] if stream and stream.startswith("pod/") else None) \
             or (f"{stem} {stream}" if stream else f"{stem}:{number}")
         rows.append(Row(node=name, source=f"{source}:{number}", doc=doc))
@@ -195,10 +195,15 @@ def read(paths: list[Path]) -> list[Row]:
         where = ", ".join(str(p) for p in paths)
         raise UserError(f"{where}: no envmgr check output found",
                         hint="collect `envmgr check --json` or the fleet check's logs (kubectl logs --prefix) into files")
-    latest: dict[str, Row] = {}
+    return latest(rows)
+
+
+def latest(rows: list[Row]) -> list[Row]:
+    """One row a node, in natural order: a node checked twice counts with its last report."""
+    last: dict[str, Row] = {}
     for row in rows:
-        latest[row.node] = row  # a node checked twice: its last report counts
-    return sorted(latest.values(), key=lambda r: _natural(r.node))
+        last[row.node] = row
+    return sorted(last.values(), key=lambda r: _natural(r.node))
 
 
 def _natural(text: str) -> tuple:
