@@ -203,7 +203,6 @@ def slurm(tmp_path_factory):
 
 # -- the test ---------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_sbatch_runs_the_generated_script_on_a_real_one_node_slurm(slurm, cpu_torch_wheels, tmp_path):
     project = write_cpu_project(tmp_path / "project", cpu_torch_wheels)
     script = tmp_path / "job.sbatch"
