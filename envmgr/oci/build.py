@@ -15,19 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import __version__
 from ..core import settings
 from ..core.errors import EnvmgrError, UserError
 from ..model import lockfile
-from .export import (
-    DEFAULT_USER,
-    DEFAULT_VENV,
-    LABEL,
-    Options,
-    Result,
-    _profile_image,
-    default_tag,
-)
+from .assemble import labels
+from .export import Result
+from .plan import DEFAULT_USER, Options, default_tag, image_venv, markers, profile_image
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "Containerfile.in"
 
@@ -49,13 +42,10 @@ def _base_for_engine(ref: str, engine: str) -> str:
 
 
 def render(template: str, lock: lockfile.Lock, conf: dict, *, base: str, python: str) -> str:
-    venv = "/" + conf.get("venv", DEFAULT_VENV).strip("/")
+    venv = image_venv(conf)
     user = conf.get("user", DEFAULT_USER)
-    labels = {f"{LABEL}lock.digest": lock.digest(), f"{LABEL}profile": lock.meta.profile,
-              f"{LABEL}variant": lock.meta.variant, f"{LABEL}cuda": lock.meta.cuda,
-              f"{LABEL}min-driver": lock.meta.min_driver, f"{LABEL}builder": f"envmgr {__version__} (engine)",
-              **{str(k): str(v) for k, v in (conf.get("labels") or {}).items()}}
-    label_lines = "LABEL " + " \\\n      ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items()))
+    image_labels = sorted(labels(lock, conf, engine=True).items())
+    label_lines = "LABEL " + " \\\n      ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in image_labels)
     root = user in ("root", "0")
     return template.format(
         base=base, python=python, venv=venv, lock_digest=lock.digest(),
@@ -74,16 +64,12 @@ def context(project: Path, opts: Options, dest: Path, *, engine: str) -> tuple[P
     from ..venv.uvtool import uv_bin
 
     lock = lockfile.read(lockfile.lock_path(project, opts.name))
-    conf = _profile_image(project, opts.name)
+    conf = profile_image(project, opts.name)
     base_ref = opts.base or conf.get("base")
     if not base_ref:
         raise UserError(f"no base image for profile {opts.name!r}", hint="set [image] base or pass --base")
     python = conf.get("python") or f"python{lock.meta.python}"
-    packages = wanted(lock, {"sys_platform": "linux", "platform_machine": "x86_64", "python_version": lock.meta.python,
-                             "python_full_version": lock.meta.python + ".0", "os_name": "posix",
-                             "platform_system": "Linux", "implementation_name": "cpython",
-                             "platform_python_implementation": "CPython", "implementation_version": lock.meta.python + ".0",
-                             "platform_release": "", "platform_version": ""})
+    packages = wanted(lock, markers("linux-x86_64", lock.meta.python))  # as the engine's build has always assumed
     files = fetch.fetch([(p.key, p.install_file) for p in packages])
     house = dest / "wheelhouse"
     house.mkdir(parents=True)

@@ -1,0 +1,59 @@
+"""The assemble step of ``envmgr export-image``: base + new layers + config -> an ``Image`` value.
+
+Also the one home of the labels an envmgr image carries (``labels``), which the engine build
+(``build``) writes into its ``Containerfile`` too: ``io.envmgr.*`` is what ``envmgr check
+--image`` reads back (``gpu.imagelock``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from . import image as im
+
+if TYPE_CHECKING:
+    from ..model.lockfile import Lock
+    from .plan import Plan
+
+LABEL = "io.envmgr."
+BASE_NAME = "org.opencontainers.image.base.name"
+BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+
+def labels(lock: Lock, conf: dict, *, engine: bool = False, extra: dict | None = None) -> dict:
+    """The image's labels: the lock's ``io.envmgr.*`` and the builder, then ``extra``, then the
+    profile's ``[image] labels`` (``conf``), which win."""
+    meta = lock.meta
+    return {
+        f"{LABEL}lock.digest": lock.digest(),
+        f"{LABEL}profile": meta.profile,
+        f"{LABEL}variant": meta.variant,
+        f"{LABEL}cuda": meta.cuda,
+        f"{LABEL}min-driver": meta.min_driver,
+        f"{LABEL}builder": f"envmgr {__version__}" + (" (engine)" if engine else ""),
+        **(extra or {}),
+        **{str(k): str(v) for k, v in (conf.get("labels") or {}).items()},
+    }
+
+
+def assemble(plan: Plan, layers) -> im.Image:
+    """The base with ``layers`` on top, the runtime config (venv on PATH, user, workdir,
+    entrypoint, labels) and the manifest's annotations; every timestamp the plan's epoch."""
+    req, base, facts = plan.req, plan.base, plan.facts
+    conf = req.conf
+    created = im.epoch_iso(req.epoch)
+    all_labels = labels(req.lock, conf, extra={f"{LABEL}python": facts.version, f"{LABEL}venv": req.venv,
+                                               BASE_NAME: req.base_ref, BASE_DIGEST: base.digest})
+    env = {"PATH": f"{req.venv}/bin:{facts.path_env}", "VIRTUAL_ENV": req.venv,
+           **{str(k): str(v) for k, v in (conf.get("env") or {}).items()}}
+    img = im.append_layers(base.image, layers, created=created)
+    img = im.with_config(img, created=created, env=env, user=plan.user, workdir=conf.get("workdir") or plan.home,
+                         entrypoint=conf.get("entrypoint"), cmd=conf.get("cmd"), labels=all_labels)
+    return im.with_annotations(img, {
+        **{k: v for k, v in all_labels.items() if k.startswith(LABEL)},
+        BASE_NAME: req.base_ref,
+        BASE_DIGEST: base.digest,
+        "org.opencontainers.image.created": created,
+        "org.opencontainers.image.title": req.lock.meta.profile,
+    })

@@ -1,0 +1,183 @@
+"""The build step of ``envmgr export-image``: a ``Plan`` -> the image's new layers.
+
+Each package layer is looked up in the layer cache by its key; only the packages of the
+layers that miss are installed (a relocatable venv staged in a temp folder) and, if asked,
+byte-compiled group by group while finished groups are already compressing, in parallel.
+The top layer holds what no package owns: the venv skeleton, the user, the lock and its SBOM.
+Output: ``Built``, the layers (blobs in the layer cache) as ``image.Layer`` values, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import EnvmgrError, UserError
+from ..model import lockfile
+from . import image as im
+from . import layers as ly
+from . import sources, venvlayers
+from .plan import Plan
+
+
+@dataclass(frozen=True)
+class Built:
+    layers: tuple[im.Layer, ...]  # the package layers in plan order, then the top layer
+    notes: tuple[str, ...] = ()
+    installed_bytes: int = 0  # bytes of the layers built now (cached ones not counted)
+
+
+_ACTIVATE = """# envmgr: source this file from sh/bash to use the venv
+deactivate () {{
+    if [ -n "${{_OLD_PATH:-}}" ]; then PATH="$_OLD_PATH"; export PATH; unset _OLD_PATH; fi
+    unset VIRTUAL_ENV
+    unset -f deactivate
+}}
+VIRTUAL_ENV={venv}
+export VIRTUAL_ENV
+_OLD_PATH="$PATH"
+PATH="$VIRTUAL_ENV/bin:$PATH"
+export PATH
+"""
+
+
+def top_entries(lock: lockfile.Lock, venv: str, facts: sources.BaseFacts, user_entries) -> list[ly.Entry]:
+    """The top layer: the venv's skeleton (pointing at the base's python), the lock, its SBOM, the user."""
+    from ..report import sbom
+
+    root = venv.strip("/")
+    ver = facts.version
+    cfg = f"home = {os.path.dirname(facts.python)}\ninclude-system-site-packages = false\nversion = {ver}\n"
+    entries = [
+        ly.Entry(f"{root}/pyvenv.cfg", data=cfg.encode()),
+        ly.Entry(f"{root}/bin/python", kind="symlink", link=facts.python),
+        ly.Entry(f"{root}/bin/python3", kind="symlink", link="python"),
+        ly.Entry(f"{root}/bin/python{ver}", kind="symlink", link="python"),
+        ly.Entry(f"{root}/bin/activate", data=_ACTIVATE.format(venv=venv).encode()),
+        ly.Entry(f"{root}/include", kind="dir"),
+        ly.Entry(f"{root}/lib/python{ver}/site-packages", kind="dir"),
+        ly.Entry(f"{root}/lib64", kind="symlink", link="lib"),
+        ly.Entry(f"{root}/pylock.toml", data=lock.dumps().encode()),
+        ly.Entry(f"{root}/sbom.cdx.json", data=sbom.cyclonedx_json(lock).encode()),
+        *user_entries,
+    ]
+    return ly.with_parents(entries)
+
+
+@dataclass(frozen=True)
+class _Staged:
+    venv: Path
+    site: Path
+    python: Path
+    cache_tag: str
+    compile: bool
+
+
+def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Staged:
+    """Install ``packages`` (only those) into a relocatable venv under ``tmp``."""
+    from ..net import fetch
+    from ..venv import install
+
+    version = plan.facts.version
+    files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
+    staged = tmp / "venv"
+    result = install.install(plan.req.lock.with_packages(packages), staged, python=plan.staging, files=files,
+                             reporter=reporter, relocatable=True)
+    site = install.site_packages(staged)
+    if site is None:
+        raise EnvmgrError(f"the staged venv {staged} has no site-packages")
+    python = install.venv_python(staged)
+    compile_ok = plan.compile and result.python.minor == version
+    if plan.compile and not compile_ok:
+        notes.append(f"byte-compilation skipped: staging python {result.python.version} is not the base's {version}")
+    return _Staged(staged, site, python, venvlayers.host_cache_tag(python), compile_ok)
+
+
+def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCache, *, jobs: int,
+                   reporter) -> tuple[dict[int, ly.BuiltLayer], int]:
+    """Build the layers ``misses`` from the staged venv, put them in the cache; (layers, their bytes)."""
+    groups, epoch = plan.groups, plan.req.epoch
+
+    def entries_of(i: int) -> list[ly.Entry]:
+        owned = venvlayers.owned_entries(st.venv, st.site, groups[i].packages, image_venv=plan.req.venv,
+                                         cache_tag=st.cache_tag)
+        return ly.with_parents(e for p in groups[i].packages for e in owned[p.key])
+
+    # Compile group by group (fewest .py files first) while finished groups compress:
+    # the big nvidia libraries are in layers before torch's sources are compiled.
+    pre = {i: entries_of(i) for i in misses}
+    total = sum(e.size for es in pre.values() for e in es)
+    reporter.start(total, f"compiling and compressing {len(misses)} layer(s)")
+    futs: dict = {}
+    built: dict[int, ly.BuiltLayer] = {}
+    installed = 0
+    try:
+        with ThreadPoolExecutor(max_workers=jobs or max(2, os.cpu_count() or 2)) as pool:
+            def submit(i: int) -> None:
+                nonlocal installed
+                es = entries_of(i) if st.compile else pre[i]
+                installed += sum(e.size for e in es)
+                futs[i] = pool.submit(ly.build_layer, es, cache.store, mtime=epoch, progress=reporter.advance)
+
+            if st.compile:
+                py = {i: [e.src for e in pre[i] if e.src is not None and e.path.endswith(".py")] for i in misses}
+                order = sorted(misses, key=lambda i: (len(py[i]), -sum(e.size for e in pre[i])))
+                venvlayers.compile_groups(st.python, st.site, plan.image_site, [(i, py[i]) for i in order], submit)
+            else:
+                for i in sorted(misses, key=lambda i: -sum(e.size for e in pre[i])):
+                    submit(i)
+            for i, fut in futs.items():
+                built[i] = fut.result()
+                cache.put(plan.keys[i], built[i])
+    finally:
+        reporter.finish()
+    return built, installed
+
+
+def _image_layer(b: ly.BuiltLayer, *, created_by: str, title: str) -> im.Layer:
+    return im.Layer(digest=b.digest, diff_id=b.diff_id, size=b.size, media_type=b.media_type, path=b.path,
+                    created_by=created_by, title=title, uncompressed_size=b.uncompressed_size, cached=b.cached)
+
+
+def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
+    """The plan's layers: cached ones as they are, the others built now. ``cache`` is the oci
+    cache folder (layer index and blobs); ``mark(step)`` is called as "install" and "layers" end."""
+    layer_cache = ly.LayerCache(cache)
+    groups = plan.groups
+    built: dict[int, ly.BuiltLayer] = {}
+    for i, k in enumerate(plan.keys):
+        hit = layer_cache.get(k)
+        if hit:
+            built[i] = hit
+    misses = [i for i in range(len(groups)) if i not in built]
+    log(f"{len(groups) - len(misses)} of {len(groups)} package layers cached" if groups else "no packages")
+
+    notes: list[str] = []
+    installed = 0
+    staging_root = cache / "staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="export-", dir=staging_root))
+    try:
+        if misses:
+            version = plan.facts.version
+            if not plan.staging:
+                raise UserError(f"no Python {version} on this machine to stage the venv with",
+                                hint=f"install python{version} (the base's version), or use a base with this machine's python")
+            st = _stage(plan, [p for i in misses for p in groups[i].packages], reporter, notes, tmp)
+            mark("install")
+            new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter)
+            built.update(new)
+        top = ly.build_layer(top_entries(plan.req.lock, plan.req.venv, plan.facts, plan.user_entries),
+                             layer_cache.store, mtime=plan.req.epoch)
+        mark("layers")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    layers = [_image_layer(built[i], created_by="envmgr: " + ", ".join(f"{p.key} {p.version}" for p in g.packages),
+                           title=g.title) for i, g in enumerate(groups)]
+    layers.append(_image_layer(top, created_by="envmgr: venv, user, lock, SBOM", title="top"))
+    return Built(layers=tuple(layers), notes=tuple(notes), installed_bytes=installed)
