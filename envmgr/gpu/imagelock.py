@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import EnvmgrError, UserError
+from ..oci.assemble import LABEL
 from ..oci.layerfs import clean, find_in_layers
 from ..oci.layout import pick_manifest
+from ..oci.plan import DEFAULT_VENV
 from ..oci.sources import split_tag
 
-LABEL = "io.envmgr."
 LOCK_NAME = "pylock.toml"
-DEFAULT_VENV = "/opt/venv"
 READ_TIMEOUT = 120.0
 # Run with the image's python: print the file's bytes, exit 3 when it is not there.
 READER = ("import sys\ntry:\n    data = open(sys.argv[1], 'rb').read()\nexcept FileNotFoundError:\n    sys.exit(3)\n"
