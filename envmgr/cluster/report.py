@@ -12,6 +12,7 @@ family of checks, what failed and why) and which nodes cannot run the lock.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass, field
@@ -131,6 +132,11 @@ def parse_text(text: str, source: str) -> list[Row]:
     decoder = json.JSONDecoder()
     for stream, lines in streams.items():
         node = None
+        body = "\n".join(x for _, x in lines)  # the stream's text, decoded in place: linear in its size
+        starts, at = [], 0
+        for _, x in lines:
+            starts.append(at)
+            at += len(x) + 1
         i = 0
         while i < len(lines):
             number, line = lines[i]
@@ -140,15 +146,13 @@ def parse_text(text: str, source: str) -> list[Row]:
                 i += 1
                 continue
             if stripped.startswith("{"):
-                rest = "\n".join(x for _, x in lines[i:])
-                start = rest.index("{")
                 try:
-                    doc, end = decoder.raw_decode(rest, start)
+                    doc, end = decoder.raw_decode(body, starts[i] + line.index("{"))
                 except ValueError:
                     doc, end = None, 0
                 if _is_check(doc):
                     found.append((number, node, stream, doc))
-                    i += rest.count("\n", 0, end) + 1
+                    i = bisect.bisect_right(starts, end - 1)  # the line after the document's last
                     node = None  # a marker names the one document after it
                     continue
             i += 1
