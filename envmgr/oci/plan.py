@@ -135,7 +135,7 @@ def staging_python(version: str) -> tuple[str, str]:
     from ..venv.uvtool import clean_env, uv_bin
 
     proc = subprocess.run([uv_bin(), "python", "find", "--no-config", "--no-project", version], capture_output=True,
-                          text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}))
+                          text=True, env=clean_env({"UV_PYTHON_DOWNLOADS": "never"}), check=False)
     path = proc.stdout.strip()
     if proc.returncode != 0 or not path:
         return "", ""

@@ -50,7 +50,7 @@ def push(image: im.Image, ref: str, *, base_ref: str, reporter=None) -> dict:
     mount = None
     if not base_ref.startswith(sources.PREFIXES[:3]):
         try:
-            mount = remote.parse_ref(base_ref[len("docker://"):] if base_ref.startswith("docker://") else base_ref)
+            mount = remote.parse_ref(base_ref.removeprefix("docker://"))
         except UserError:
             mount = None
     pushed = remote.push(image, target, mount_from=mount, reporter=reporter)
