@@ -297,3 +297,17 @@ def test_affinity_agrees_with_the_probe_rules_on_every_capability(arch_list, ptx
                 want = driver >= 570 and arch_coverage((major, minor), arch_list, ptx, driver=f"{driver}.999",
                                                        toolkit_driver="575.51.03")["covered"]
                 assert affinity.admits(aff, node(driver, major, minor)) == want, (major, minor, driver)
+
+
+def test_the_yaml_reads_back_as_the_data_written(project):
+    """envmgr's small YAML writer against PyYAML: every manifest, the probe's source included."""
+    from envmgr.cluster import image, k8s, workload, yamltext
+
+    for name in LOCKS:
+        work = workload.load(project, name)
+        m = k8s.Manifests(work, image.pin(f"registry.example/team/train@{DIGEST}"), k8s.Options(nodes=2, gpus=8 if work.gpu else 0))
+        for docs in m.documents().values():
+            assert [d for d in yaml.safe_load_all(yamltext.dump_all(docs)) if d] == docs
+    tricky = {"s": ["yes", "no", "on", "null", "~", "1.30", "0x1F", "-1", "a: b", "#x", "", " lead", "trail ",
+                    "multi\nline\n", "keep\n\n\n", "none\ntrailing", "  indented\nfirst", "tab\there\n", "é ü"]}
+    assert yaml.safe_load(yamltext.dump(tricky)) == tricky
