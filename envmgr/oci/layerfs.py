@@ -33,11 +33,11 @@ def decompress(raw, media_type: str):
 
         return igzip.open(raw, "rb")
     if mt == im.OCI_LAYER_ZSTD:
-        try:
-            import zstandard
-        except ImportError:
-            raise UserError("the image has zstd layers and the zstandard module is not installed")
-        return zstandard.ZstdDecompressor().stream_reader(raw)
+        import zstandard
+
+        # zstd:chunked (podman's default on newer Fedora/RHEL) is many frames, one a file,
+        # then a skippable frame with its table of contents: read across all of them.
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     return raw
 
 
