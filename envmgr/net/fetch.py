@@ -5,7 +5,9 @@ does not publish). A file lands in ``CACHE/files/sha256/<hex>/<filename>`` only 
 bytes hashed to ``<hex>``: a cached file is a verified file. Downloads run in parallel,
 stream to a temp file beside their place and are renamed into it (``core.files``), so a
 killed fetch leaves no half-written file under a valid name. HTTP itself (session, timeouts,
-retries, errors) is ``net.http``.
+retries, errors) is ``net.http``; a download that breaks off or stalls goes on from the bytes
+it has (``http.body``), hashed as they stream, so the sha256 at the end covers every resume
+and progress is counted once.
 """
 
 from __future__ import annotations

@@ -10,9 +10,17 @@ network is decided here once:
   through :func:`~envmgr.core.urls.redact`), with a hint fitting the server (:class:`Server`);
 - a read (``GET``/``HEAD``) that meets a connection failure or a 429/5xx is tried again, at
   most ``ENVMGR_HTTP_RETRIES`` times (default 2), after an exponential back-off with jitter,
-  or as long as the server's ``Retry-After`` asks (capped); requests with a body are sent once;
-- a body that breaks off is one error saying how far it got. Resuming it with a ``Range``
-  request belongs in :func:`body` (which has the request it came from in ``resp.request``).
+  or as long as the server's ``Retry-After`` asks (capped); requests with a body are sent once
+  (a protocol that can resume an upload does so itself, with a :class:`Tries` of its own);
+- a server may stay silent ``ENVMGR_HTTP_TIMEOUT`` seconds (default 60; 300 for registry
+  calls, which may take in a blob for minutes) before a request counts as failed;
+- a body that breaks off or stalls is resumed (:func:`body`): the same ``GET`` again with
+  ``Range: bytes=N-`` (``If-Range`` when the first answer had a validator), its ``206``'s
+  ``Content-Range`` checked; a server that answers ``200`` sends the file from its start and
+  the ``N`` bytes already passed on are skipped. The caller sees one unbroken stream (its
+  hash and its progress bar go on across resumes); the bytes are only as right as the
+  caller's hash says they are. After ``ENVMGR_HTTP_RETRIES`` breaks in a row without a new
+  byte (or :data:`MAX_RESUMES` in all) it is one error saying how far it got.
 
 requests (and urllib3, certifi, charset-normalizer) is imported on first use: a lock whose
 index publishes every hash and size, the usual case, never needs it, and importing it costs
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -35,8 +44,10 @@ from .credentials import Auth
 if TYPE_CHECKING:
     import requests
 
-TIMEOUT = (10, 60)  # seconds: to connect, and between two reads
-LONG_TIMEOUT = (10, 300)  # a registry may say nothing for minutes while it takes in a blob
+CONNECT_TIMEOUT = 10  # seconds to connect
+READ_TIMEOUT = 60  # seconds between two reads (default of ENVMGR_HTTP_TIMEOUT)
+LONG_READ_TIMEOUT = 300  # a registry may say nothing for minutes while it takes in a blob
+MAX_TIMEOUT = 3600
 CHUNK = 1 << 20
 
 OK = range(200, 400)  # statuses a request returns by default; any other raises
@@ -46,6 +57,7 @@ RETRIES = 2  # default of ENVMGR_HTTP_RETRIES
 MAX_RETRIES = 10
 BACKOFF = 0.5  # seconds before the first retry; doubled for each further one, with jitter
 MAX_WAIT = 30.0  # the longest pause, whatever Retry-After says
+MAX_RESUMES = 50  # breaks of one body, however much each resume brought
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_METHODS = frozenset({"GET", "HEAD"})
 
@@ -75,49 +87,89 @@ def session() -> "requests.Session":
     return s
 
 
-def retries() -> int:
-    """How often a failed read is tried again (``ENVMGR_HTTP_RETRIES``)."""
-    text = os.environ.get("ENVMGR_HTTP_RETRIES", "").strip()
+def _setting(name: str, default: int, low: int, high: int) -> int:
+    text = os.environ.get(name, "").strip()
     if not text:
-        return RETRIES
-    if not text.isdigit() or int(text) > MAX_RETRIES:
-        raise UserError(f"ENVMGR_HTTP_RETRIES={text!r} is not a whole number from 0 to {MAX_RETRIES}")
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise UserError(f"{name}={text!r} is not a whole number from {low} to {high}")
     return int(text)
 
 
+def retries() -> int:
+    """How often a failed read is tried again (``ENVMGR_HTTP_RETRIES``)."""
+    return _setting("ENVMGR_HTTP_RETRIES", RETRIES, 0, MAX_RETRIES)
+
+
+def timeouts(long: bool = False) -> tuple[float, float]:
+    """(connect, read) seconds; the read one is ``ENVMGR_HTTP_TIMEOUT`` when set, else 60
+    (``long``: 300, for a registry taking in a blob)."""
+    read = _setting("ENVMGR_HTTP_TIMEOUT", 0, 1, MAX_TIMEOUT)
+    return (min(CONNECT_TIMEOUT, read or CONNECT_TIMEOUT), read or (LONG_READ_TIMEOUT if long else READ_TIMEOUT))
+
+
+class Tries:
+    """The tries again of one transfer: each failure pauses (back-off with jitter, or the
+    server's ``Retry-After``) and is allowed while fewer than ``limit`` failures came in a
+    row without progress (``ENVMGR_HTTP_RETRIES`` by default) and :data:`MAX_RESUMES` in all."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = retries() if limit is None else limit
+        self.in_a_row = 0
+        self.total = 0
+
+    def failed(self, progressed: bool = False) -> bool:
+        """Count a failure; True when it may be tried again."""
+        self.in_a_row = 1 if progressed else self.in_a_row + 1
+        self.total += 1
+        return self.in_a_row <= self.limit and self.total <= MAX_RESUMES
+
+    def pause(self, wait: float | None = None) -> None:
+        _pause(self.in_a_row - 1, wait)
+
+    def again(self, progressed: bool = False, wait: float | None = None) -> bool:
+        """After a failure: pause and say True when it may be tried again, else False."""
+        if not self.failed(progressed):
+            return False
+        self.pause(wait)
+        return True
+
+
+class BrokenConnection(NetworkError):
+    """A request that got no answer: refused, reset, or timed out. A caller that can resume
+    (an upload) catches this one; every other failure is final."""
+
+
 def request(method: str, url: str, *, auth: Auth | tuple[str, str] | None = None, headers: dict | None = None,
-            data=None, stream: bool = False, timeout: tuple[float, float] = TIMEOUT,
+            data=None, stream: bool = False, timeout: tuple[float, float] | None = None,
             ok: Collection[int] = OK, server: Server = INDEX, what: str = "") -> "requests.Response":
     """Send a request and return the response, whose status is in ``ok``; else raise NetworkError.
 
     Credentials in ``url`` never go on the wire as part of it: ``auth`` (credentials by host,
     or a user/password pair) is used, else those in ``url``; ``~/.netrc`` when there are none.
     ``what`` names the object in error lines ("blob sha256:..."); ``server`` says who is asked.
+    ``timeout``: (connect, read) seconds, :func:`timeouts` by default.
     """
     import requests
 
     clean = strip_credentials(url)
     if not isinstance(auth, tuple):
         auth = (auth if auth is not None else Auth.from_urls([url])).for_url(clean)
-    retry = retries() if method.upper() in RETRY_METHODS else 0
-    attempt = 0
+    tries = Tries(None if method.upper() in RETRY_METHODS else 0)
     while True:
-        again = attempt < retry
         try:
             resp = session().request(method, clean, auth=auth, headers=headers, data=data, stream=stream,
-                                     timeout=timeout, allow_redirects=True)
+                                     timeout=timeout or timeouts(), allow_redirects=True)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            if not again:
-                raise _unreachable(exc, url, server, what) from None
-            _pause(attempt, None)
+            if not tries.again():
+                raise _unreachable(exc, url, server, what, BrokenConnection) from None
         except requests.RequestException as exc:
             raise _unreachable(exc, url, server, what) from None
         else:
-            if not (again and resp.status_code in RETRY_STATUSES):
+            if resp.status_code not in RETRY_STATUSES or not tries.failed():
                 return check(resp, ok, server=server, what=what, url=url)
             resp.close()
-            _pause(attempt, retry_after(resp))
-        attempt += 1
+            tries.pause(retry_after(resp))
 
 
 def get(url: str, auth: Auth | tuple[str, str] | None = None, **kw) -> "requests.Response":
@@ -146,20 +198,74 @@ def check(resp: "requests.Response", ok: Collection[int] = OK, *, server: Server
     raise NetworkError(line, hint=hint)
 
 
-def body(resp: "requests.Response", *, server: Server = INDEX, what: str = "",
-         chunk: int = CHUNK) -> Iterator[bytes]:
-    """The chunks of a streamed response's body; a body that breaks off raises NetworkError."""
+def body(resp: "requests.Response", *, server: Server = INDEX, what: str = "", chunk: int = CHUNK,
+         timeout: tuple[float, float] | None = None) -> Iterator[bytes]:
+    """The chunks (at most ``chunk`` bytes: what has come) of a response requested with
+    ``stream=True``, resumed where it broke off or stalled (see the module's docstring); one
+    that cannot be completed raises NetworkError."""
     import requests
+    import urllib3
 
-    done = 0
-    try:
-        for piece in resp.iter_content(chunk):
-            done += len(piece)
-            yield piece
-    except requests.RequestException as exc:
-        subject = (what or redact(resp.url)) + (f" from {server.name}" if server.name else "")
-        raise NetworkError(f"download of {subject} broke off after {done} bytes: {type(exc).__name__}",
-                           hint="retry when the network is back") from None
+    done = 0  # bytes passed on
+    skip = 0  # bytes of the current answer already passed on (a 200 to a Range request)
+    tries = Tries(None if resp.request.method == "GET" else 0)
+    current = resp
+    while True:
+        before = done
+        try:
+            for piece in _pieces(current, chunk):
+                if skip:
+                    cut = min(skip, len(piece))
+                    skip -= cut
+                    piece = piece[cut:]
+                    if not piece:
+                        continue
+                done += len(piece)
+                yield piece
+            return
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            error = exc
+        finally:
+            if current is not resp:
+                current.close()
+        if not tries.again(progressed=done > before):
+            subject = (what or redact(resp.url)) + (f" from {server.name}" if server.name else "")
+            again = f", resumed {tries.total - 1} time(s)" if tries.total > 1 else ""
+            raise NetworkError(f"download of {subject} broke off after {done} bytes{again}: {type(error).__name__}",
+                               hint="retry when the network is back")
+        current, skip = _resume(resp, done, server=server, what=what, timeout=timeout)
+
+
+def _pieces(resp: "requests.Response", chunk: int) -> Iterator[bytes]:
+    """What has come of the body, ``chunk`` bytes at most a piece: a break then loses nothing
+    that had come (``iter_content`` waits for whole chunks, and drops the one it was filling)."""
+    read1 = getattr(resp.raw, "read1", None)  # urllib3 >= 2
+    if read1 is None:
+        yield from resp.iter_content(chunk)
+        return
+    while piece := read1(chunk, decode_content=True):
+        yield piece
+
+
+def _resume(first: "requests.Response", done: int, **kw) -> tuple["requests.Response", int]:
+    """``first``'s request again from byte ``done``: (the answer, how many of its bytes to skip)."""
+    headers = {k: v for k, v in first.request.headers.items() if k.lower() not in ("range", "if-range")}
+    encoded = first.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if done and not encoded:  # a range of an encoded body is not a range of its bytes
+        headers["Range"] = f"bytes={done}-"
+        etag = first.headers.get("ETag", "")
+        validator = etag if etag and not etag.startswith("W/") else first.headers.get("Last-Modified")
+        if validator:
+            headers["If-Range"] = validator
+    resp = request("GET", first.url, headers=headers, stream=True, ok=(200, 206), **kw)
+    if resp.status_code == 200:
+        return resp, done
+    start = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+    if not start or int(start.group(1)) > done:
+        resp.close()
+        raise NetworkError(f"{_where(kw['server'], first.url)}: resumed download of {kw['what'] or 'the file'} "
+                           f"from byte {done} answered with Content-Range {resp.headers.get('Content-Range')!r}")
+    return resp, done - int(start.group(1))
 
 
 def retry_after(resp: "requests.Response") -> float | None:
@@ -189,6 +295,7 @@ def _where(server: Server, url: str) -> str:
     return server.name or redact(url)
 
 
-def _unreachable(exc: Exception, url: str, server: Server, what: str) -> NetworkError:
-    return NetworkError(f"cannot reach {_where(server, url)}" + (f" for {what}" if what else "")
+def _unreachable(exc: Exception, url: str, server: Server, what: str,
+                 kind: type[NetworkError] = NetworkError) -> NetworkError:
+    return kind(f"cannot reach {_where(server, url)}" + (f" for {what}" if what else "")
                         + f": {type(exc).__name__}", hint=server.reach_hint)
