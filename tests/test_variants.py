@@ -15,7 +15,9 @@ from envmgr.model.variants import driver_at_least, is_variant_name, kb, parse_to
 
 REPO = Path(__file__).resolve().parents[1]
 # (variant, torch minor) the knowledge base names but has no compiled-arch list for yet.
-ARCH_GAPS = {("cu132", "2.12")}
+# (variant, torch minor) the knowledge base names but has no compiled-arch list for yet: these
+# are inferred (the nearest known release of the variant) and say so.
+ARCH_GAPS = {("cu132", "2.12"), ("cu132", "2.13"), ("cu132", "2.14")}
 
 
 def envmgr(*args: str) -> subprocess.CompletedProcess:
@@ -90,7 +92,7 @@ def test_variants_json() -> None:
     assert data["cuda"]["12.6"]["source"] and data["sources"]
 
 
-@pytest.mark.parametrize("spec,minors", [("2.7", ["2.7"]), ("2.7.1", ["2.7"]), (">=2.11", ["2.11", "2.12"])])
+@pytest.mark.parametrize("spec,minors", [("2.7", ["2.7"]), ("2.7.1", ["2.7"]), (">=2.11", ["2.11", "2.12", "2.13", "2.14", "2.15"])])
 def test_variants_torch_filter(spec: str, minors: list[str]) -> None:
     proc = envmgr("--torch", spec, "--json")
     assert proc.returncode == 0, proc.stderr

@@ -23,11 +23,14 @@ from packaging.version import Version
 
 from ..core.errors import EnvmgrError, LockFileError, ResolutionError
 from ..core.files import write_atomic
+from ..core.urls import redact
 from ..model import lockfile, profiles
 from ..model.lockfile import Lock, LockMeta
+from ..model.names import canonical
 from ..model.profiles import Profile
 from ..model.variants import kb
 from ..net.credentials import Auth
+from . import facts as wheelfacts
 from . import resolve
 
 Log = Callable[[str], None] | None
@@ -97,9 +100,10 @@ def check_one(project: Path, name: str) -> CheckResult:
         return CheckResult(name, path, False, [f"unreadable lock: {exc.message}"])
     backend = resolve.backend(current.meta.resolver)
     inputs = profile.lock_inputs(backend.name, backend.version())
-    if lockfile.fingerprint(inputs) == current.meta.fingerprint:
-        return CheckResult(name, path, True, [])
-    return CheckResult(name, path, False, [f"input {line}" for line in lockfile.changed_inputs(current.meta.inputs, inputs)])
+    reasons = [] if lockfile.fingerprint(inputs) == current.meta.fingerprint else \
+        [f"input {line}" for line in lockfile.changed_inputs(current.meta.inputs, inputs)]
+    reasons += wheelfacts.drift(current)  # the knowledge base (and overlays) and the torch binary
+    return CheckResult(name, path, not reasons, reasons)
 
 
 def check(project: Path, names: list[str]) -> list[CheckResult]:
@@ -137,9 +141,25 @@ def _verify(profile: Profile, idx: resolve.Indexes, packages) -> None:
                 raise ResolutionError(f"profile {profile.name}: {p.name} came from {p.index}, not the torch index")
 
 
-def build_lock(profile: Profile, backend_name: str, backend_version: str, packages, torch_index: str) -> Lock:
+def _family_guess(profile: Profile, previous: Lock | None) -> tuple[str, ...] | None:
+    """The torch-family packages to resolve up front: the previous lock's (None: the
+    knowledge base's usual ones)."""
+    if previous is None or previous.meta.variant != profile.variant:
+        return None
+    from packaging.requirements import Requirement
+
+    direct = {canonical(Requirement(r).name) for r in profile.requirements}
+    return tuple(sorted(p.key for p in previous.packages
+                        if kb().is_torch_family(p.key) and p.key != "torch" and p.key not in direct))
+
+
+def build_lock(profile: Profile, backend_name: str, backend_version: str, packages, torch_index: str,
+               build=None, binary: dict | None = None) -> Lock:
+    """The lock of ``packages``; ``build``: the torch file's own facts (``model.facts``),
+    ``binary``: the arch list read from its ``libtorch_cuda.so`` (``lock.facts``)."""
     torch = next(p for p in packages if p.name == "torch")
-    facts = kb().facts(profile.variant, torch.version)
+    facts, sources = wheelfacts.lock_facts(profile.variant, torch.version, build, binary, profile.python,
+                                           profile.platform)
     inputs = profile.lock_inputs(backend_name, backend_version)
     meta = LockMeta(
         profile=profile.name,
@@ -151,11 +171,16 @@ def build_lock(profile: Profile, backend_name: str, backend_version: str, packag
         platform=profile.platform,
         variant=profile.variant,
         torch_index=torch_index,
-        cuda=facts.cuda,
-        min_driver=facts.min_driver,
-        toolkit_driver=facts.toolkit_driver,
-        arch_list=facts.arch_list,
-        ptx=facts.ptx,
+        cuda=facts["cuda"],
+        min_driver=facts["min-driver"],
+        toolkit_driver=facts["toolkit-driver"],
+        arch_list=tuple(facts["arch-list"]),
+        ptx=facts["ptx"],
+        build=facts["build"],
+        cudnn=facts.get("cudnn", ""),
+        nccl=facts.get("nccl", ""),
+        triton=facts.get("triton", ""),
+        sources=tuple(sorted(sources.items())),
     )
     return Lock(
         packages=tuple(sorted(packages, key=lambda p: p.key)),
@@ -192,26 +217,54 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
 
         if log:
             log(f"{name}: resolving with {backend.name} for python {profile.python} on {profile.platform}")
-        with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
-            pinned = backend.resolve(resolve.Request(
-                profile=profile,
-                workdir=Path(tmp),
-                previous=None if upgrade else previous_text,
-                upgrade=upgrade,
-                upgrade_packages=tuple(upgrade_packages),
-                meanwhile=meanwhile,
-            ))
         auth = Auth.from_urls(idx.all_urls())
-        packages = resolve.finish(pinned, auth=auth)
+        family = _family_guess(profile, previous)
+
+        def resolved(family) -> tuple[list, object]:
+            with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
+                pinned = backend.resolve(resolve.Request(
+                    profile=profile,
+                    workdir=Path(tmp),
+                    previous=None if upgrade else previous_text,
+                    upgrade=upgrade,
+                    upgrade_packages=tuple(upgrade_packages),
+                    meanwhile=meanwhile,
+                    family=family,
+                ))
+            packages = resolve.finish(pinned, auth=auth)
+            torch = next((p for p in packages if p.name == "torch"), None)
+            if torch is None or not torch.files:
+                _verify(profile, idx, packages)  # says what is missing
+            # What the pinned torch file says of itself: a profile whose variant is not the
+            # build's stops here, before any lock is written.
+            build = wheelfacts.build_facts("torch", torch.install_file, auth=auth)
+            wheelfacts.check_variant(profile, build, torch.version, redact(resolve.strip_credentials(profile.torch_index)))
+            return packages, build
+
+        packages, build = resolved(family)
+        # torch-family packages the resolver was given up front (the usual triton) that this
+        # torch build does not require are resolved away again: only what it needs is locked
+        added = set(getattr(backend, "added_family", ()))
+        needed = wheelfacts.family_required(build, profile)
+        if added - needed:
+            if log:
+                log(f"{name}: torch {build.version} requires no {', '.join(sorted(added - needed))}; resolving without")
+            packages, build = resolved(tuple(sorted(needed)))
         _verify(profile, idx, packages)
+        binary = None
+        torch = next(p for p in packages if p.name == "torch")
         if verify:
             # Download every file into the verified cache: a published hash that does not
             # match the bytes fails here, before the lock is written.
             from ..net.fetch import fetch
 
-            fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
+            paths = fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
+            if build.cuda:
+                binary = wheelfacts.binary_archs(paths[torch.install_file.sha256], torch.install_file.sha256)
+        elif build.cuda:
+            binary = wheelfacts.cached_binary_of(torch)
         lock = build_lock(profile, backend.name, version(), packages,
-                          resolve.strip_credentials(idx.torch or idx.default))
+                          resolve.strip_credentials(idx.torch or idx.default), build, binary)
         changed = write_atomic(path, lock.dumps())
     return LockResult(name, path, changed, lock, time.monotonic() - started, previous.pins if previous else {})
 

@@ -53,6 +53,9 @@ class Request:
     # Work for the caller while the resolver process runs (called each time a backend
     # waits for one; the caller makes it run-once). Its return value is ignored.
     meanwhile: Callable[[], object] | None = None
+    # torch-family packages to resolve from the torch index up front, besides the profile's
+    # (None: the knowledge base's usual ones for the variant, e.g. triton for CUDA on x86_64)
+    family: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,11 @@ class Indexes:
 class UvBackend:
     name = "uv"
 
+    def __init__(self) -> None:
+        # torch-family packages added as direct requirements by the last resolve (the caller
+        # resolves again without those the torch build turns out not to require)
+        self.added_family: tuple[str, ...] = ()
+
     def version(self) -> str:
         return uv_version()
 
@@ -148,10 +156,23 @@ class UvBackend:
         idx = Indexes.of(p)
         direct = {canonical(Requirement(r).name) for r in p.requirements}
         extra_family: list[str] = []
-        if idx.torch and kb().cuda_of(p.variant) and p.platform == "linux-x86_64":
+        if req.family is not None and idx.torch:
+            extra_family = [n for n in req.family if n not in direct]
+        elif idx.torch and kb().cuda_of(p.variant) and p.platform == "linux-x86_64":
             extra_family = [n for n in kb().cuda_runtime_family if n not in direct]
+        guessed = req.family is None and bool(extra_family)
         for _attempt in range(3):
-            pinned = self._run(req, idx, extra_family)
+            try:
+                pinned = self._run(req, idx, extra_family)
+            except ResolutionError:
+                if not guessed:
+                    raise
+                # the guess (triton) may not be on this index at all (a partial mirror, a
+                # build that needs none): resolve without it; what torch requires comes back
+                extra_family, guessed = [], False
+                pinned = self._run(req, idx, extra_family)
+            guessed = False
+            self.added_family = tuple(extra_family)
             if not idx.torch:
                 return pinned
             sourced = direct | set(extra_family)

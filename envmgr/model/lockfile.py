@@ -92,6 +92,23 @@ class LockMeta:
     toolkit_driver: str = ""
     arch_list: tuple[str, ...] = ()
     ptx: str = ""
+    # What the torch file says of itself (``model.facts``): its version with the local label,
+    # and the cuDNN, NCCL and triton it pins; "" for a lock made before envmgr read them.
+    build: str = ""
+    cudnn: str = ""
+    nccl: str = ""
+    triton: str = ""
+    # fact (cuda, min-driver, toolkit-driver, arch-list, ptx) -> where it came from
+    # (wheel-metadata, wheel-binary, knowledge-base, inferred); pairs, sorted
+    sources: tuple[tuple[str, str], ...] = ()
+
+    def source_of(self, fact: str) -> str:
+        return dict(self.sources).get(fact, "")
+
+    @property
+    def inferred(self) -> tuple[str, ...]:
+        """The recorded facts that no primary source gave."""
+        return tuple(name for name, src in self.sources if src == "inferred")
 
 
 @dataclass(frozen=True)
@@ -210,8 +227,11 @@ def dumps(lock: Lock, local: dict[str, Path] | None = None) -> str:
         "torch-index": m.torch_index, "cuda": m.cuda, "min-driver": m.min_driver, "toolkit-driver": m.toolkit_driver,
         "arch-list": list(m.arch_list), "ptx": m.ptx,
     }
+    tool.update({k: v for k, v in (("build", m.build), ("cudnn", m.cudnn), ("nccl", m.nccl), ("triton", m.triton)) if v})
     out += ["", "[tool.envmgr]", *(f"{k} = {_value(v)}" for k, v in tool.items())]
     out += ["", "[tool.envmgr.inputs]", *(f"{k} = {_value(m.inputs[k])}" for k in sorted(m.inputs))]
+    if m.sources:
+        out += ["", "[tool.envmgr.sources]", *(f"{k} = {_value(v)}" for k, v in m.sources)]
     return "\n".join(out) + "\n"
 
 
@@ -278,6 +298,11 @@ def _loads(text: str, path: str) -> Lock:
             toolkit_driver=tool.get("toolkit-driver", ""),
             arch_list=tuple(tool.get("arch-list", ())),
             ptx=tool.get("ptx", ""),
+            build=tool.get("build", ""),
+            cudnn=tool.get("cudnn", ""),
+            nccl=tool.get("nccl", ""),
+            triton=tool.get("triton", ""),
+            sources=tuple(sorted((str(k), str(v)) for k, v in (tool.get("sources") if isinstance(tool.get("sources"), dict) else {}).items())),
         )
     except KeyError as exc:
         raise LockFileError(f"{path}: [tool.envmgr] lacks {exc.args[0]!r}", hint="regenerate it with `envmgr lock`")

@@ -46,6 +46,7 @@ IMAGE_KEYS: dict[str, tuple[type | tuple, str]] = {
     "entrypoint": (list, "entrypoint"),
     "cmd": (list, "default command"),
     "tag": (str, "image name and tag (default derived from profile and lock digest)"),
+    "modes": (list, "how the image runs: shell, jupyter, ssh (default [\"shell\"])"),
 }
 
 # platform keyword -> (uv --python-platform, PEP 508 environment marker)
@@ -97,6 +98,13 @@ class Profile:
     @property
     def environment_marker(self) -> str:
         return PLATFORMS[self.platform][1]
+
+    def where(self, key: str) -> str:
+        """``FILE:LINE`` of the line that sets ``key`` (the last file of the chain that does)."""
+        for f in reversed(self.files or (self.path,)):
+            if _line_of(f, key):
+                return _where(f, key)
+        return str(self.path)
 
     def lock_inputs(self, resolver: str, resolver_version: str) -> dict:
         """Every input that affects resolution; the lock's fingerprint covers exactly these."""
@@ -328,7 +336,9 @@ def _check_variant_facts(p: Profile, where) -> None:
         wrong = [r for r in with_variant if r.pypi_default != p.variant]
         if wrong:
             r = wrong[0]
+            cuda = k.cuda_of(r.pypi_default)
             raise ProfileError(
                 f"{where('torch-index-url')}: torch {r.minor} on PyPI is a {r.pypi_default} build, not {p.variant}",
-                hint=f"set variant = \"{r.pypi_default}\", or drop torch-index-url to use the {p.variant} index",
+                hint=f"set variant = \"{r.pypi_default}\"{f' (CUDA {cuda})' if cuda else ''} in "
+                     f"{where('variant')}, or drop torch-index-url to use the {p.variant} index",
             )

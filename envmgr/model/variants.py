@@ -1,7 +1,15 @@
 """The variant knowledge base: which index, which CUDA, which driver, which GPUs.
 
-Reads ``envmgr/data/variants.toml`` (the only place these facts are written down) into
-frozen dataclasses. Every other module asks this one; nothing else hard-codes them.
+Reads ``envmgr/model/data/variants.toml`` (the reviewed base: the only place these facts are
+written down in envmgr) into frozen dataclasses, with the overlays ``envmgr variants
+--refresh`` writes laid over it: ``CACHE/knowledge/variants.toml`` (the user's) and the
+project's ``variants.toml`` beside ``profiles/`` (committed, wins). An overlay's tables add
+or replace entries of the same name; its ``[[arch]]`` entries come before the base's. Every
+other module asks this one; nothing else hard-codes them.
+
+A fact the tables do not hold is inferred, and says so (``VariantFacts.sources``): the arch
+list of the nearest known release of the same variant (else of the same CUDA major), the
+driver minimum of the newest known CUDA of the same major.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from ..core.compat import tomllib
+from ..core.errors import UserError
 from .gpucompat import driver_at_least, version_tuple
 from .names import canonical
 
@@ -27,6 +36,7 @@ class CudaInfo:
     min_driver: str  # minor-version compatibility minimum
     toolkit_driver: str  # the toolkit's own driver: needed for PTX JIT
     source: str
+    toolkit_source: str = ""  # when the toolkit's driver has a source of its own
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,15 @@ class VariantFacts:
     arch_list: tuple[str, ...]
     ptx: str
     sources: tuple[str, ...] = field(default=())
+    # fact name (min-driver, toolkit-driver, arch-list, ptx) -> knowledge-base | inferred
+    origin: tuple[tuple[str, str], ...] = field(default=())
+
+    def source_of(self, fact: str) -> str:
+        return dict(self.origin).get(fact, "")
+
+    @property
+    def inferred(self) -> tuple[str, ...]:
+        return tuple(name for name, src in self.origin if src == "inferred")
 
 
 @dataclass(frozen=True)
@@ -147,11 +166,59 @@ class KnowledgeBase:
                 return entry
         return None
 
-    def facts(self, variant: str, torch_version: str) -> VariantFacts:
-        """Everything a lock records about (variant, torch version); "" where unknown."""
-        cuda = self.cuda_of(variant)
-        info = self.driver_for_cuda(cuda) if cuda else None
-        arch = self.arch_list(variant, torch_version) if cuda else None
+    def cuda_info(self, cuda: str) -> tuple[CudaInfo | None, bool]:
+        """(the driver facts of a CUDA version, inferred?): a version the table lacks takes the
+        newest known one of its major (13.4 -> 13.2's)."""
+        info = self.cuda.get(cuda)
+        if info is not None or not cuda:
+            return info, bool(info and _is_inferred(info.source))
+        same = [v for v in self.cuda if v.split(".")[0] == cuda.split(".")[0]]
+        if not same:
+            return None, False
+        return self.cuda[max(same, key=version_tuple)], True
+
+    def arch_for(self, variant: str, torch_version: str, cuda: str = "") -> tuple[ArchList | None, bool]:
+        """(the arch list entry, inferred?): the table's, else the nearest known release's of
+        the same variant, else of the same CUDA major (newest)."""
+        entry = self.arch_list(variant, torch_version)
+        if entry is not None:
+            return entry, _is_inferred(entry.source)
+        cuda = cuda or self.cuda_of(variant)
+        if not cuda:
+            return None, False
+        try:
+            want = Version(Version(torch_version).base_version)
+        except InvalidVersion:
+            return None, False
+
+        def lowest(e: ArchList) -> Version:
+            bounds = [Version(s.version) for s in SpecifierSet(e.torch) if s.operator in (">=", "==", "~=")]
+            return min(bounds) if bounds else Version("0")
+
+        same = [e for e in self.arch if e.variant == variant]
+        if not same:
+            major = cuda.split(".")[0]
+            same = [e for e in self.arch if self.cuda_of(e.variant).split(".")[0] == major]
+        if not same:
+            return None, False
+        older = [e for e in same if lowest(e) <= want]
+        pick = max(older or same, key=lambda e: (lowest(e), version_tuple(self.cuda_of(e.variant))))
+        return pick, True
+
+    def facts(self, variant: str, torch_version: str, cuda: str | None = None) -> VariantFacts:
+        """Everything a lock records about (variant, torch version); "" where unknown. ``cuda``:
+        the build's own CUDA version when read from its wheel (else the variant's)."""
+        cuda = self.cuda_of(variant) if cuda is None else cuda
+        info, info_inferred = self.cuda_info(cuda) if cuda else (None, False)
+        arch, arch_inferred = self.arch_for(variant, torch_version, cuda) if cuda else (None, False)
+        origin = []
+        if info:
+            origin += [("min-driver", "inferred" if info_inferred else "knowledge-base"),
+                       ("toolkit-driver", "inferred" if info_inferred or _is_inferred(info.toolkit_source)
+                        else "knowledge-base")]
+        if arch:
+            origin += [("arch-list", "inferred" if arch_inferred else "knowledge-base"),
+                       ("ptx", "inferred" if arch_inferred else "knowledge-base")]
         return VariantFacts(
             variant=variant,
             cuda=cuda,
@@ -159,7 +226,10 @@ class KnowledgeBase:
             toolkit_driver=info.toolkit_driver if info else "",
             arch_list=arch.sm if arch else (),
             ptx=("sm_" + arch.ptx.replace(".", "")) if arch and arch.ptx else "",
-            sources=tuple(s for s in (info.source if info else "", arch.source if arch else "") if s),
+            sources=tuple(s for s in (info.source if info else "", arch.source if arch else "") if s)
+            + (("inferred",) if (info_inferred or arch_inferred) and not any(
+                _is_inferred(x) for x in (info.source if info else "", arch.source if arch else "")) else ()),
+            origin=tuple(origin),
         )
 
     def variants_for_driver(self, driver: str) -> list[str]:
@@ -189,11 +259,72 @@ def is_variant_name(variant: str) -> bool:
     return bool(_VARIANT_RE.match(variant))
 
 
+def _is_inferred(source: str) -> bool:
+    return source.strip().lower().startswith("inferred")
+
+
+BASE = Path(__file__).parent / "data" / "variants.toml"
+
+
+def overlay_paths() -> list[Path]:
+    """Where overlays are read from, weakest first: the user's cache, then the project's."""
+    from ..core.settings import cache_dir, find_project
+
+    return [cache_dir() / "knowledge" / "variants.toml", find_project() / "variants.toml"]
+
+
+def read_overlay(path: Path) -> dict:
+    """An overlay's tables ({} when the file does not exist); one-line error when unreadable."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the variants overlay: {exc}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: the variants overlay is not valid TOML: {exc}",
+                        hint="fix it, or delete it and run `envmgr variants --refresh`")
+    for table in ("torch", "cuda", "variants", "sources"):
+        if not isinstance(data.get(table, {}), dict):
+            raise UserError(f"{path}: [{table}] must be a table of tables")
+    if not isinstance(data.get("arch", []), list):
+        raise UserError(f"{path}: arch must be an array of tables ([[arch]])")
+    return data
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """``overlay`` laid over ``base`` (see the module doc)."""
+    out = dict(base)
+    for table in ("torch", "cuda", "variants", "sources"):
+        if table in overlay:
+            out[table] = {**base.get(table, {}), **overlay[table]}
+    if overlay.get("arch"):
+        out["arch"] = [*overlay["arch"], *base.get("arch", [])]
+    return out
+
+
 @functools.cache
 def kb() -> KnowledgeBase:
     # Read beside this module (the package is installed as files: wheel, editable, tool
     # venv): importlib.resources would cost every command ~4 ms of imports.
-    raw = tomllib.loads((Path(__file__).parent / "data" / "variants.toml").read_text("utf-8"))
+    raw = tomllib.loads(BASE.read_text("utf-8"))
+    for path in overlay_paths():
+        if path.is_file():
+            raw = merge(raw, read_overlay(path))
+    return build(raw, where=" or ".join(str(p) for p in overlay_paths()))
+
+
+def build(raw: dict, where: str = "") -> KnowledgeBase:
+    try:
+        return _build(raw)
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidSpecifier) as exc:
+        raise UserError(f"the variants knowledge base (with the overlay {where}) has a bad entry: "
+                        f"{type(exc).__name__}: {exc}", hint="fix or delete the overlay")
+
+
+def _build(raw: dict) -> KnowledgeBase:
     idx = raw["index"]
     return KnowledgeBase(
         index_template=idx["url"],
@@ -202,11 +333,11 @@ def kb() -> KnowledgeBase:
         rocm_runtime_family=tuple(idx["rocm-runtime-family"]),
         variant_cuda={name: entry["cuda"] for name, entry in raw["variants"].items()},
         cuda={
-            ver: CudaInfo(ver, e["min-driver"], e["toolkit-driver"], e["source"])
+            ver: CudaInfo(ver, e["min-driver"], e["toolkit-driver"], e["source"], e.get("toolkit-source", ""))
             for ver, e in raw["cuda"].items()
         },
-        torch={
-            minor: TorchRelease(
+        torch=dict(sorted((
+            (minor, TorchRelease(
                 minor=minor,
                 variants=tuple(e["variants"]),
                 pypi_default=e["pypi-default"],
@@ -215,12 +346,12 @@ def kb() -> KnowledgeBase:
                 torchvision=e["torchvision"],
                 torchaudio=e["torchaudio"],
                 source=e["source"],
-            )
+            ))
             for minor, e in raw["torch"].items()
-        },
+        ), key=lambda item: version_tuple(item[0]))),
         arch=tuple(
             ArchList(e["variant"], e["torch"], tuple(e["list"]), e["ptx"], e["source"])
-            for e in raw["arch"]
+            for e in raw["arch"] if SpecifierSet(e["torch"]) is not None
         ),
         sources=dict(raw["sources"]),
     )
