@@ -3,8 +3,10 @@
 Every manifest goes through ``kubernetes-validate`` (its command line, as a user runs it, and
 its Python API resource by resource, so a kind it does not know cannot slip through as a
 warning), strict, for Kubernetes 1.30.0 and the newest version it knows. The PyTorchJob is
-checked against the training operator's own CRD schema (``tests/data/``), made strict the way
-the API server's field validation is: no field the schema does not name.
+checked against the training operator's published API types (its Python SDK on PyPI,
+``kubeflow-training``, generated from the operator's OpenAPI spec, with the Kubernetes client's
+models for the pod template), read strictly the way the API server's field validation is: no
+field the API does not name, no wrong type, no required field missing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 
@@ -29,7 +30,6 @@ kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-v
 from kubernetes_validate import utils as kv_utils  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CRD = Path(__file__).with_name("data") / "kubeflow.org_pytorchjobs.yaml"
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"registry.example:5000/team/envmgr-train@{DIGEST}"
 VERSIONS = ("1.30.0", kv_utils.latest_version())
@@ -111,7 +111,7 @@ def test_every_manifest_passes_kubernetes_validate_strict(rendered, version):
         assert "WARN" not in proc.stdout + proc.stderr and "ERROR" not in proc.stdout + proc.stderr, proc.stdout
         for fname, doc in all_docs(docs):
             if doc["kind"] == "PyTorchJob":
-                with pytest.raises(kv_utils.SchemaNotFoundError):  # a CRD: checked below, against its own schema
+                with pytest.raises(kv_utils.SchemaNotFoundError):  # a custom resource: checked below, against the operator's API
                     kv_utils.validate(doc, version, strict=True)
                 continue
             kv_utils.validate(doc, version, strict=True)  # raises on any error
@@ -120,38 +120,80 @@ def test_every_manifest_passes_kubernetes_validate_strict(rendered, version):
     print(f"kubernetes-validate --strict -k {version}: {count} resources")
 
 
-def _strict(schema):
-    """The CRD's structural schema as the API server applies it with field validation Strict:
-    an object lists its fields, nothing else is accepted (unless it preserves unknown fields)."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out \
-                and not out.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    return schema
+def _conform(value, typ: str, path: str, errors: list[str]):
+    """``value`` read as the training operator's API type ``typ`` (its Python SDK's models,
+    generated from the operator's OpenAPI spec, with the Kubernetes client's models for the
+    pod template), the way the API server's field validation Strict reads it: an unknown
+    field or a wrong type is an error; a model is built, so a missing required field raises."""
+    import re
+
+    from kubeflow.training import models as kf
+    from kubernetes.client import models as k8s
+
+    if m := re.fullmatch(r"list\[(.+)\]", typ):
+        if not isinstance(value, list):
+            errors.append(f"{path}: want a list")
+            return None
+        return [_conform(v, m.group(1), f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if m := re.fullmatch(r"dict\((\w+), (.+)\)", typ):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: want a map")
+            return None
+        return {k: _conform(v, m.group(2), f"{path}.{k}", errors) for k, v in value.items()}
+    scalars = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "datetime": (str,), "object": (object,)}
+    if typ in scalars:
+        if not isinstance(value, scalars[typ]) or (typ == "int" and isinstance(value, bool)):
+            errors.append(f"{path}: want {typ}, got {value!r}")
+        return value
+    cls = getattr(kf, typ, None) or getattr(k8s, typ)
+    if not isinstance(value, dict):
+        errors.append(f"{path}: want a {typ} object")
+        return None
+    fields = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    kwargs = {}
+    for key, item in value.items():
+        if key not in fields:
+            errors.append(f"{path}.{key}: not a field of {typ}")
+            continue
+        kwargs[fields[key]] = _conform(item, cls.openapi_types[fields[key]], f"{path}.{key}", errors)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a required field missing
+        errors.append(f"{path}: {exc}")
+        return None
 
 
-def test_pytorchjob_matches_the_training_operator_crd(rendered):
-    crd = next(d for d in yaml.safe_load_all(CRD.read_text()) if d)
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    schema = _strict(version["schema"]["openAPIV3Schema"])
-    validator = jsonschema.Draft7Validator(schema)
+def validate_pytorchjob(job: dict) -> list[str]:
+    errors: list[str] = []
+    _conform(job, "KubeflowOrgV1PyTorchJob", "PyTorchJob", errors)
+    return errors
+
+
+def test_pytorchjob_matches_the_training_operator_api(rendered):
+    pytest.importorskip("kubeflow.training", reason="pip install kubeflow-training (the test extra)")
     for name, (_, docs) in rendered.items():
         (job,) = docs["train-pytorchjob.yaml"]
-        assert job["apiVersion"] == f"{crd['spec']['group']}/v1" and job["kind"] == crd["spec"]["names"]["kind"]
-        errors = sorted(validator.iter_errors(job), key=lambda e: list(e.path))
-        assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])
+        assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+        errors = validate_pytorchjob(job)
+        assert not errors, "\n".join(errors[:10])
         specs = job["spec"]["pytorchReplicaSpecs"]
         assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == (2 if name == "cpu" else 1)
         for spec in pods(job):
             assert spec["containers"][0]["name"] == "pytorch"  # the operator's container name
-    # the strict schema does refuse a field it does not know
-    bad = json.loads(json.dumps(rendered["cu130"][1]["train-pytorchjob.yaml"][0]))
-    bad["spec"]["pytorchReplicaSpecs"]["Master"]["replica"] = 1
-    assert list(validator.iter_errors(bad))
+    # the check does refuse what the operator's API does not have
+    good = rendered["cu130"][1]["train-pytorchjob.yaml"][0]
+    for path, change in [(("spec", "pytorchReplicaSpecs", "Master"), {"replica": 1}),
+                         (("spec", "pytorchReplicaSpecs", "Master"), {"replicas": "one"}),
+                         (("spec",), {"pytorchReplicaSpecs": None})]:
+        bad = json.loads(json.dumps(good))
+        node = bad
+        for key in path:
+            node = node[key]
+        node.update(change)
+        assert validate_pytorchjob(bad), (path, change)
+    container = json.loads(json.dumps(good))
+    del next(iter(pods(container)))["containers"][0]["name"]
+    assert any("`name`" in e for e in validate_pytorchjob(container))
 
 
 # -- what the pods are ------------------------------------------------------------------------
