@@ -14,12 +14,19 @@ ENV_VARS = {
     "ENVMGR_RESOLVER": "default resolver for `envmgr lock` (uv or pip-tools)",
     "ENVMGR_VENV_DIR": "where profile venvs live (default: PROJECT/.envmgr/venvs)",
     "ENVMGR_NO_PROGRESS": "set to 1 to disable progress bars",
-    "ENVMGR_HTTP_RETRIES": "how often a failed HTTP read (connection error, 429, 5xx) is tried again, 0-10 (default 2)",
+    "ENVMGR_HTTP_RETRIES": "how often a failed HTTP read (connection error, 429, 5xx) is tried again, and a broken "
+                           "download or upload resumed without progress, 0-10 (default 2)",
+    "ENVMGR_HTTP_TIMEOUT": "seconds a server may stay silent before a request is retried or resumed, 1-3600 "
+                           "(default 60; 300 for registry calls)",
     "ENVMGR_DRIVER_VERSION": "pretend the NVIDIA driver is this version (testing, containers)",
     "ENVMGR_DEFAULT_REGISTRY": "registry for image references without a host (export-image --base/--push)",
     "ENVMGR_INSECURE_REGISTRIES": "comma-separated registries reached over plain HTTP (localhost/127.* always are)",
-    "ENVMGR_REGISTRY_USERNAME": "registry user name (else ~/.docker/config.json or REGISTRY_AUTH_FILE)",
+    "ENVMGR_REGISTRY_USERNAME": "registry user name; with ENVMGR_REGISTRY_PASSWORD it comes first, else per auth "
+                                "file: credHelpers, credsStore, then auths",
     "ENVMGR_REGISTRY_PASSWORD": "registry password or token",
+    "DOCKER_CONFIG": "folder of docker's config.json (default ~/.docker): registry credentials, looked in first",
+    "REGISTRY_AUTH_FILE": "podman's auth file, looked in after docker's (then $XDG_RUNTIME_DIR/containers/auth.json, "
+                          "~/.config/containers/auth.json)",
     "SOURCE_DATE_EPOCH": "timestamp for image layers and config (default 0): same lock, same digest",
     "DOCKER_HOST": "engine socket for export-image --load and check --image (podman's socket works)",
 }

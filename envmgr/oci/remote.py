@@ -1,15 +1,19 @@
 """A registry client over the OCI distribution API: pull and push, no daemon.
 
-Auth: on a 401 the ``WWW-Authenticate`` challenge is followed, Bearer (token from the realm,
-with basic credentials when there are any) or Basic. Credentials come from
-``ENVMGR_REGISTRY_USERNAME``/``ENVMGR_REGISTRY_PASSWORD``, else ``$DOCKER_CONFIG/config.json``
-or ``~/.docker/config.json`` (``auths``), else podman's ``auth.json``. Registries on
-localhost/127.0.0.1 (and those in ``ENVMGR_INSECURE_REGISTRIES``) are spoken to over plain
-HTTP. A reference without a registry host uses ``ENVMGR_DEFAULT_REGISTRY``.
+Auth: on a 401 the ``WWW-Authenticate`` challenge is followed, Bearer (a token from the realm:
+with basic credentials when there are any, or an OAuth2 refresh-token grant for an identity
+token) or Basic. Credentials are looked up on the first challenge, as docker and podman find
+them (``net.registryauth``: envmgr's variables, then credential helpers and the ``auths`` of
+docker's config.json and podman's auth.json). Registries on localhost/127.0.0.1 (and those in
+``ENVMGR_INSECURE_REGISTRIES``) are spoken to over plain HTTP. A reference without a registry
+host uses ``ENVMGR_DEFAULT_REGISTRY``.
 
 Push, per blob: ``HEAD`` (skip when present), a cross-repository mount for blobs the base
-came with, else ``POST`` + one streamed ``PUT``; then the manifest, whose digest the registry
-must echo. Pulled blobs are verified against their digest before they enter the blob store.
+came with, else an upload (:func:`_upload`: one streamed ``PUT``, or ``PATCH`` chunks for a
+blob over :data:`CHUNKED_OVER`, resumed from the offset the registry reports after a broken
+connection); then the manifest, whose digest the registry must echo. Pulled blobs are
+verified against their digest before they enter the blob store (a pull that breaks off is
+resumed by ``net.http.body``).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin
 
 from ..core.errors import NetworkError, UserError
-from ..net import http
+from ..net import http, registryauth
 from ..net.fetch import NullReporter
+from ..net.registryauth import RegistryCreds
 from . import image as im
 from .layers import BlobStore
 from .layout import manifest_to_image, pick_platform
@@ -91,42 +96,7 @@ def parse_ref(text: str) -> Ref:
     return Ref(host=host, repo=path, tag=tag, digest=digest)
 
 
-# -- credentials ------------------------------------------------------------------------------
-
-def _auth_files() -> list[Path]:
-    out = []
-    cfg = os.environ.get("DOCKER_CONFIG")
-    out.append(Path(cfg) / "config.json" if cfg else Path.home() / ".docker" / "config.json")
-    if os.environ.get("REGISTRY_AUTH_FILE"):
-        out.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        out.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
-    return out
-
-
-def credentials(host: str) -> tuple[str, str] | None:
-    user, password = os.environ.get("ENVMGR_REGISTRY_USERNAME"), os.environ.get("ENVMGR_REGISTRY_PASSWORD")
-    if user and password is not None:
-        return user, password
-    for f in _auth_files():
-        try:
-            auths = json.loads(f.read_text()).get("auths", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        for key, entry in auths.items():
-            k = re.sub(r"^https?://", "", key).split("/", 1)[0]
-            if k != host or not isinstance(entry, dict):
-                continue
-            if entry.get("auth"):
-                try:
-                    u, _, p = base64.b64decode(entry["auth"]).decode().partition(":")
-                    return u, p
-                except (ValueError, UnicodeDecodeError):
-                    continue
-            if entry.get("username"):
-                return entry["username"], entry.get("password", "")
-    return None
-
+# -- the client -------------------------------------------------------------------------------
 
 def _insecure(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
@@ -134,17 +104,26 @@ def _insecure(host: str) -> bool:
     return name in ("localhost", "[::1]") or name.startswith("127.") or host in extra or name in extra
 
 
-# -- the client -------------------------------------------------------------------------------
+_UNSET = object()
+
 
 @dataclass
 class Registry:
     host: str
-    creds: tuple[str, str] | None = None
+    _creds: object = _UNSET  # RegistryCreds | None, looked up on the first challenge
     _auth: dict = field(default_factory=dict)  # scope -> Authorization header value
 
     @classmethod
     def for_host(cls, host: str) -> "Registry":
-        return cls(host=host, creds=credentials(host))
+        return cls(host=host)
+
+    @property
+    def creds(self) -> RegistryCreds | None:
+        """The host's credentials (``net.registryauth``): only looked for when a registry asks,
+        so an anonymous pull runs no credential helper."""
+        if self._creds is _UNSET:
+            self._creds = registryauth.lookup(self.host)
+        return self._creds  # type: ignore[return-value]
 
     @property
     def base(self) -> str:
@@ -157,10 +136,13 @@ class Registry:
 
     def _authorize(self, challenge: str, scope: str) -> str:
         scheme, _, params = challenge.partition(" ")
+        creds = self.creds
         if scheme.lower() == "basic":
-            if not self.creds:
-                raise NetworkError(f"registry {self.host}: HTTP 401, credentials required", hint=AUTH_HINT)
-            return "Basic " + base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
+            if not creds or not creds.basic:
+                raise NetworkError(f"registry {self.host}: HTTP 401, " + (
+                    f"a user name and password required ({creds.source} has an identity token)" if creds
+                    else "credentials required"), hint=AUTH_HINT)
+            return "Basic " + base64.b64encode(":".join(creds.basic).encode()).decode()
         if scheme.lower() != "bearer":
             raise NetworkError(f"registry {self.host}: unsupported auth scheme {scheme!r}")
         attrs = dict(re.findall(r'(\w+)="([^"]*)"', params))
@@ -168,8 +150,15 @@ class Registry:
             raise NetworkError(f"registry {self.host}: Bearer challenge without realm")
         query = [("service", attrs["service"])] if "service" in attrs else []
         query += [("scope", s) for s in scope.split(" ") if s]
-        resp = http.get(attrs["realm"] + ("&" if "?" in attrs["realm"] else "?") + urlencode(query),
-                        self.creds, timeout=http.LONG_TIMEOUT, server=self.server, what="a token")
+        if creds and creds.identity_token:  # OAuth2 refresh-token grant, as docker does
+            form = query + [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                            ("client_id", "envmgr")]
+            resp = http.request("POST", attrs["realm"], data=form, timeout=http.timeouts(long=True),
+                                server=self.server, what="a token")
+        else:
+            resp = http.get(attrs["realm"] + ("&" if "?" in attrs["realm"] else "?") + urlencode(query),
+                            creds.basic if creds else None, timeout=http.timeouts(long=True), server=self.server,
+                            what="a token")
         data = resp.json()
         token = data.get("token") or data.get("access_token")
         if not token:
@@ -186,7 +175,7 @@ class Registry:
                 h["Authorization"] = self._auth[scope]
             data = body() if callable(body) else body
             try:
-                resp = http.request(method, url, headers=h, data=data, stream=stream, timeout=http.LONG_TIMEOUT,
+                resp = http.request(method, url, headers=h, data=data, stream=stream, timeout=http.timeouts(long=True),
                                     ok=http.ANY, server=self.server, what=what or path)
             finally:
                 if hasattr(data, "close"):
@@ -298,12 +287,8 @@ def push(image: im.Image, ref: Ref, *, mount_from: Ref | None = None, reporter=N
                 return
             location = resp.headers["Location"]
         else:
-            resp = reg.request("POST", f"/v2/{ref.repo}/blobs/uploads/", scope=scope, ok=(202,), what="blob upload")
-            location = resp.headers["Location"]
-        url = _with_query(location, reg.base, digest=digest)
-        body = (lambda: _Reading(src, size, reporter)) if isinstance(src, Path) else src
-        reg.request("PUT", url, scope=scope, body=body, ok=(201, 204),
-                    headers={"Content-Type": "application/octet-stream"}, what=f"upload of {digest}")
+            location = None
+        _upload(reg, ref.repo, scope, digest, size, src, location, _Progress(reporter))
         with lock:
             result.uploaded.append(digest)
 
@@ -323,21 +308,98 @@ def push(image: im.Image, ref: Ref, *, mount_from: Ref | None = None, reporter=N
     return result
 
 
-class _Reading:
-    """A file object that reports progress as requests streams it."""
+# -- uploads ----------------------------------------------------------------------------------
 
-    def __init__(self, path: Path, size: int, reporter) -> None:
-        self.fh = open(path, "rb")
-        self.size = size
+CHUNKED_OVER = 64 << 20  # a blob larger than this is uploaded in chunks
+UPLOAD_CHUNK = 64 << 20  # bytes a PATCH
+
+
+class _Progress:
+    """A blob's progress: a byte sent again after a break is not counted again."""
+
+    def __init__(self, reporter) -> None:
         self.reporter = reporter
+        self.counted = 0
+
+    def at(self, offset: int) -> None:
+        if offset > self.counted:
+            self.reporter.advance(offset - self.counted)
+            self.counted = offset
+
+
+class _Reading:
+    """``length`` bytes of a file from ``start``, as a body requests streams (and reports)."""
+
+    def __init__(self, path: Path, start: int, length: int, progress: _Progress) -> None:
+        self.fh = open(path, "rb")
+        self.fh.seek(start)
+        self.pos, self.left, self.progress = start, length, progress
 
     def __len__(self) -> int:
-        return self.size
+        return self.left
 
     def read(self, n: int = -1) -> bytes:
-        b = self.fh.read(CHUNK if n is None or n < 0 else n)
-        self.reporter.advance(len(b))
+        b = self.fh.read(min(self.left, CHUNK if n is None or n < 0 else n))
+        self.left -= len(b)
+        self.pos += len(b)
+        self.progress.at(self.pos)
         return b
 
     def close(self) -> None:
         self.fh.close()
+
+
+def _upload(reg: Registry, repo: str, scope: str, digest: str, size: int, src, location: str | None,
+            progress: _Progress) -> None:
+    """One blob into an upload session (``location``, or a new one).
+
+    Up to :data:`CHUNKED_OVER` bytes: one ``PUT ?digest=``; on a broken connection, a new session
+    and the ``PUT`` again. Larger: ``PATCH`` chunks with ``Content-Range``, then an empty
+    ``PUT ?digest=``; on a broken connection the registry is asked how far it got (``GET`` on
+    the session: ``Range: 0-N``) and the upload goes on from there; a registry that dropped
+    the session (distribution 2.x does when a chunk broke off half-written) gets a new one.
+    Tries are bounded as every HTTP use's are (``http.Tries``).
+    """
+    what = f"upload of {digest}"
+    tries = http.Tries()
+    chunked = isinstance(src, Path) and size > CHUNKED_OVER
+    offset = mark = 0
+    while True:
+        try:
+            if location is None:
+                resp = reg.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, ok=(202,), what="blob upload")
+                location, offset = resp.headers["Location"], 0
+            while chunked and offset < size:
+                n = min(UPLOAD_CHUNK, size - offset)
+                resp = reg.request("PATCH", urljoin(reg.base + "/", location), scope=scope, ok=(202,), what=what,
+                                   body=lambda: _Reading(src, offset, n, progress),
+                                   headers={"Content-Type": "application/octet-stream",
+                                            "Content-Range": f"{offset}-{offset + n - 1}"})
+                location, offset = resp.headers["Location"], _uploaded(resp, offset + n)
+            if chunked:
+                body = b""
+            elif isinstance(src, Path):
+                body = lambda: _Reading(src, 0, size, progress)  # noqa: E731
+            else:
+                body = src
+            reg.request("PUT", _with_query(location, reg.base, digest=digest), scope=scope, body=body, ok=(201, 204),
+                        headers={"Content-Type": "application/octet-stream"}, what=what)
+            progress.at(size)
+            return
+        except http.BrokenConnection:
+            if not tries.again(progressed=offset > mark):
+                raise
+            mark = offset
+        if chunked and location is not None:
+            status = reg.request("GET", urljoin(reg.base + "/", location), scope=scope, ok=(204, 400, 404, 416),
+                                 what=what)
+            if status.status_code == 204:
+                location, offset = status.headers.get("Location", location), _uploaded(status, 0)
+                continue
+        location = None  # a new session, from the first byte
+
+
+def _uploaded(resp: "requests.Response", default: int) -> int:
+    """How many bytes the registry holds: the end of its ``Range: 0-N`` header, plus one."""
+    m = re.fullmatch(r"(?:bytes=)?0-(\d+)", resp.headers.get("Range", "").strip())
+    return int(m.group(1)) + 1 if m else default
