@@ -174,3 +174,14 @@ def test_head_follows_redirects(serve):
     srv = serve((302, {"Location": "/real"}, b""), (200, {"X-Size": "5"}, b""))
     resp = http.request("HEAD", srv.url + "/f")
     assert resp.status_code == 200 and [p for _, p, *_ in srv.seen] == ["/f", "/real"]
+
+
+def test_timeout_setting(monkeypatch):
+    assert http.timeouts() == (http.CONNECT_TIMEOUT, http.READ_TIMEOUT)
+    assert http.timeouts(long=True) == (http.CONNECT_TIMEOUT, http.LONG_READ_TIMEOUT)
+    monkeypatch.setenv("ENVMGR_HTTP_TIMEOUT", "3")
+    assert http.timeouts() == http.timeouts(long=True) == (3, 3)
+    for bad in ("0", "1.5", "forever", "3601"):
+        monkeypatch.setenv("ENVMGR_HTTP_TIMEOUT", bad)
+        with pytest.raises(UserError, match="ENVMGR_HTTP_TIMEOUT"):
+            http.timeouts()

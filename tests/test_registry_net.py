@@ -334,7 +334,7 @@ def one_line_failure(proc, *words: str) -> str:
 
 
 def test_a_helper_that_fails_is_one_line(registry, tiny_project, helper_env, tmp_path):
-    env, config_json, log, script = helper_env
+    env, config_json, _, script = helper_env
     script.write_text("#!/bin/sh\necho 'keychain is locked' >&2\nexit 1\n")
     config_json.write_text(json.dumps({"credHelpers": {registry.host: "envmgrtest"}}))
     proc = fx.envmgr("export-image", "imgtest", "--push", f"{registry.host}/envmgr/x:1", cwd=tiny_project,

@@ -110,8 +110,8 @@ _UNSET = object()
 @dataclass
 class Registry:
     host: str
-    _creds: object = _UNSET  # RegistryCreds | None, looked up on the first challenge
-    _auth: dict = field(default_factory=dict)  # scope -> Authorization header value
+    _creds: object = field(default=_UNSET, repr=False)  # RegistryCreds | None, looked up on the first challenge
+    _auth: dict = field(default_factory=dict, repr=False)  # scope -> Authorization header value
 
     @classmethod
     def for_host(cls, host: str) -> "Registry":
@@ -372,7 +372,7 @@ def _upload(reg: Registry, repo: str, scope: str, digest: str, size: int, src, l
             while chunked and offset < size:
                 n = min(UPLOAD_CHUNK, size - offset)
                 resp = reg.request("PATCH", urljoin(reg.base + "/", location), scope=scope, ok=(202,), what=what,
-                                   body=lambda: _Reading(src, offset, n, progress),
+                                   body=lambda start=offset, n=n: _Reading(src, start, n, progress),
                                    headers={"Content-Type": "application/octet-stream",
                                             "Content-Range": f"{offset}-{offset + n - 1}"})
                 location, offset = resp.headers["Location"], _uploaded(resp, offset + n)
