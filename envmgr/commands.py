@@ -120,7 +120,8 @@ def lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, q
 
 # -- sync ---------------------------------------------------------------------------------
 
-# The options sync shares with run (cli declares run from these too).
+# The options sync shares with run (cli declares run from these too); the bodies get them as
+# one sync.options.SyncOptions, whose slots are these names.
 SYNC_SHARED = (
     Param("venv", "path", ("--venv",), "Venv path (default: PROJECT/.envmgr/venvs/NAME). Env: ENVMGR_VENV_DIR sets the folder."),
     Param("python", "str", ("--python",), "Interpreter for the venv; must be the lock's python version (default: found by uv)."),
@@ -140,22 +141,24 @@ SYNC = (
 )
 
 
-def sync(name, venv, python, locked, frozen, offline, find_links, skip_driver_check, check, quiet, as_json) -> int:
+def sync(name, check, quiet, as_json, **options) -> int:
+    """``options``: SYNC_SHARED's, handed on as one SyncOptions."""
     from .core import settings
     from .sync import syncer as syncing
+    from .sync.options import SyncOptions
 
-    project, name = find_project(), name or "default"
+    project, name, opts = find_project(), name or "default", SyncOptions(**options)
     if check:
-        report = syncing.check(project, name, venv=venv, python=python, frozen=frozen)
+        from .sync import drift
+
+        report = drift.check(project, name, opts)
         if as_json:
             print_json(report.to_json())
         elif not quiet or not report.exact:
             (out if report.exact else err).print(report.describe(), markup=False, highlight=False)
         return 0 if report.exact else 1
     show = not quiet and not as_json
-    result = syncing.sync(project, name, venv=venv, python=python, locked=locked, frozen=frozen, offline=offline,
-                          find_links=find_links or [], skip_driver_check=skip_driver_check,
-                          reporter=DownloadBar() if show and settings.progress_enabled() else None,
+    result = syncing.sync(project, name, opts, reporter=DownloadBar() if show and settings.progress_enabled() else None,
                           log=line_log(show))
     if as_json:
         print_json(result.to_json())
@@ -174,10 +177,10 @@ RUN = (
 )
 
 
-def run(name, cmd, venv, python, locked, frozen, offline, find_links, skip_driver_check, quiet) -> int:
-    from .sync import syncer as syncing
+def run(name, cmd, quiet, **options) -> int:
+    """``options``: SYNC_SHARED's, handed on as one SyncOptions."""
+    from .sync import run as running
+    from .sync.options import SyncOptions
 
-    syncing.run(find_project(), name, cmd or [], venv=venv, python=python, locked=locked, frozen=frozen,
-                offline=offline, find_links=find_links or [], skip_driver_check=skip_driver_check,
-                log=line_log(not quiet))
+    running.run(find_project(), name, cmd or [], SyncOptions(**options), log=line_log(not quiet))
     return 0

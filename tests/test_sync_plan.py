@@ -7,7 +7,7 @@ import pytest
 from envmgr.core.errors import CheckFailed
 from envmgr.model import lockfile
 from envmgr.model.lockfile import Lock, LockedFile, LockedPackage, LockMeta
-from envmgr.sync import syncer as sync
+from envmgr.sync import preflight
 from envmgr.venv import install
 
 
@@ -172,20 +172,20 @@ def test_remove_dist_never_leaves_the_venv(site, tmp_path) -> None:
 
 def test_driver_version_from_environment(monkeypatch) -> None:
     monkeypatch.setenv("ENVMGR_DRIVER_VERSION", "570.86.15")
-    assert sync.driver_version() == "570.86.15"
+    assert preflight.driver_version() == "570.86.15"
     monkeypatch.setenv("ENVMGR_DRIVER_VERSION", "none")  # a CPU host, whatever this machine has
-    assert sync.driver_version() is None
+    assert preflight.driver_version() is None
 
 
 def test_check_driver() -> None:
-    assert sync.check_driver("cpu", "", "", None) is None
-    assert sync.check_driver("cu126", "12.6", "525.60.13", "580.95.05") is None
-    assert "no NVIDIA driver found" in sync.check_driver("cu126", "12.6", "525.60.13", None)
+    assert preflight.check_driver("cpu", "", "", None) is None
+    assert preflight.check_driver("cu126", "12.6", "525.60.13", "580.95.05") is None
+    assert "no NVIDIA driver found" in preflight.check_driver("cu126", "12.6", "525.60.13", None)
     with pytest.raises(CheckFailed) as exc:
-        sync.check_driver("cu130", "13.0", "580", "535.104.05")
+        preflight.check_driver("cu130", "13.0", "580", "535.104.05")
     msg = str(exc.value)
     assert "535.104.05" in msg and ">= 580" in msg and "cu118" in msg and "cu129" in msg and "cu130" not in msg.split(
         "can run:")[1]
     assert exc.value.exit_code == 1
     with pytest.raises(CheckFailed, match="no CUDA variant"):
-        sync.check_driver("cu118", "11.8", "450.80.02", "418.0")
+        preflight.check_driver("cu118", "11.8", "450.80.02", "418.0")

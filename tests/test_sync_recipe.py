@@ -25,34 +25,36 @@ from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
     site,
 )
 
-from envmgr.sync import recipe, stamp
+from envmgr.sync import recipe, replay, slow, stamp, target
 from envmgr.sync import syncer as syncing
+from envmgr.sync.options import SyncOptions
+from envmgr.sync.result import SyncResult
 
 
 @pytest.fixture
 def counted(monkeypatch) -> dict:
     """Counts how often the slow path and the replay run (in-process syncs)."""
     calls = {"slow": 0, "replay": 0, "replayed": 0}
-    slow, replay = syncing._sync_slow, syncing._replay
+    real_slow, real_replay = slow.sync, replay.replay
 
     def count_slow(*a, **k):
         calls["slow"] += 1
-        return slow(*a, **k)
+        return real_slow(*a, **k)
 
     def count_replay(*a, **k):
         calls["replay"] += 1
-        out = replay(*a, **k)
+        out = real_replay(*a, **k)
         calls["replayed"] += out is not None
         return out
 
-    monkeypatch.setattr(syncing, "_sync_slow", count_slow)
-    monkeypatch.setattr(syncing, "_replay", count_replay)
+    monkeypatch.setattr(slow, "sync", count_slow)
+    monkeypatch.setattr(replay, "replay", count_replay)
     monkeypatch.setenv("ENVMGR_DRIVER_VERSION", "none")
     return calls
 
 
-def run_sync(project: Path, venv: Path, **kw) -> syncing.SyncResult:
-    return syncing.sync(project, "default", venv=venv, **kw)
+def run_sync(project: Path, venv: Path, **kw) -> SyncResult:
+    return syncing.sync(project, "default", SyncOptions(venv=venv, **kw))
 
 
 def stamp_of(venv: Path) -> dict:
@@ -158,17 +160,17 @@ def test_replay_steps_back_when_things_changed_while_it_waited(project: Path, co
     no-op) or re-wrote the lock (the slow path installs that lock, not the recipe's)."""
     run_sync(project, project / "a")
     lock = project / "locks" / "pylock.default.toml"
-    real_lock = syncing._venv_lock
+    real_lock = target.venv_lock
 
     def lock_after_the_other(venv, log):
-        monkeypatch.setattr(syncing, "_venv_lock", real_lock)
+        monkeypatch.setattr(target, "venv_lock", real_lock)
         if meanwhile == "synced":
             run_sync(project, venv)
         else:
             lock.write_text(lock.read_text() + "\n")
         return real_lock(venv, log)
 
-    monkeypatch.setattr(syncing, "_venv_lock", lock_after_the_other)
+    monkeypatch.setattr(target, "venv_lock", lock_after_the_other)
     result = run_sync(project, project / "b")
     assert counted["replayed"] == (1 if meanwhile == "synced" else 0)  # only the other sync's, if any
     assert result.noop == (meanwhile == "synced") and installed(project / "b") == pins(project)

@@ -14,6 +14,8 @@ from test_sync import locked_template, project, site  # noqa: F401 (locked_templ
 
 from envmgr.sync import stamp
 from envmgr.sync import syncer as syncing
+from envmgr.sync.options import SyncOptions
+from envmgr.sync.result import SyncResult
 
 
 @pytest.fixture(autouse=True)
@@ -21,8 +23,8 @@ def no_driver(monkeypatch) -> None:
     monkeypatch.setenv("ENVMGR_DRIVER_VERSION", "none")
 
 
-def run_sync(project: Path, venv: Path) -> syncing.SyncResult:
-    return syncing.sync(project, "default", venv=venv)
+def run_sync(project: Path, venv: Path) -> SyncResult:
+    return syncing.sync(project, "default", SyncOptions(venv=venv))
 
 
 def test_stamp_ignores_bytecode_but_not_a_deleted_or_added_file(project: Path) -> None:

@@ -16,7 +16,8 @@ compares its entries with what the RECORDs put there, ignoring ``__pycache__`` (
 do not count as edits): a file added or removed by hand, or a package pip upgraded (its
 dist-info folder renamed), misses, and the slow path repairs it. A file's bytes edited in
 place are not read: no check that must answer in milliseconds can hash a 5 GB venv. This
-module imports only the standard library and :mod:`envmgr.venv.distinfo`.
+module imports only the standard library, :mod:`envmgr.venv.distinfo` and (to write)
+:mod:`envmgr.core.files`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import EnvmgrError
-from ..venv.distinfo import absolute, record_names, record_paths, site_packages
+from ..venv.distinfo import absolute, installed, record_names, record_paths, site_packages
 
 STAMP = ".envmgr-sync.json"
 MARKER = ".envmgr-syncing"  # inside a venv envmgr is creating or changing; removed with the stamp written
@@ -236,18 +237,37 @@ def folder_state(venv: Path, site: Path | None, folders: list[str] | None = None
 
 # -- writing --------------------------------------------------------------------------------
 
-def write(venv: Path, data: dict, folders: list[str] | None = None) -> dict:
-    """Write the stamp (``data`` plus the folder state) atomically, then drop the marker.
-    Returns the folders' mtimes (see :func:`folder_state` for ``folders``).
+def write(venv: Path, *, profile: str, lock_path: Path, lock_digest: str, fresh: dict | None, version: str,
+          requested: str | None, packages: dict | None = None, folders: list[str] | None = None) -> dict:
+    """Write the stamp of a venv that now is the lock (the last step of every sync that changed
+    it), then drop the marker. Returns the folders' mtimes. ``packages`` (name -> version) when
+    already read; ``folders``: see :func:`folder_state`; ``requested``: ``--python`` resolved.
 
     Atomic against a killed sync (rename). Not fsynced: uv does not fsync the venv's files
     either, so after a power loss a durable stamp would vouch for nothing more.
     """
-    dirs, listed = folder_state(venv, site_packages(venv), folders)
-    tmp = venv / f"{STAMP}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({**data, "format": FORMAT, "dirs": dirs, "listed": listed}, fh, sort_keys=True)
-    os.replace(tmp, venv / STAMP)
+    from ..core.files import write_atomic  # here: tempfile is no import for the no-op to pay
+
+    site = site_packages(venv)
+    if packages is None:
+        packages = {d.name: d.version for d in installed(site).values()}
+    dirs, listed = folder_state(venv, site, folders)
+    data = {
+        "format": FORMAT,
+        "profile": profile,
+        "lock": {"path": str(lock_path), "digest": lock_digest},
+        "fresh": fresh,
+        "python": {
+            "version": version,
+            "cfg": file_sha(venv / "pyvenv.cfg"),
+            "base": os.path.realpath(venv / "bin" / "python"),
+            "requested": requested,
+        },
+        "packages": packages,
+        "dirs": dirs,
+        "listed": listed,
+    }
+    write_atomic(venv / STAMP, json.dumps(data, sort_keys=True), fsync=False, skip_unchanged=False)
     try:
         os.unlink(venv / MARKER)
     except FileNotFoundError:
