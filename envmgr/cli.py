@@ -135,6 +135,8 @@ def export_image(
         for note in result.notes:
             err.print(f"note: {note}", markup=False, highlight=False)
         out.print(f"{result.tag} {result.digest}", markup=False, highlight=False)
+        for also in result.tags[1:]:
+            out.print(f"  tag: {also}", markup=False, highlight=False)
         for where, what in result.outputs.items():
             if where != "config":
                 out.print(f"  {where}: {what}", markup=False, highlight=False)
@@ -145,13 +147,15 @@ def base_image(
     suite: str = typer.Argument("bookworm", help="Debian suite (bookworm)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="OCI layout directory to write (default: PROJECT/.envmgr/bases/SUITE)."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror URL (default: mmdebstrap's)."),
+    include: List[str] = typer.Option(None, "--include", help="More Debian packages (repeat or comma-separate): openssh-server for the ssh mode."),
 ) -> None:
     """Build a Debian + python3 base image with mmdebstrap into an OCI layout (no registry needed)."""
     from .core import settings
     from .oci import debian
 
     output = output or find_project() / ".envmgr" / "bases" / suite
-    dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, log=line_log(True))
+    dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, include=include,
+                             log=line_log(True))
     out.print(f"oci:{dest}", markup=False, highlight=False)
 
 # --- report commands (diff, export) ------------------------------------------------------

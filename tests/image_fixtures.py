@@ -87,22 +87,34 @@ def need(*tools: str) -> None:
             pytest.skip(f"{tool} is not installed")
 
 
-def bookworm_rootfs() -> Path:
-    """mmdebstrap's bookworm + python3 rootfs tar, built once and kept in ~/.cache/envmgr-test."""
+def bookworm_rootfs(packages: tuple[str, ...] = BASE_PACKAGES) -> Path:
+    """mmdebstrap's bookworm + python3 rootfs tar (plus ``packages``' extras), built once and
+    kept in ~/.cache/envmgr-test."""
     need("mmdebstrap")
-    key = hashlib.sha256(json.dumps(["bookworm", "apt", BASE_PACKAGES]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(["bookworm", "apt", packages]).encode()).hexdigest()[:12]
     tar = TEST_CACHE / f"bookworm-python-{key}.tar"
     if not tar.is_file():
         from envmgr.oci.debian import mmdebstrap
 
-        mmdebstrap("bookworm", tar, packages=BASE_PACKAGES)
+        mmdebstrap("bookworm", tar, packages=packages)
     return tar
 
 
-def bookworm_layout(dest: Path, cache: Path) -> Path:
+def bookworm_layout(dest: Path, cache: Path, packages: tuple[str, ...] = BASE_PACKAGES) -> Path:
     from envmgr.oci.debian import import_rootfs
 
-    return import_rootfs(bookworm_rootfs(), dest, cache=cache, name="envmgr-base:bookworm-python")
+    return import_rootfs(bookworm_rootfs(packages), dest, cache=cache, name="envmgr-base:bookworm-python")
+
+
+def assert_clean_failure(proc, words: str, out_parent: Path) -> None:
+    """Exit 2, one ``error:`` line (the last) naming ``words``, no traceback, no temp left in ``out_parent``."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert words in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and words in lines[-1], proc.stderr  # one line, last
+    assert sum(line.startswith("error:") for line in lines) == 1, proc.stderr
+    assert [p.name for p in out_parent.iterdir() if p.name.startswith(".")] == []
 
 
 # -- a registry -----------------------------------------------------------------------------------

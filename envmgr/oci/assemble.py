@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from . import image as im
+from . import modes
 
 if TYPE_CHECKING:
     from ..model.lockfile import Lock
@@ -45,11 +46,10 @@ def assemble(plan: Plan, layers) -> im.Image:
     created = im.epoch_iso(req.epoch)
     all_labels = labels(req.lock, conf, extra={f"{LABEL}python": facts.version, f"{LABEL}venv": req.venv,
                                                BASE_NAME: req.base_ref, BASE_DIGEST: base.digest})
-    env = {"PATH": f"{req.venv}/bin:{facts.path_env}", "VIRTUAL_ENV": req.venv,
-           **{str(k): str(v) for k, v in (conf.get("env") or {}).items()}}
+    run = modes.config(req.modes, python=facts.python, lock=req.lock, conf=conf, ld_library_path=facts.ld_library_path)
+    env = {"PATH": f"{req.venv}/bin:{facts.path_env}", "VIRTUAL_ENV": req.venv, **run.pop("env")}
     img = im.append_layers(base.image, layers, created=created)
-    img = im.with_config(img, created=created, env=env, user=plan.user, workdir=conf.get("workdir") or plan.home,
-                         entrypoint=conf.get("entrypoint"), cmd=conf.get("cmd"), labels=all_labels)
+    img = im.with_config(img, created=created, env=env, user=plan.user, labels=all_labels, **run)
     return im.with_annotations(img, {
         **{k: v for k, v in all_labels.items() if k.startswith(LABEL)},
         BASE_NAME: req.base_ref,

@@ -2,8 +2,14 @@
 
 The build context holds the rendered ``Containerfile``, a ``wheelhouse/`` with every locked
 file (from the verified fetch cache, hard-linked), a ``--require-hashes`` requirements file and
-the uv binary, plus the lock and its SBOM: the build needs no network and installs the same
-packages, with the same hashes, as the native builder. The native builder stays the default.
+the uv binary, plus the lock and its SBOM and the entrypoint's files (``modes``): the build
+needs no network and installs the same packages, with the same hashes, as the native builder,
+with the same runtime config. The native builder stays the default.
+
+A local base (``oci:``, ``oci-archive:``, ``docker-archive:``) is not something an engine can
+name in ``FROM`` (podman 4.3's API refuses ``oci:...`` as "invalid reference format"): it is
+read as the native export reads it, loaded into the engine through the SDK once (as
+``localhost/envmgr-base:DIGEST``), and the build starts ``FROM`` that.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from pathlib import Path
 from ..core import settings
 from ..core.errors import EnvmgrError, UserError
 from ..model import lockfile
+from . import modes as md
 from .assemble import labels
 from .export import Result
-from .plan import DEFAULT_USER, Options, default_tag, image_venv, markers, profile_image
+from .plan import DEFAULT_USER, Options, default_tag, image_venv, markers, profile_image, project_relative, tags_of
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "Containerfile.in"
 
@@ -32,32 +39,56 @@ def template_text(project: Path) -> str:
     raise UserError("no Containerfile.in in the project", hint="copy it from envmgr's repository")
 
 
-def _base_for_engine(ref: str, engine: str) -> str:
-    if ref.startswith(("oci:", "oci-archive:", "docker-archive:")):
-        if engine != "podman":
-            raise UserError(f"docker cannot build FROM {ref}", hint="use a registry base or --builder podman")
-        kind, _, rest = ref.partition(":")
-        return f"{kind}:{Path(rest).expanduser().absolute()}" if not Path(rest).is_absolute() else ref
-    return ref
+LOCAL_BASES = ("oci:", "oci-archive:", "docker-archive:")
 
 
-def render(template: str, lock: lockfile.Lock, conf: dict, *, base: str, python: str) -> str:
+def local_base(ref: str, *, platform: str, cache: Path, client):
+    """A local base read, checked and loaded into the engine: (name to build FROM, its facts)."""
+    from . import engine as eng
+    from . import sources
+
+    base = sources.load(ref, platform=platform, cache=cache / "oci")
+    facts = sources.inspect(base.image, declared=None, ref=ref, cache=cache)
+    name = f"localhost/envmgr-base:{base.digest.split(':', 1)[1][:16]}"
+    try:
+        client.images.get(name)
+    except Exception:  # docker.errors.ImageNotFound, or an engine that answers otherwise: load it
+        eng.load(base.image, name, cache=cache / "oci")
+    return name, facts
+
+
+def _env_lines(env: dict) -> str:
+    return "".join(f"ENV {k}={json.dumps(v)}\n" for k, v in env.items())
+
+
+def render(template: str, lock: lockfile.Lock, conf: dict, *, base: str, python: str, sshd: str | None = None) -> str:
+    """The Containerfile. ``sshd``: the base's sshd ("" none; None not known: checked in the build)."""
     venv = image_venv(conf)
     user = conf.get("user", DEFAULT_USER)
     image_labels = sorted(labels(lock, conf, engine=True).items())
     label_lines = "LABEL " + " \\\n      ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in image_labels)
     root = user in ("root", "0")
+    modes = md.modes_of(conf)
+    run = md.config(modes, python=f"{venv}/bin/python", lock=lock, conf=conf)
+    checks = "true"
+    if "ssh" in modes:
+        if sshd is not None:
+            md.check_base(modes, sshd, base)
+        checks = f"test -x {md.SSHD} || {{ echo 'the ssh mode needs sshd in the base: add openssh-server'; exit 1; }}"
     return template.format(
         base=base, python=python, venv=venv, lock_digest=lock.digest(),
         useradd="true" if root else f"useradd --create-home --uid 1000 --user-group {user}",
         path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        labels=label_lines, user="0:0" if root else "1000:1000",
-        workdir=conf.get("workdir") or ("/root" if root else f"/home/{user}"),
-    )
+        labels=label_lines, user="0:0" if root else "1000:1000", owner="0:0" if root else "1000:1000",
+        workdir=run["workdir"], checks=checks, workspace=md.WORKSPACE, env=_env_lines(run["env"]),
+        expose=" ".join(run["exposed_ports"]) or "", entrypoint=json.dumps(run["entrypoint"]),
+        cmd=f"CMD {json.dumps(run['cmd'])}" if run["cmd"] else "", volume=json.dumps(run["volumes"]),
+    ).replace("\nEXPOSE \n", "\n")
 
 
-def context(project: Path, opts: Options, dest: Path, *, engine: str) -> tuple[Path, lockfile.Lock, str]:
-    """Write the build context into ``dest``; returns (dest, lock, tag)."""
+def context(project: Path, opts: Options, dest: Path, *, client=None) -> tuple[Path, lockfile.Lock, tuple[str, ...]]:
+    """Write the build context into ``dest``; returns (dest, lock, tags). A local base is
+    loaded into ``client``'s engine first (``local_base``)."""
     from ..net import fetch
     from ..report import sbom
     from ..venv.install import requirements, wanted
@@ -65,9 +96,15 @@ def context(project: Path, opts: Options, dest: Path, *, engine: str) -> tuple[P
 
     lock = lockfile.read(lockfile.lock_path(project, opts.name))
     conf = profile_image(project, opts.name)
-    base_ref = opts.base or conf.get("base")
+    base_ref = opts.base or project_relative(conf.get("base"), project)
     if not base_ref:
         raise UserError(f"no base image for profile {opts.name!r}", hint="set [image] base or pass --base")
+    modes = md.modes_of(conf)
+    md.check_lock(modes, lock)
+    sshd = None
+    if base_ref.startswith(LOCAL_BASES):
+        base_ref, facts = local_base(base_ref, platform=lock.meta.platform, cache=settings.cache_dir(), client=client)
+        sshd = facts.sshd
     python = conf.get("python") or f"python{lock.meta.python}"
     packages = wanted(lock, markers("linux-x86_64", lock.meta.python))  # as the engine's build has always assumed
     files = fetch.fetch([(p.key, p.install_file) for p in packages])
@@ -83,9 +120,12 @@ def context(project: Path, opts: Options, dest: Path, *, engine: str) -> tuple[P
     shutil.copy2(uv_bin(), house / "uv")
     (dest / "pylock.toml").write_text(lock.dumps())
     (dest / "sbom.cdx.json").write_text(sbom.cyclonedx_json(lock))
-    text = render(template_text(project), lock, conf, base=_base_for_engine(base_ref, engine), python=python)
+    for path, data in md.files(modes, image_venv(conf)).items():
+        (dest / "envmgr").mkdir(exist_ok=True)
+        (dest / "envmgr" / Path(path).name).write_bytes(data)
+    text = render(template_text(project), lock, conf, base=base_ref, python=python, sshd=sshd)
     (dest / "Containerfile").write_text(text)
-    return dest, lock, opts.tag or conf.get("tag") or default_tag(lock)
+    return dest, lock, tags_of(lock, opts.tag or conf.get("tag") or default_tag(lock))
 
 
 def build(project: Path, opts: Options, *, engine: str, log=None, nocache: bool = False) -> Result:
@@ -100,7 +140,8 @@ def build(project: Path, opts: Options, *, engine: str, log=None, nocache: bool 
     cache = settings.cache_dir() / "oci"
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=cache) as tmp:
-        ctx, lock, tag = context(project, opts, Path(tmp), engine=engine)
+        ctx, lock, tags = context(project, opts, Path(tmp), client=client)
+        tag = tags[0]
         res.seconds["context"] = round(time.monotonic() - started, 3)
         try:
             stream = client.api.build(path=str(ctx), dockerfile="Containerfile", tag=tag, rm=True, forcerm=True,
@@ -119,7 +160,9 @@ def build(project: Path, opts: Options, *, engine: str, log=None, nocache: bool 
         except Exception as exc:
             raise EnvmgrError(f"{engine} build failed: {exc}")
     img = client.images.get(tag)
-    res.digest, res.tag = img.id, tag
+    for also in tags[1:]:
+        img.tag(*also.rsplit(":", 1))
+    res.digest, res.tag, res.tags = img.id, tag, list(tags)
     res.base = opts.base or ""
     res.outputs = {"engine": os.environ.get("DOCKER_HOST", "default"), "id": image_id or img.id,
                    "size": img.attrs.get("Size", 0)}

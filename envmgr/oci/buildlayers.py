@@ -3,7 +3,8 @@
 Each package layer is looked up in the layer cache by its key; only the packages of the
 layers that miss are installed (a relocatable venv staged in a temp folder) and, if asked,
 byte-compiled group by group while finished groups are already compressing, in parallel.
-The top layer holds what no package owns: the venv skeleton, the user, the lock and its SBOM.
+The top layer holds what no package owns: the venv skeleton, the user, the lock and its SBOM,
+the entrypoint with its modes and ``/workspace`` (``modes``).
 Output: ``Built``, the layers (blobs in the layer cache) as ``image.Layer`` values, in order.
 """
 
@@ -171,7 +172,7 @@ def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
             mark("install")
             new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter)
             built.update(new)
-        top = ly.build_layer(top_entries(plan.req.lock, plan.req.venv, plan.facts, plan.user_entries),
+        top = ly.build_layer(top_entries(plan.req.lock, plan.req.venv, plan.facts, (*plan.user_entries, *plan.mode_entries)),
                              layer_cache.store, mtime=plan.req.epoch)
         mark("layers")
     finally:
@@ -179,5 +180,5 @@ def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
 
     layers = [_image_layer(built[i], created_by="envmgr: " + ", ".join(f"{p.key} {p.version}" for p in g.packages),
                            title=g.title) for i, g in enumerate(groups)]
-    layers.append(_image_layer(top, created_by="envmgr: venv, user, lock, SBOM", title="top"))
+    layers.append(_image_layer(top, created_by="envmgr: venv, user, lock, SBOM, entrypoint", title="top"))
     return Built(layers=tuple(layers), notes=tuple(notes), installed_bytes=installed)

@@ -7,6 +7,7 @@ a single-layer OCI image in a layout directory, so an export needs no container 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,17 @@ from .layout import write_dir
 SUITES = ("bookworm",)
 PACKAGES = ("python3", "python3-venv", "libstdc++6", "ca-certificates")
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+def packages_with(include) -> tuple[str, ...]:
+    """The base's packages plus ``include`` (names, or comma-separated lists), checked as
+    Debian package names before mmdebstrap runs."""
+    extra = [p.strip() for item in include or () for p in str(item).split(",") if p.strip()]
+    for name in extra:
+        if not _PACKAGE.fullmatch(name):
+            raise UserError(f"--include {name!r} is not a Debian package name", hint="e.g. --include openssh-server")
+    return tuple(dict.fromkeys((*PACKAGES, *extra)))
 
 
 def mmdebstrap(suite: str, dest_tar: Path, *, packages=PACKAGES, mirror: str | None = None, log=None) -> Path:
@@ -67,12 +79,16 @@ def import_rootfs(rootfs_tar: Path, dest: Path, *, cache: Path, name: str, arch:
     return write_dir(image, dest, name=name)
 
 
-def build_base(suite: str, dest: Path, *, cache: Path, mirror: str | None = None, log=None) -> Path:
-    """mmdebstrap + import: an OCI layout at ``dest`` holding ``SUITE-python``."""
+def build_base(suite: str, dest: Path, *, cache: Path, mirror: str | None = None, include=(), log=None) -> Path:
+    """mmdebstrap + import: an OCI layout at ``dest`` holding ``SUITE-python``, with the
+    Debian packages ``include`` names too (``openssh-server`` for the ssh mode)."""
+    packages = packages_with(include)
+    if suite not in SUITES:
+        raise UserError(f"unknown suite {suite!r}", hint=f"known: {', '.join(SUITES)}")
     try:
         dest.absolute().parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write {dest}: {exc.strerror}", hint="pick another --output")
     with tempfile.TemporaryDirectory(prefix=".mmdebstrap-", dir=cache if cache.is_dir() else None) as tmp:
-        rootfs = mmdebstrap(suite, Path(tmp) / "rootfs.tar", mirror=mirror, log=log)
+        rootfs = mmdebstrap(suite, Path(tmp) / "rootfs.tar", packages=packages, mirror=mirror, log=log)
         return import_rootfs(rootfs, dest, cache=cache, name=f"envmgr-base:{suite}-python")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core.errors import EnvmgrError, UserError
 from . import image as im
-from .layout import write_tar
+from .layout import names_of, write_tar
 
 
 def client():
@@ -31,12 +31,15 @@ def client():
     return c
 
 
-def load(image: im.Image, tag: str, *, cache: Path, epoch: int = 0, reporter=None) -> dict:
-    """Write the image as one tar (streamed to a temp file) and load it into the engine."""
+def load(image: im.Image, tags, *, cache: Path, epoch: int = 0, reporter=None) -> dict:
+    """Write the image as one tar (streamed to a temp file), named by every one of ``tags``,
+    and load it into the engine."""
+    names = names_of(tags)
+    tag = names[0] if names else ""
     c = client()
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="load-", dir=cache) as tmp:
-        tar = write_tar(image, Path(tmp) / "image.tar", name=tag, mtime=epoch)
+        tar = write_tar(image, Path(tmp) / "image.tar", name=names, mtime=epoch)
         size = tar.stat().st_size
         if reporter:
             reporter.start(size, f"loading into the engine ({tag})")
@@ -53,4 +56,4 @@ def load(image: im.Image, tag: str, *, cache: Path, epoch: int = 0, reporter=Non
     for m in messages:
         if isinstance(m, dict) and m.get("error"):
             raise EnvmgrError(f"the engine refused the image: {m['error']}")
-    return {"tag": tag, "engine": os.environ.get("DOCKER_HOST", "default"), "id": image.config_digest}
+    return {"tag": tag, "tags": names, "engine": os.environ.get("DOCKER_HOST", "default"), "id": image.config_digest}

@@ -30,6 +30,7 @@ from .plan import Options
 class Result:
     digest: str = ""
     tag: str = ""
+    tags: list[str] = field(default_factory=list)  # tag, then the human tag
     base: str = ""
     base_digest: str = ""
     python: str = ""
@@ -71,12 +72,12 @@ def export(project: Path, opts: Options, *, reporter=None, log=None) -> Result:
     what = plan.plan(req, base, facts, opts)
     built = buildlayers.build(what, cache=cache / "oci", jobs=opts.jobs, reporter=reporter, log=log, mark=clock.mark)
     img = assemble.assemble(what, built.layers)
-    res = Result(digest=img.digest(), tag=req.tag, base=req.base_ref, base_digest=base.digest, python=facts.python,
+    res = Result(digest=img.digest(), tag=req.tag, tags=list(req.tags), base=req.base_ref, base_digest=base.digest, python=facts.python,
                  layers=[{"title": layer.title, "digest": layer.digest, "size": layer.size,
                           "uncompressed_size": layer.uncompressed_size, "cached": layer.cached}
                          for layer in built.layers],
                  outputs={"config": img.config_digest}, notes=list(built.notes), installed_bytes=built.installed_bytes)
-    res.outputs.update(sinks.write(img, opts, tag=req.tag, epoch=req.epoch, base_ref=req.base_ref, cache=cache / "oci",
+    res.outputs.update(sinks.write(img, opts, tags=req.tags, epoch=req.epoch, base_ref=req.base_ref, cache=cache / "oci",
                                    reporter=reporter, mark=clock.mark))
     res.seconds = clock.total()
     return res

@@ -145,8 +145,9 @@ def append_layers(image: Image, layers, *, created: str) -> Image:
 
 def with_config(image: Image, *, created: str, env: dict | None = None, user: str | None = None,
                 workdir: str | None = None, entrypoint: list | None = None, cmd: list | None = None,
-                labels: dict | None = None) -> Image:
-    """A new image with the runtime config changed. ``env`` entries replace same-named ones."""
+                labels: dict | None = None, exposed_ports=(), volumes=()) -> Image:
+    """A new image with the runtime config changed. ``env`` entries replace same-named ones;
+    ``exposed_ports`` ("8888/tcp") and ``volumes`` add to the base's."""
     cfg = image.config_json
     c = cfg.setdefault("config", {})
     if env:
@@ -164,6 +165,9 @@ def with_config(image: Image, *, created: str, env: dict | None = None, user: st
         c["Cmd"] = list(cmd)
     if labels:
         c["Labels"] = {**(c.get("Labels") or {}), **labels}
+    for key, added in (("ExposedPorts", exposed_ports), ("Volumes", volumes)):
+        if added:
+            c[key] = {**(c.get(key) or {}), **{str(a): {} for a in added}}
     cfg["created"] = created
     # Drop fields that name the builder's host or a container: not reproducible, not needed.
     for key in ("container", "container_config", "docker_version", "id", "parent"):

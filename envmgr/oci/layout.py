@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence, Union
 
 from ..core.errors import UserError
 from ..core.files import atomic_path
@@ -43,28 +44,38 @@ def split_name(name: str) -> tuple[str, str]:
     return name, ""
 
 
-def index_json(image: im.Image, name: str | None) -> bytes:
-    ann = {}
-    if name:
-        ann["io.containerd.image.name"] = name
-        ann["org.opencontainers.image.ref.name"] = split_name(name)[1] or name
-    return im.canonical_json({"schemaVersion": 2, "mediaType": im.OCI_INDEX,
-                              "manifests": [image.manifest_descriptor(ann)]})
+Names = Union[str, Sequence[str], None]
 
 
-def docker_manifest(image: im.Image, name: str | None) -> bytes:
+def names_of(name: Names) -> list[str]:
+    """One name, several (an image's tags: the digest tag, then the human one) or none."""
+    return [name] if isinstance(name, str) else [n for n in name or () if n]
+
+
+def index_json(image: im.Image, name: Names) -> bytes:
+    """One descriptor a name (the same manifest under each tag); one without a name if none."""
+    descs = []
+    for n in names_of(name) or [None]:
+        ann = {"io.containerd.image.name": n, "org.opencontainers.image.ref.name": split_name(n)[1] or n} if n else {}
+        descs.append(image.manifest_descriptor(ann))
+    return im.canonical_json({"schemaVersion": 2, "mediaType": im.OCI_INDEX, "manifests": descs})
+
+
+def docker_manifest(image: im.Image, name: Names) -> bytes:
     return im.canonical_json([{
         "Config": _blob_rel(image.config_digest),
-        "RepoTags": [name] if name and split_name(name)[1] else [],
+        "RepoTags": [n for n in names_of(name) if split_name(n)[1]],
         "Layers": [_blob_rel(layer.digest) for layer in image.layers],
     }])
 
 
-def repositories(image: im.Image, name: str | None) -> bytes:
-    if not name or not split_name(name)[1]:
-        return im.canonical_json({})
-    repo, tag = split_name(name)
-    return im.canonical_json({repo: {tag: image.config_digest.split(":", 1)[1]}})
+def repositories(image: im.Image, name: Names) -> bytes:
+    repos: dict = {}
+    for n in names_of(name):
+        repo, tag = split_name(n)
+        if tag:
+            repos.setdefault(repo, {})[tag] = image.config_digest.split(":", 1)[1]
+    return im.canonical_json(repos)
 
 
 def _out_of_space(exc: OSError) -> bool:
@@ -121,7 +132,7 @@ def _place_blob(src: Path | bytes, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def write_dir(image: im.Image, dest: Path, *, name: str | None = None) -> Path:
+def write_dir(image: im.Image, dest: Path, *, name: Names = None) -> Path:
     with _atomic(dest, directory=True) as tmp:
         blobs = tmp / "blobs" / "sha256"
         blobs.mkdir(parents=True)
@@ -138,7 +149,7 @@ def write_dir(image: im.Image, dest: Path, *, name: str | None = None) -> Path:
     return dest
 
 
-def tar_entries(image: im.Image, name: str | None) -> list[Entry]:
+def tar_entries(image: im.Image, name: Names) -> list[Entry]:
     entries = {
         "oci-layout": Entry("oci-layout", data=LAYOUT),
         "index.json": Entry("index.json", data=index_json(image, name)),
@@ -160,7 +171,7 @@ class _FileSink:
         self.fh.write(b)
 
 
-def write_tar(image: im.Image, dest: Path, *, name: str | None = None, mtime: int = 0) -> Path:
+def write_tar(image: im.Image, dest: Path, *, name: Names = None, mtime: int = 0) -> Path:
     with _atomic(dest, directory=False) as tmp, open(tmp, "wb") as fh:
         _write_tar(tar_entries(image, name), _FileSink(fh), mtime=mtime)
     return dest
@@ -192,6 +203,8 @@ def pick_manifest(index: dict, tag: str | None, *, os_: str, arch: str, where: s
             raise UserError(f"{where}: no image tagged {tag!r}")
     if not manifests:
         raise UserError(f"{where}: the layout holds no image")
+    if len({d.get("digest") for d in manifests}) == 1:
+        manifests = manifests[:1]  # one image under several tags
     if len(manifests) > 1:
         if all((d.get("platform") or {}).get("architecture") for d in manifests):
             desc = pick_platform({"manifests": manifests}, os_, arch, where)

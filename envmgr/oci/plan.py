@@ -16,6 +16,7 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..model import lockfile
 from . import layers as ly
+from . import modes as md
 from . import sources, venvlayers
 
 DEFAULT_VENV = "/opt/venv"
@@ -46,6 +47,8 @@ class Request:
     venv: str  # absolute, e.g. /opt/venv
     tag: str
     epoch: int  # SOURCE_DATE_EPOCH (0 if unset): every timestamp in the image
+    modes: tuple[str, ...] = md.DEFAULT  # [image] modes, checked against the lock
+    tags: tuple[str, ...] = ()  # ``tag``, then the human tag (torch2.7.1-cu118-py3.11): never "latest"
 
 
 def profile_image(project: Path, name: str) -> dict:
@@ -60,12 +63,26 @@ def default_tag(lock: lockfile.Lock) -> str:
     return f"envmgr/{lock.meta.profile.lower()}:{lock.meta.variant}-{lock.digest().split(':', 1)[1][:12]}"
 
 
+def human_tag(lock: lockfile.Lock, tag: str) -> str:
+    """``REPO:torch2.7.1-cu118-py3.11`` beside ``tag`` (same repository); "" without torch."""
+    torch = lock.package("torch")
+    if torch is None:
+        return ""
+    from .layout import split_name
+
+    return f"{split_name(tag)[0]}:torch{torch.version.split('+', 1)[0]}-{lock.meta.variant}-py{lock.meta.python}"
+
+
+def tags_of(lock: lockfile.Lock, tag: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(filter(None, (tag, human_tag(lock, tag)))))
+
+
 def image_venv(conf: dict) -> str:
     """Where the venv lives in the image: ``[image] venv``, absolute."""
     return "/" + conf.get("venv", DEFAULT_VENV).strip("/")
 
 
-def _project_relative(ref: str | None, project: Path) -> str | None:
+def project_relative(ref: str | None, project: Path) -> str | None:
     """A profile's ``oci:``/archive base with a relative path is relative to the project."""
     for prefix in ("oci:", "oci-archive:", "docker-archive:"):
         if ref and ref.startswith(prefix) and not Path(ref[len(prefix):]).is_absolute():
@@ -77,15 +94,18 @@ def request(project: Path, opts: Options) -> Request:
     """Read the lock and the profile's ``[image]`` table; a one-line error for what is missing or wrong."""
     lock = lockfile.read(lockfile.lock_path(project, opts.name))
     conf = profile_image(project, opts.name)
-    base_ref = opts.base or _project_relative(conf.get("base"), project)
+    base_ref = opts.base or project_relative(conf.get("base"), project)
     if not base_ref:
         raise UserError(f"no base image for profile {opts.name!r}",
                         hint="set [image] base in the profile or pass --base (see `envmgr base bookworm`)")
     venv = image_venv(conf)
     if not venv.strip("/") or ".." in venv.split("/"):
         raise UserError(f"[image] venv {conf.get('venv')!r} is not an absolute path")
+    modes = md.modes_of(conf)
+    md.check_lock(modes, lock)
     tag = opts.tag or conf.get("tag") or default_tag(lock)
-    return Request(lock=lock, conf=conf, base_ref=base_ref, venv=venv, tag=tag, epoch=ly.source_date_epoch())
+    return Request(lock=lock, conf=conf, base_ref=base_ref, venv=venv, tag=tag, epoch=ly.source_date_epoch(),
+                   modes=modes, tags=tags_of(lock, tag))
 
 
 def load_base(req: Request, *, cache: Path, reporter=None) -> tuple[sources.Base, sources.BaseFacts]:
@@ -95,6 +115,7 @@ def load_base(req: Request, *, cache: Path, reporter=None) -> tuple[sources.Base
     if req.lock.meta.python and facts.version != req.lock.meta.python:
         raise UserError(f"base {req.base_ref} has Python {facts.version} ({facts.python}); the lock is for Python {req.lock.meta.python}",
                         hint="pick a base with the lock's python, or set [image] python to its path")
+    md.check_base(req.modes, facts.sshd, req.base_ref)
     return base, facts
 
 
@@ -112,6 +133,7 @@ class Plan:
     user: str  # the config's User, "uid:gid"
     home: str  # the user's home: the default WorkingDir
     user_entries: tuple[ly.Entry, ...]  # /etc/passwd, /etc/group and the home, if the base lacks the user
+    mode_entries: tuple[ly.Entry, ...] = ()  # the entrypoint, its modes, /etc/profile.d, /workspace
 
     @property
     def image_site(self) -> str:
@@ -184,4 +206,5 @@ def plan(req: Request, base: sources.Base, facts: sources.BaseFacts, opts: Optio
     keys = [ly.LayerCache.key({**common, "title": g.title, "packages": g.key_parts()}) for g in groups]
     user, entries, home = user_files(req.conf.get("user", DEFAULT_USER), facts)
     return Plan(req=req, base=base, facts=facts, groups=tuple(groups), keys=tuple(keys), staging=host_python,
-                compile=opts.compile, user=user, home=home, user_entries=tuple(entries))
+                compile=opts.compile, user=user, home=home, user_entries=tuple(entries),
+                mode_entries=tuple(md.entries(req.modes, req.venv, user)))

@@ -58,18 +58,19 @@ def push(image: im.Image, ref: str, *, base_ref: str, reporter=None) -> dict:
             "mounted": len(pushed.mounted)}
 
 
-def write(image: im.Image, opts: Options, *, tag: str, epoch: int, base_ref: str, cache: Path, reporter,
+def write(image: im.Image, opts: Options, *, tags, epoch: int, base_ref: str, cache: Path, reporter,
           mark) -> dict:
-    """Each sink ``opts`` names, in order output, push, load; what each did, by name ("output",
+    """Each sink ``opts`` names, in order output, push, load, the image named by every one of
+    ``tags`` (the layout, the tar, the engine); what each did, by name ("output",
     "push", "load"). ``cache`` is the oci cache (the tar ``--load`` streams); ``mark(step)`` is
     called as each ends ("write", "push", "load")."""
     outputs: dict = {}
     if opts.output:
         out = opts.output
         if out.suffix == ".tar":
-            layout.write_tar(image, out, name=tag, mtime=epoch)
+            layout.write_tar(image, out, name=tags, mtime=epoch)
         else:
-            layout.write_dir(image, out, name=tag)
+            layout.write_dir(image, out, name=tags)
         outputs["output"] = str(out)
         mark("write")
     if opts.push:
@@ -78,6 +79,6 @@ def write(image: im.Image, opts: Options, *, tag: str, epoch: int, base_ref: str
     if opts.load:
         from . import engine
 
-        outputs["load"] = engine.load(image, tag, cache=cache, epoch=epoch, reporter=reporter)
+        outputs["load"] = engine.load(image, tags, cache=cache, epoch=epoch, reporter=reporter)
         mark("load")
     return outputs

@@ -154,6 +154,8 @@ class BaseFacts:
     passwd: bytes  # /etc/passwd ("" if none)
     group: bytes
     path_env: str  # the base's PATH
+    sshd: str = ""  # /usr/sbin/sshd when the base has OpenSSH's server
+    ld_library_path: str = ""  # the base's LD_LIBRARY_PATH
 
 
 _PY_NAME = re.compile(r"python(\d+)\.(\d+)$")
@@ -189,7 +191,8 @@ def inspect(image: im.Image, *, declared: str | None, ref: str, cache: Path) -> 
     try:
         d = json.loads(key.read_text())
         return BaseFacts(python=d["python"], version=d["version"], passwd=d["passwd"].encode("latin-1"),
-                         group=d["group"].encode("latin-1"), path_env=d["path_env"])
+                         group=d["group"].encode("latin-1"), path_env=d["path_env"], sshd=d["sshd"],
+                         ld_library_path=d["ld_library_path"])
     except (FileNotFoundError, ValueError, KeyError):
         pass
     fs, etc = merged(image, frozenset({"etc/passwd", "etc/group"}), where="base")
@@ -211,11 +214,14 @@ def inspect(image: im.Image, *, declared: str | None, ref: str, cache: Path) -> 
         raise UserError(f"base {ref} has {what}", hint="pick a base with python3, or set [image] python to its path")
     m = _PY_NAME.search(posixpath.basename(found[1]))
     version = f"{m.group(1)}.{m.group(2)}"  # type: ignore[union-attr]
-    path_env = next((e.split("=", 1)[1] for e in (image.config_json.get("config") or {}).get("Env") or []
-                     if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env = dict(e.split("=", 1) for e in (image.config_json.get("config") or {}).get("Env") or [] if "=" in e)
+    path_env = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    sshd = "/usr/sbin/sshd" if _resolve(fs, "usr/sbin/sshd") else ""
     facts = BaseFacts(python="/" + found[1], version=version, passwd=etc.get("etc/passwd", b""),
-                      group=etc.get("etc/group", b""), path_env=path_env)
+                      group=etc.get("etc/group", b""), path_env=path_env, sshd=sshd,
+                      ld_library_path=env.get("LD_LIBRARY_PATH", ""))
     write_atomic(key, json.dumps({"python": facts.python, "version": version, "passwd": facts.passwd.decode("latin-1"),
-                                  "group": facts.group.decode("latin-1"), "path_env": path_env}),
+                                  "group": facts.group.decode("latin-1"), "path_env": path_env, "sshd": sshd,
+                                  "ld_library_path": facts.ld_library_path}),
                  fsync=False)  # a cache: a torn file does not parse and is rebuilt
     return facts
