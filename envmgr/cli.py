@@ -49,10 +49,32 @@ def _root(
 def variants(
     torch: Optional[str] = typer.Option(None, "--torch", help="Only releases this version/specifier admits (2.7, >=2.8)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    refresh: bool = typer.Option(False, "--refresh", help="Learn torch releases newer than the table from the indexes' wheels; write an overlay."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --refresh: the overlay to write (default: the user cache's; a project's variants.toml is read too)."),
+    index_url: str = typer.Option("pypi", "--index-url", help="With --refresh: the index whose torch releases to read (default: pypi)."),
+    torch_index: Optional[str] = typer.Option(None, "--torch-index", help="With --refresh: the PyTorch index, with {variant} (default: the table's)."),
 ) -> None:
-    """Show the variant knowledge base: variants, CUDA, driver minimums, GPU archs."""
+    """Show the variant knowledge base: variants, CUDA, driver minimums, GPU archs (inferred facts marked)."""
     from .report import knowledge as report
 
+    if refresh:
+        from .lock import refresh as learning
+        from .model import variants as kbase
+
+        learned = learning.refresh(output, index_url, torch_index)
+        kbase.kb.cache_clear()
+        if not torch:
+            if as_json:
+                print_json(learned.to_json())
+            else:
+                out.print(learned.describe(), markup=False, highlight=False)
+                for note in learned.notes:
+                    err.print(f"note: {note}", markup=False, highlight=False)
+            return
+    elif output is not None:
+        from .core.errors import UserError
+
+        raise UserError("--output needs --refresh")
     data = report.variants_table(torch)
     if as_json:
         print_json(data)

@@ -433,6 +433,43 @@ def _torch_wheel(version: str, cuda: str | None, pins: Mapping[str, str], python
     )
 
 
+def torch_wheel(version: str, cuda: str | None, pins: Mapping[str, str] = {}, python: str = "cp311", *,
+                triton: str | None = "3.3.1", version_py: str | None = None,
+                binary: bytes | None = None) -> dict:
+    """:meth:`FixtureIndex.add` keyword arguments of a torch wheel: ``version`` (with or without
+    a label), CUDA ``cuda`` (None: a CPU build), the ``pins`` it requires, ``triton`` (None:
+    requires no triton), ``version_py`` replacing ``torch/version.py``, ``binary`` as
+    ``torch/lib/libtorch_cuda.so`` (see :func:`fatbin`)."""
+    public = version.split("+")[0]
+    TRITON_FOR_TORCH.setdefault(public, triton or "3.3.1")
+    kwargs = _torch_wheel(version, cuda, pins, python)
+    if cuda is not None:
+        kwargs["requires"] = [r for r in kwargs["requires"] if not r.startswith("triton")]
+        if triton:
+            kwargs["requires"].append(f"triton=={triton} ; {LINUX_X86_64}")
+    if version_py is not None:
+        kwargs["files"]["torch/version.py"] = version_py
+    if binary is not None:
+        kwargs["files"]["torch/lib/libtorch_cuda.so"] = binary
+    return kwargs
+
+
+def fatbin(sass: Iterable[int], ptx: Iterable[int] = (), *, pad: bytes = b"\x7fELF" + b"\0" * 60) -> bytes:
+    """Bytes shaped like a shared library holding one CUDA fat binary: an ELF-ish prefix, then
+    the fat binary header (magic 0xBA55ED50, version 1, header size 16) and one entry per
+    arch (kind 2 = SASS, 1 = PTX; 64-byte entry header, the arch at offset 28)."""
+    import struct
+
+    entries = b""
+    for kind, archs in ((2, sass), (1, ptx)):
+        for arch in archs:
+            payload = _payload(f"fatbin:{kind}:{arch}", 200 + arch)
+            header = struct.pack("<HHIQII", kind, 0x101, 64, len(payload), 0, 0)
+            header += struct.pack("<HHI", 0, 0, arch) + b"\0" * (64 - 28 - 4)
+            entries += header + payload
+    return pad + struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(entries)) + entries + b"\0" * 32
+
+
 def _torchvision_wheel(version: str, torch_pin: str, cuda: str | None, python: str) -> dict:
     cuda_literal = f'"{cuda}"' if cuda else "None"
     return dict(
@@ -755,6 +792,9 @@ class FixtureIndex:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
+        #: Answer ``Range: bytes=...`` requests for wheels with 206 (off by default: the
+        #: faults above cut whole-file downloads; see :meth:`serve_ranges`).
+        self.ranges = False
 
         built: dict[tuple[str, str], Release] = {}
         for release in default_catalogue() if catalogue is None else catalogue:
@@ -1242,6 +1282,16 @@ class FixtureIndex:
             handler.end_headers()
             return
 
+        rng = handler.headers.get("Range", "") if self.ranges and record.kind == "wheel" and not head else ""
+        if rng:
+            part = _byte_range(rng, len(body))
+            if part is not None:
+                start, stop = part
+                self._log(_with(record, status=206))
+                send(206, body[start:stop], content_type,
+                     {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{len(body)}", "Accept-Ranges": "bytes"})
+                return
+
         cut = self._take_failure() if record.kind == "wheel" and not head else None
         if cut is not None:
             self._log(_with(record, truncated=True))
@@ -1260,6 +1310,18 @@ class FixtureIndex:
 
         self._log(record)
         send(200, body, content_type, headers)
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=A-B``, ``bytes=A-`` or ``bytes=-N`` as (start, stop); None if not one range."""
+    m = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if not m.group(1):
+        return max(0, size - int(m.group(2))), size
+    start = int(m.group(1))
+    stop = min(size, int(m.group(2)) + 1) if m.group(2) else size
+    return (start, stop) if start < stop else None
 
 
 def _with(record: RequestRecord, **changes: Any) -> RequestRecord:

@@ -281,6 +281,10 @@ def read_overlay(path: Path) -> dict:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the variants overlay: {exc}")
+    return read_overlay_text(text, path)
+
+
+def read_overlay_text(text: str, path: Path) -> dict:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

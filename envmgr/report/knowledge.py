@@ -39,6 +39,8 @@ def variants_table(torch: str | None = None) -> dict:
                 "pypi_default": v == r.pypi_default,
                 # where the driver minimum and the arch list come from (keys of "sources" or text)
                 "sources": list(facts.sources),
+                # which of them no primary source gave (min-driver, toolkit-driver, arch-list, ptx)
+                "inferred": list(facts.inferred),
             })
         rows.append({
             "torch": r.minor,
@@ -67,12 +69,15 @@ def render_variants(console: Console, data: dict) -> None:
             if v["variant"].startswith("rocm") and not first:
                 continue
             archs = " ".join(a.removeprefix("sm_") for a in v["arch_list"]) + (f" +PTX {v['ptx'].removeprefix('sm_')}" if v["ptx"] else "")
+            if archs and "arch-list" in v["inferred"]:
+                archs += " (inferred)"
+            driver = (v["min_driver"] + " (inferred)") if v["min_driver"] and "min-driver" in v["inferred"] else v["min_driver"]
             table.add_row(
                 r["torch"] if first else "",
                 f"{r['python'][0]}-{r['python'][-1]}" if first else "",
                 v["variant"] if not v["variant"].startswith("rocm") else "rocm " + ", ".join(x["variant"][4:] for x in r["variants"] if x["variant"].startswith("rocm")),
                 v["cuda"] or "-",
-                v["min_driver"] or "-",
+                driver or "-",
                 archs or "-",
                 "default" if v["pypi_default"] else "",
             )
