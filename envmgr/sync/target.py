@@ -46,16 +46,23 @@ def venv_lock(venv: Path, log: Callable[[str], None]):
 
 
 def state(venv: Path) -> str:
-    """missing | empty | venv | ours (envmgr was creating it) | foreign (not a venv: never touched)."""
-    if venv.is_symlink() or venv.is_file():
+    """missing | empty | venv | ours (envmgr was creating it) | foreign (not a venv: never touched).
+
+    Read from one listing of the folder: a sync that is creating the venv meanwhile (the folder
+    made, then the marker put in it) is seen as empty or ours, never as foreign."""
+    if venv.is_symlink():
         return "foreign"
-    if not venv.exists():
+    try:
+        names = os.listdir(venv)
+    except FileNotFoundError:
         return "missing"
-    if (venv / MARKER).exists():
+    except NotADirectoryError:  # a file, or a path under one
+        return "foreign" if os.path.lexists(venv) else "missing"
+    if MARKER in names:
         return "ours"
-    if (venv / "pyvenv.cfg").is_file():
+    if "pyvenv.cfg" in names and (venv / "pyvenv.cfg").is_file():
         return "venv"
-    return "empty" if not any(venv.iterdir()) else "foreign"
+    return "foreign" if names else "empty"
 
 
 def clear(venv: Path) -> None:
