@@ -156,6 +156,9 @@ class ProfileDiff:
     new_count: int = 0
     old_digest: str = ""
     new_digest: str = ""
+    # facts of the lock (the new one; the old one when removed) that no primary source gave
+    # (arch-list, ptx, min-driver, toolkit-driver): a reviewer should not take them as read
+    inferred: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -366,6 +369,7 @@ def diff_locks(old: Lock | None, new: Lock | None, profile: str = "") -> Profile
         new_count=len(new.packages) if new else 0,
         old_digest=old.digest() if old else "",
         new_digest=new.digest() if new else "",
+        inferred=(new or old).meta.inferred,  # type: ignore[union-attr]
     )
 
 

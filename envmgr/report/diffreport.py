@@ -102,10 +102,12 @@ def _key_table(d: ProfileDiff) -> list[str]:
     for name, label in (("min-driver", "minimum driver"), ("toolkit-driver", "driver for PTX JIT")):
         f = d.fact(name)
         if f:
-            rows.append(f"| {label} | {_cell(f.old)} | {_cell(f.new)} | {'raised' if version_tuple(f.new) > version_tuple(f.old) else 'lowered'} |")
+            rows.append(f"| {label} | {_cell(f.old)} | {_cell(f.new + _inferred(d, name))} | "
+                        f"{'raised' if version_tuple(f.new) > version_tuple(f.old) else 'lowered'} |")
     if d.arch:
         rows.append(
-            f"| GPU archs | {_cell(_arch_text(d.arch.old, d.arch.old_ptx))} | {_cell(_arch_text(d.arch.new, d.arch.new_ptx))} | "
+            f"| GPU archs | {_cell(_arch_text(d.arch.old, d.arch.old_ptx))} | "
+            f"{_cell(_arch_text(d.arch.new, d.arch.new_ptx) + _inferred(d, 'arch-list'))} | "
             f"{_cell(_arch_delta(d.arch))} |"
         )
     if d.status == "changed" or d.old_size != d.new_size:
@@ -113,6 +115,10 @@ def _key_table(d: ProfileDiff) -> list[str]:
     if not rows:
         return []
     return ["| | before | after | change |", "|---|---|---|---|", *rows, ""]
+
+
+def _inferred(d: ProfileDiff, fact: str) -> str:
+    return " (inferred)" if fact in d.inferred else ""
 
 
 def _arch_delta(a: ArchChange) -> str:
@@ -192,7 +198,13 @@ def _other_lines(d: ProfileDiff) -> list[str]:
         lines.append(f"- {f.name}: {_code(f.old)} → {_code(f.new)}")
     if d.inputs:
         lines.append("- inputs changed: " + "; ".join(f"`{i}`" for i in d.inputs))
-    return (["**Profile**", *lines, ""]) if lines else []
+    if d.inferred and lines:
+        lines.append("- inferred, not read from a primary source: " + ", ".join(d.inferred))
+    out = (["**Profile**", *lines, ""]) if lines else []
+    if d.inferred and not lines:
+        out = [f"Inferred, not read from a primary source: {', '.join(d.inferred)} "
+               "(`envmgr lock --verify` reads the arch list from the torch binary).", ""]
+    return out
 
 
 def profile_markdown(d: ProfileDiff, level: int = FULL, base: str = "HEAD") -> str:

@@ -115,6 +115,15 @@ def _metadata_properties(lock: Lock) -> list[Property]:
         "envmgr:resolver": f"{m.resolver} {m.resolver_version}".strip(),
         "envmgr:gpu-runtime-components": " ".join(runtime) or "none",
     }
+    # what the torch file says of itself, and where each GPU fact came from (an inferred
+    # fact is marked: no primary source gave it)
+    for key, value in (("build", m.build), ("cudnn", m.cudnn), ("nccl", m.nccl), ("triton", m.triton)):
+        if value:
+            values[f"envmgr:{key}"] = value
+    for fact, source in m.sources:
+        values[f"envmgr:source:{fact}"] = source
+    if m.sources:
+        values["envmgr:inferred-facts"] = " ".join(m.inferred) or "none"
     return [Property(name=k, value=v) for k, v in values.items()]
 
 
