@@ -180,6 +180,37 @@ def base_image(
                              log=line_log(True))
     out.print(f"oci:{dest}", markup=False, highlight=False)
 
+@app.command("up")
+def up_cmd(
+    name: str = typer.Argument("default", help="Profile whose image to run."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="jupyter, ssh or shell (default: the image's first mode that is not shell)."),
+    gpus: str = typer.Option("auto", "--gpus", help="all, N, none, or auto (all for a CUDA lock on a GPU host)."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Host directory bound at /workspace (default: the image's volume)."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Host port for the mode (default: 8888 for jupyter, 2222 for ssh)."),
+    memory: str = typer.Option("", "--memory", help="Memory limit, e.g. 8g."),
+    cpus: str = typer.Option("", "--cpus", help="CPU limit, e.g. 4."),
+    shm_size: str = typer.Option("1g", "--shm-size", help="/dev/shm size (PyTorch DataLoader workers need more than docker's 64m)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Start it and return (default: follow its logs; Ctrl-C stops it)."),
+    print_only: bool = typer.Option(False, "--print", help="Print the equivalent docker run / podman run lines and a compose file; run nothing."),
+    bind: str = typer.Option("127.0.0.1", "--bind", help="Host address the port is published on (0.0.0.0: every interface)."),
+) -> None:
+    """Run the profile's image: JupyterLab, sshd or a shell, with GPUs, /workspace and limits (docker SDK; DOCKER_HOST)."""
+    import os
+
+    from .up import run, spec
+
+    opts = spec.UpOptions(name=name, mode=mode, gpus=gpus, workspace=workspace, port=port, memory=memory, cpus=cpus,
+                          shm_size=shm_size, detach=detach, print_only=print_only, bind=bind)
+    if print_only:
+        sys.stdout.write(spec.printed(spec.spec(find_project(), opts, environ=dict(os.environ), home=Path.home())))
+        return
+    started = run.up(find_project(), opts, log=line_log(True),
+                     out=lambda line: out.print(line, markup=False, highlight=False))
+    if started.exit_code is not None:
+        raise typer.Exit(started.exit_code)
+    out.print(started.url, markup=False, highlight=False)
+    err.print(f"stop it: {started.stop}", markup=False, highlight=False)
+
 # --- report commands (diff, export) ------------------------------------------------------
 
 def _emit_text(text: str, output: Optional[Path]) -> None:

@@ -74,8 +74,8 @@ def jupyter_argv(cfg, args):
     if not token:
         token = secrets.token_hex(24)
         os.environ["JUPYTER_TOKEN"] = token
-        say(f"JupyterLab token (also in `jupyter server list`): {token}")
-        say(f"open http://127.0.0.1:{port}/lab?token={token} (the host port you published)")
+        say(f"JupyterLab at http://127.0.0.1:{port}/lab?token={token} (your published port; the token is also in "
+            "`jupyter server list`)")
     return [exe, "--ip=0.0.0.0", f"--port={port}", "--ServerApp.port_retries=0", "--no-browser",
             f"--ServerApp.root_dir={cfg['workspace']}", *args]
 
