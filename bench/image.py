@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from envmgr.core.files import write_atomic  # noqa: E402
 from envmgr.model import lockfile  # noqa: E402
 from envmgr.model.lockfile import LockedFile  # noqa: E402
 
@@ -122,7 +123,7 @@ def main() -> None:
     shutil.rmtree(proj, ignore_errors=True)
     shutil.copytree(REPO / "profiles", proj / "profiles")
     lock = lockfile.read(lockfile.lock_path(REPO, args.profile))
-    lockfile.write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
+    write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
     changed = changed_lock(lock, args.change)
 
     from envmgr.net import fetch
@@ -137,7 +138,7 @@ def main() -> None:
     native_env = {**env, "UV_CACHE_DIR": str(uv_cache)}
     print(f"native full export of {args.profile} ...", flush=True)
     full = envmgr(["export-image", args.profile, "--base", base, "--output", str(work / "native-full")], native_env, proj)
-    lockfile.write_atomic(lockfile.lock_path(proj, args.profile), changed.dumps())
+    write_atomic(lockfile.lock_path(proj, args.profile), changed.dumps())
     print(f"native re-export after {args.change} changed ...", flush=True)
     one = envmgr(["export-image", args.profile, "--base", base, "--output", str(work / "native-one")], native_env, proj)
     rebuilt = [layer["title"] for layer in one["layers"] if not layer["cached"]]
@@ -149,13 +150,13 @@ def main() -> None:
 
     podman_full = podman_one = None
     if not args.skip_podman:
-        lockfile.write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
+        write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
         sock = work / "podman.sock"
         svc = podman_service(sock)
         try:
             print("podman build (no cache) ...", flush=True)
             podman_full = engine_build(proj, args.profile, base, sock, True, env)
-            lockfile.write_atomic(lockfile.lock_path(proj, args.profile), changed.dumps())
+            write_atomic(lockfile.lock_path(proj, args.profile), changed.dumps())
             print(f"podman build after {args.change} changed ...", flush=True)
             podman_one = engine_build(proj, args.profile, base, sock, False, env)
         finally:
