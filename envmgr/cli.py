@@ -124,6 +124,7 @@ _declare("run", commands.RUN, commands.run,
 def export_image(
     name: Optional[str] = typer.Argument(None, help="Profile whose lock becomes the image (default: default)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base image: HOST/NAME:TAG, oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE (default: [image] base)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Take the lock's files (and, made --with-base, the base) from this bundle: no network."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write an OCI layout DIR, or FILE.tar (docker load and OCI tools read it)."),
     push: Optional[str] = typer.Option(None, "--push", help="Push to HOST/NAME:TAG (skips blobs the registry has)."),
     load: bool = typer.Option(False, "--load", help="Load into the local engine through the docker SDK (honours DOCKER_HOST)."),
@@ -139,6 +140,10 @@ def export_image(
     from .core import settings
     from .oci import export as exporting
 
+    if bundle is not None:  # the lock's files, hash-checked, and the bundled base: no network
+        from .bundle import image as bundled
+
+        base = bundled.prepare(find_project(), name or "default", bundle, base)
     show = not quiet and not as_json
     opts = exporting.Options(name=name or "default", base=base, output=output, push=push, load=load, tag=tag,
                              threshold=layer_threshold, jobs=jobs, compile=not no_compile)
@@ -162,6 +167,42 @@ def export_image(
         for where, what in result.outputs.items():
             if where != "config":
                 out.print(f"  {where}: {what}", markup=False, highlight=False)
+
+
+@app.command("bundle")
+def bundle_cmd(
+    names: List[str] = typer.Argument(None, help="Profiles to bundle (default: default); their locks must be fresh."),
+    output: Path = typer.Option(..., "--output", "-o", help="FILE.tar (a reproducible tar) or a new folder."),
+    with_base: bool = typer.Option(False, "--with-base", help="Carry the profiles' [image] base too, for export-image --bundle."),
+    base: Optional[str] = typer.Option(None, "--base", help="With --with-base: this base instead of the profiles'."),
+    tool_wheels: Optional[Path] = typer.Option(None, "--tool-wheels", help="Folder holding envmgr's wheel and its dependencies' (default: build and download them)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Profiles, locks, every file they name, envmgr's own wheels and bootstrap.sh: sync with no network."""
+    from .bundle import make
+
+    show = not quiet and not as_json
+    result = make.make(find_project(), list(names or []), output, with_base=with_base, base=base, tool_wheels=tool_wheels,
+                       reporter=DownloadBar() if show and err.is_terminal else None, log=line_log(show))
+    if as_json:
+        print_json(result.to_json())
+    elif not quiet:
+        out.print(result.describe(), markup=False, highlight=False)
+
+
+@app.command("serve")
+def serve_cmd(
+    cache: bool = typer.Option(False, "--cache", help="Serve envmgr's file cache (the default)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Serve this bundle folder's files instead."),
+    bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="Port (0: any free one, printed)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Require it (Bearer, or as the password of http://USER:TOKEN@host)."),
+) -> None:
+    """A read-only PEP 503/691 simple index of the cached or bundled files, for nodes without the internet."""
+    from .bundle import serve
+
+    serve.serve(bundle=bundle, cache=cache, bind=bind, port=port, token=token, log=line_log(True))
 
 
 @app.command("base")

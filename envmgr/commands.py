@@ -129,6 +129,7 @@ SYNC_SHARED = (
     Param("frozen", "bool", ("--frozen",), "Use the lock as it is; do not check it against the profile.", False),
     Param("offline", "bool", ("--offline",), "No network: files from the cache or --find-links only.", False),
     Param("find_links", "paths", ("--find-links",), "Folder of wheels to take before downloading (repeatable); hashes still checked."),
+    Param("bundle", "path", ("--bundle",), "Take the files from this bundle (`envmgr bundle`'s folder or tar); implies --offline; hashes still checked."),
     Param("skip_driver_check", "bool", ("--skip-driver-check",), "Install a CUDA variant even if the driver is too old.", False),
 )
 
@@ -145,9 +146,8 @@ def sync(name, check, quiet, as_json, **options) -> int:
     """``options``: SYNC_SHARED's, handed on as one SyncOptions."""
     from .core import settings
     from .sync import syncer as syncing
-    from .sync.options import SyncOptions
 
-    project, name, opts = find_project(), name or "default", SyncOptions(**options)
+    project, name, opts = find_project(), name or "default", _options(options)
     if check:
         from .sync import drift
 
@@ -180,7 +180,18 @@ RUN = (
 def run(name, cmd, quiet, **options) -> int:
     """``options``: SYNC_SHARED's, handed on as one SyncOptions."""
     from .sync import run as running
+
+    running.run(find_project(), name, cmd or [], _options(options), log=line_log(not quiet))
+    return 0
+
+
+def _options(options: dict):
+    """SYNC_SHARED's values as one SyncOptions; a ``--bundle`` that is not one fails here, before any sync."""
     from .sync.options import SyncOptions
 
-    running.run(find_project(), name, cmd or [], SyncOptions(**options), log=line_log(not quiet))
-    return 0
+    opts = SyncOptions(**options)
+    if opts.bundle is not None:
+        from .sync.preflight import opened
+
+        opened(opts.bundle)
+    return opts

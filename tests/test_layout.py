@@ -20,6 +20,7 @@ LAYERS = [
     {"lock"},                    # profile -> lock
     {"sync", "report"},          # lock -> venv; lock -> text (PR body, SBOM, exports)
     {"oci"},                     # lock -> image (the SBOM inside it from report)
+    {"bundle"},                  # locks -> an air-gapped bundle; a cache or bundle served as an index
     {"gpu", "up"},               # venv/interpreter/image -> check report; doctor; image -> a running container
     {"cluster"},                 # lock + image -> k8s manifests, sbatch scripts; fleet check -> table
     {"commands"},                # every command's parameters; the hot commands' bodies

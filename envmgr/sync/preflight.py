@@ -20,6 +20,8 @@ def check_inputs(venv: Path, options: SyncOptions) -> None:
     for d in options.find_links:
         if not d.is_dir():
             raise UserError(f"--find-links {d}: not a folder")
+    if options.bundle is not None:
+        opened(options.bundle)
     if target.state(venv) == "foreign":
         raise UserError(f"{venv} exists and is not a venv; refusing to touch it", hint="pass --venv with another path")
 
@@ -39,6 +41,30 @@ def stale_reasons(project: Path, name: str, options: SyncOptions) -> str | None:
         raise UserError(f"{name}: {result.path} is stale ({why}) and --offline cannot re-lock",
                         hint="re-lock online, or pass --frozen to use the lock as it is")
     return why
+
+
+def opened(path: Path):
+    """The bundle at ``path``, opened and its manifest checked once per process (a one-line error if it is not one)."""
+    from ..net import bundlefiles
+
+    key = os.path.abspath(path)
+    if key not in _bundles:
+        _bundles[key] = bundlefiles.open_bundle(path)
+    return _bundles[key]
+
+
+_bundles: dict = {}
+
+
+def seed_from_bundle(lock, packages, options: SyncOptions) -> None:
+    """``--bundle``: the bundle must be for the lock's python and platform, and this machine's; then
+    ``packages``' files go into the cache from it, hash-checked (exit 1 naming a file it lacks)."""
+    from ..net import bundlefiles
+
+    bundle = opened(options.bundle)
+    bundle.check_target(lock.meta.python, lock.meta.platform, f"the lock {lock.meta.profile}")
+    bundle.check_target(bundle.python, bundlefiles.host_platform(), "this machine")
+    bundle.seed([(p.key, p.install_file) for p in packages])
 
 
 # -- python ----------------------------------------------------------------------------------
@@ -125,6 +151,8 @@ def check_plan(lock, plan, options: SyncOptions, driver: Callable[[], str | None
         warning = check_driver(lock.meta.variant, lock.meta.cuda, lock.meta.min_driver, driver())
         if warning:
             warnings.append(warning)
+    if options.bundle is not None:
+        seed_from_bundle(lock, plan.install, options)
     if options.offline:
         missing = [p for p in plan.install if not fetch.cached_path(p.install_file).exists()
                    and not any((d / p.install_file.filename).is_file() for d in options.find_links)]
