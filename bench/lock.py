@@ -23,7 +23,14 @@ the project, so the repository's own lock is never touched, and times, in one ru
   (before/after in one run);
 * ``envmgr lock NAME --resolver pip-tools`` and plain ``pip-compile`` (pip-compile downloads
   every resolved wheel, gigabytes for a CUDA torch, so it gets ``--pip-timeout`` seconds
-  and is reported as not finishing when it does not).
+  and is reported as not finishing when it does not);
+* with ``--torch-index-route``, the other route: the same profile with the torch family from
+  a separate, explicit index (the cu118 path; here a local PEP 503 index listing the default
+  index's torch and triton files, as the PyTorch index lists its own), against ``uv pip
+  compile`` of a pyproject giving uv the same explicit index (``[tool.uv.sources]``), and the
+  floor for it.
+
+Paired ratios: the median of each rep's ratio (the tools run seconds apart, alternating).
 
 Cold: every run gets fresh, empty caches (UV_CACHE_DIR, ENVMGR_CACHE_DIR, PIP_CACHE_DIR).
 Warm: the caches are primed once, then kept. Runs of the tools alternate (interleaved, the
@@ -118,6 +125,136 @@ def fresh_caches(root: Path, tag: str) -> dict[str, Path]:
     return {k: d / k for k in ("uv", "envmgr", "pip", "tmp")}
 
 
+def measure(tools: list[Tool], reps: int, scratch: Path) -> dict[str, dict[str, Path]]:
+    """Cold then warm runs of ``tools``, interleaved, order flipping each rep; the warm caches."""
+    for rep in range(reps):  # cold: every run with new, empty caches
+        for tool in (tools if rep % 2 == 0 else tools[::-1]):
+            tool.run("cold", fresh_caches(scratch, "cold"))
+    warm = {t.label: fresh_caches(scratch, "warm") for t in tools}  # primed once, then kept
+    for tool in tools:
+        tool.run("warm", warm[tool.label])
+        tool.times["warm"].clear()
+    for rep in range(reps):
+        for tool in (tools if rep % 2 == 0 else tools[::-1]):
+            tool.run("warm", warm[tool.label])
+    return warm
+
+
+def paired(a: Tool, b: Tool, mode: str) -> float | None:
+    """The median of the per-rep ratios a/b (None when a run failed)."""
+    if mode in a.failed or mode in b.failed or not a.times[mode] or len(a.times[mode]) != len(b.times[mode]):
+        return None
+    return statistics.median(x / y for x, y in zip(a.times[mode], b.times[mode]))
+
+
+def print_rows(tools: list[Tool]) -> None:
+    width = max(len(t.label) for t in tools)
+    print(f"\n{'':{width}}  {'cold':<26}  {'warm':<26}")
+    for tool in tools:
+        print(f"{tool.label:{width}}  {tool.cell('cold'):<26}  {tool.cell('warm'):<26}")
+    print()
+
+
+def torch_index_route(profile, scratch: Path, python: str, envmgr_bin: list[str], reps: int,
+                      in_place: bool) -> bool:
+    """The torch-index route: envmgr against uv given the same explicit index (see the doc)."""
+    import html
+    import json
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from envmgr.lock.resolve import default_index_url
+    from envmgr.model.lockfile import toml_str
+
+    pages = {}
+    for project in ("torch", "triton"):
+        req = urllib.request.Request(f"{default_index_url()}/{project}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        files = json.load(urllib.request.urlopen(req, timeout=60))["files"]
+        rows = []
+        for f in files:
+            if not f["filename"].endswith(".whl") or "x86_64" not in f["filename"]:
+                continue
+            attrs = f' href="{html.escape(f["url"] + "#sha256=" + f["hashes"]["sha256"])}"'
+            if f.get("requires-python"):
+                attrs += f' data-requires-python="{html.escape(f["requires-python"])}"'
+            meta = f.get("core-metadata")
+            if isinstance(meta, dict) and meta.get("sha256"):
+                attrs += f' data-core-metadata="sha256={meta["sha256"]}"'
+            rows.append(f"<a{attrs}>{html.escape(f['filename'])}</a><br/>")
+        pages[f"/whl/bench/{project}/"] = ("<!DOCTYPE html><html><body>\n" + "\n".join(rows) + "\n</body></html>\n").encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = pages.get(self.path.split("?")[0])
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    index = f"http://127.0.0.1:{server.server_address[1]}/whl/bench"
+    project = scratch / "route"
+    (project / "profiles").mkdir(parents=True)
+    for f in profile.files:
+        shutil.copy2(f, project / "profiles" / f.name)
+    text = (project / "profiles" / f"{profile.name}.toml").read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("torch-index-url"))
+    (project / "profiles" / "route.toml").write_text(text + f"\ntorch-index-url = {toml_str(index)}\n")
+    work = scratch / "route-uv"
+    work.mkdir()
+    reqs = [*profile.requirements, "triton"]
+    (work / "pyproject.toml").write_text("\n".join([
+        "[project]", 'name = "bench"', 'version = "0"', f"dependencies = [{', '.join(toml_str(r) for r in reqs)}]", "",
+        "[tool.uv.sources]", 'torch = { index = "torch" }', 'triton = { index = "torch" }', "",
+        "[[tool.uv.index]]", 'name = "torch"', f"url = {toml_str(index)}", "explicit = true", ""]))
+    uv_cmd = [uv_bin(), "pip", "compile", "pyproject.toml", "--format", "pylock.toml", "-o", "pylock.toml", "--quiet",
+              "--no-config", "--python-version", profile.python, "--python-platform", profile.uv_platform]
+    floor = scratch / "route-floor"
+    shutil.copytree(work, floor)
+    tools = [
+        Tool("envmgr lock (torch index)", [*envmgr_bin[:-2], "route", "--quiet"], project,
+             [project / "locks" / "pylock.route.toml"], 600, env={"PYTHONPATH": str(REPO)} if in_place else None),
+        Tool("uv pip compile (explicit index)", uv_cmd, work, [work / "pylock.toml"], 600),
+        Tool("python -c 'run uv' (floor)",
+             [python, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)", *uv_cmd],
+             floor, [floor / "pylock.toml"], 600),
+    ]
+    tools[0].env = {**tools[0].env, "ENVMGR_PROJECT": str(project)}
+    print("\ntorch-index route: the torch family from a separate explicit index", flush=True)
+    try:
+        measure(tools, reps, scratch)
+    finally:
+        server.shutdown()
+    print_rows(tools)
+    return report_paired(tools[0], tools[1], tools[2])
+
+
+def report_paired(envmgr: Tool, uv: Tool, floor: Tool | None) -> bool:
+    """Paired ratios to uv; envmgr's within 0.10 of the floor's warm and 0.25 cold (issue 12)."""
+    ok = True
+    for mode, margin in (("cold", 0.25), ("warm", 0.10)):
+        ours = paired(envmgr, uv, mode)
+        base = paired(floor, uv, mode) if floor else None
+        if ours is None:
+            print(f"paired ratio {envmgr.label} / {uv.label} ({mode}): n/a")
+            ok = False
+            continue
+        line = f"paired ratio {envmgr.label} / {uv.label} ({mode}): {ours:.2f}x"
+        if base is not None:
+            good = ours - base <= margin
+            ok &= good
+            line += f"; floor {base:.2f}x; over the floor by {ours - base:+.2f} (target <= {margin:.2f}): {'ok' if good else 'NO'}"
+        print(line)
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default")
@@ -132,6 +269,9 @@ def main() -> int:
                     help="run envmgr from this checkout with this python instead of a tool venv")
     ap.add_argument("--compare-src", type=Path, metavar="DIR",
                     help="also time the envmgr in DIR (a checkout of another commit), in the same run")
+    ap.add_argument("--torch-index-route", action="store_true",
+                    help="also time the route with the torch family from a separate explicit index")
+    ap.add_argument("--only-torch-index-route", action="store_true", help="time only that route")
     args = ap.parse_args()
 
     profile = profiles.load(REPO, args.profile)
@@ -199,25 +339,18 @@ def main() -> int:
                                           "--no-header", "--no-annotate", *index_args],
                           work, [work / "requirements.txt"], args.pip_timeout))
 
+    if args.only_torch_index_route:
+        ok = torch_index_route(profile, scratch, python, envmgr_cmd, args.reps, args.in_place)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return 0 if ok else 1
+
     print(f"bench/lock: profile {profile.name} ({', '.join(profile.requirements)}; python {profile.python}, "
           f"{profile.platform}); uv {uv_version()}; python {sys.version.split()[0]}; {args.reps} reps, "
           f"median (min-max); load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
-    # cold: every run with new, empty caches; the tools interleaved, order flipping each rep
-    for rep in range(args.reps):
-        order = tools if rep % 2 == 0 else tools[::-1]
-        for tool in order:
-            tool.run("cold", fresh_caches(scratch, "cold"))
-    # warm: caches primed once, then kept
-    warm = {t.label: fresh_caches(scratch, "warm") for t in tools}
-    for tool in tools:
-        tool.run("warm", warm[tool.label])
-        tool.times["warm"].clear()
-    for rep in range(args.reps):
-        order = tools if rep % 2 == 0 else tools[::-1]
-        for tool in order:
-            tool.run("warm", warm[tool.label])
+    warm = measure(tools, args.reps, scratch)
 
+    floor_ok = report_paired(tools[0], tools[1], tools[3]) if not args.no_floor else True
     # sanity: same pins as uv, and a second lock leaves the lock byte-identical
     for out in tools[0].outputs + tools[1].outputs:
         out.unlink(missing_ok=True)
@@ -245,12 +378,8 @@ def main() -> int:
             for _ in range(reps):
                 tool.run("warm", caches)
 
-    width = max(len(t.label) for t in tools + extra)
-    print(f"\n{'':{width}}  {'cold':<26}  {'warm':<26}")
-    for tool in tools + extra:
-        print(f"{tool.label:{width}}  {tool.cell('cold'):<26}  {tool.cell('warm'):<26}")
-    print()
-    ok = True
+    print_rows(tools + extra)
+    ok = floor_ok
     for mode in ("cold", "warm"):
         a, b = tools[0].median(mode), tools[1].median(mode)
         if a is None or b is None:
@@ -279,6 +408,8 @@ def main() -> int:
                       f"pip-compile {extra[1].failed.get(mode, 'n/a')}")
     for line in sanity:
         print(line)
+    if args.torch_index_route:
+        ok &= torch_index_route(profile, scratch, python, envmgr_cmd, args.reps, args.in_place)
     if args.keep:
         print(f"scratch kept: {scratch}")
     else:

@@ -45,6 +45,11 @@ def _remember(sha256: str, kind: str, data: dict) -> None:
     write_atomic(_cache(sha256, kind), json.dumps(data, sort_keys=True), fsync=False)
 
 
+def any_cached() -> bool:
+    """Whether any torch file's facts were cached (else the first lock is reading some)."""
+    return (settings.cache_dir() / "facts").is_dir()
+
+
 # -- what the file says of itself ---------------------------------------------------------
 
 def build_facts(name: str, f: LockedFile, *, auth=None) -> F.BuildFacts:

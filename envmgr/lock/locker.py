@@ -215,6 +215,13 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
             version()
             import hashlib  # noqa: F401  (the fingerprint's; loaded here, off the critical path)
 
+            # Reading the torch file's facts (when they are not cached yet) needs the zip reader
+            # and the HTTP client; their imports (~0.2 s) are done while the resolver works.
+            if not wheelfacts.any_cached():
+                from ..net import wheelmeta
+
+                wheelmeta.preload()
+
         if log:
             log(f"{name}: resolving with {backend.name} for python {profile.python} on {profile.platform}")
         auth = Auth.from_urls(idx.all_urls())

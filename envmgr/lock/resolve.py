@@ -185,8 +185,14 @@ class UvBackend:
     def _run(self, req: Request, idx: Indexes, extra_family: list[str]) -> list[Pinned]:
         if not idx.torch:
             return self._compile(req, idx, extra_family, None)
+        import threading
+
         from ..net.fetch import cached_url_digest
         from .indexproxy import RoutingIndex
+
+        # The routing index answers uv's first page with requests, whose import (~0.15 s:
+        # urllib3, charset_normalizer) would otherwise sit between uv's question and its answer.
+        threading.Thread(target=__import__, args=("requests",), daemon=True).start()
 
         def known(url: str) -> str | None:
             hit = cached_url_digest(url)
