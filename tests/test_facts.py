@@ -62,6 +62,9 @@ def test_fat_binary_headers_give_the_archs_whatever_the_chunks() -> None:
     for size in (1, 7, 64, 4096, len(blob)):
         assert fatbin_archs(blob[i:i + size] for i in range(0, len(blob), size)) == expected
     assert fatbin_archs([b"no fat binary here" * 100]) == (set(), set())
+    # the build's list is what most kernels carry; a few kernels built for more add nothing
+    many = fatbin([75, 80, 90]) * 3 + fatbin([89, 90, 103])
+    assert fatbin_archs([many]) == ({75, 80, 90}, set())
 
 
 # -- at lock time -------------------------------------------------------------------------
@@ -275,9 +278,21 @@ def test_torch_2_15_from_pypi(tmp_path: Path) -> None:
     meta = read_lock(project, "new")["tool"]["envmgr"]
     assert meta["cuda"] == "13.2" and meta["min-driver"].startswith("580") and meta["build"] == "2.15.0+cu132"
     assert meta["arch-list"] and meta["sources"]["arch-list"] in ("knowledge-base", "inferred", "wheel-binary")
-    # the wheel at hand: the arch list read from the real binary agrees with the lock
-    ok(envmgr(project, "lock", "new", "--verify", timeout=1800))
-    meta = read_lock(project, "new")["tool"]["envmgr"]
-    assert meta["sources"]["arch-list"] == "wheel-binary"
-    assert meta["arch-list"] == ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+    # the wheel at hand (what sync does once it has installed it: lock.facts.warn_binary): the
+    # arch list read from the real binary is cached by sha256 and agrees with the lock
+    from envmgr.lock import facts as wheelfacts
+    from envmgr.model import lockfile
+    from envmgr.net.fetch import fetch
+
+    lock = lockfile.read(lock_file(project, "new"))
+    torch = lock.package("torch")
+    paths = fetch([("torch", torch.install_file)])
+    assert wheelfacts.warn_binary(lock, paths) == ""
+    cached = json.loads((cache() / "facts" / torch.install_file.sha256[:2] /
+                         f"{torch.install_file.sha256}.binary.json").read_text())
+    assert cached["arch-list"] == ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"], cached
     ok(envmgr(project, "lock", "--check", "new"))
+    # and a lock made now records the binary's list, with that source
+    ok(envmgr(project, "lock", "new", timeout=300))
+    meta = read_lock(project, "new")["tool"]["envmgr"]
+    assert (meta["arch-list"], meta["sources"]["arch-list"]) == (cached["arch-list"], "wheel-binary")
