@@ -8,6 +8,12 @@ killed fetch leaves no half-written file under a valid name. HTTP itself (sessio
 retries, errors) is ``net.http``; a download that breaks off or stalls goes on from the bytes
 it has (``http.body``), hashed as they stream, so the sha256 at the end covers every resume
 and progress is counted once.
+
+For line rate: the largest files start first, and a file of :data:`SPLIT_MIN` bytes or more
+comes in :data:`PARTS` ``Range`` requests at once where the server answers them (``206``),
+written in place at their offsets while this thread hashes the bytes in order as they land
+(read back from the page cache). ``fetch(on_ready=...)`` hands each file on the moment it is
+verified, so a caller can install it while the others still download.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Protocol
 from urllib.parse import unquote, urlsplit
@@ -31,6 +38,8 @@ from . import http
 from .credentials import Auth
 
 CHUNK = http.CHUNK
+SPLIT_MIN = 64 << 20  # a file this big downloads in parts, over several connections
+PARTS = 4
 
 
 class Reporter(Protocol):
@@ -86,11 +95,17 @@ def _read(src: Path) -> Iterable[bytes]:
 
 
 def _verified(chunks: Iterable[bytes], dest: Path, sha256: str, on_chunk=None) -> Path:
-    """``dest`` holding ``chunks``, if they hash to ``sha256``; else _WrongBytes and no file.
-    Not fsynced: every file in the cache is hashed again when it is used."""
+    """``dest`` holding ``chunks``, if they hash to ``sha256``; else _WrongBytes and no file."""
+    return _into_place(dest, sha256, lambda tmp: _write_hashing(chunks, tmp, on_chunk)[0])
+
+
+def _into_place(dest: Path, sha256: str, write) -> Path:
+    """``write(tmp)`` (which returns the sha256 of what it wrote) renamed to ``dest`` when that is
+    ``sha256``; else _WrongBytes and no file. Not fsynced: every file in the cache is hashed
+    again when it is used."""
     try:
         with atomic_path(dest, fsync=False) as tmp:
-            actual, _ = _write_hashing(chunks, tmp, on_chunk)
+            actual = write(tmp)
             if actual != sha256:
                 raise _WrongBytes(actual)
     except BaseException:
@@ -114,6 +129,8 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
                 raise NetworkError(f"{name}: {f.url} does not exist")
             _verified(_read(src), dest, f.sha256)
             reporter.advance(f.size)
+        elif f.size >= SPLIT_MIN:
+            _into_place(dest, f.sha256, lambda tmp: _download_split(f, tmp, auth, reporter))
         else:
             with http.get(f.url, auth, stream=True) as resp:
                 _verified(http.body(resp), dest, f.sha256, lambda chunk: reporter.advance(len(chunk)))
@@ -125,14 +142,90 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
     return dest
 
 
+def _download_split(f: LockedFile, tmp: Path, auth: Auth | None, reporter: Reporter) -> str:
+    """The file at ``f.url`` into ``tmp`` in :data:`PARTS` ranges at once; returns its sha256,
+    hashed here in order as the parts land. A server that answers the first range with the
+    whole file (``200``) is read as one stream."""
+    step = -(-f.size // PARTS)
+    bounds = [(a, min(a + step, f.size)) for a in range(0, f.size, step)]
+    first = http.get_range(f.url, *bounds[0], auth)
+    if http.range_of(first) != (*bounds[0], f.size):
+        if first.status_code != 200:
+            first.close()
+            first = http.get(f.url, auth, stream=True)
+        with first:
+            return _write_hashing(http.body(first), tmp, lambda chunk: reporter.advance(len(chunk)))[0]
+    validator = http.validator_of(first)
+    landed = [0] * len(bounds)  # bytes of each part written
+    failed: list[BaseException] = []
+    cond = threading.Condition()
+
+    def part(i: int, resp) -> None:
+        a, b = bounds[i]
+        try:
+            if resp is None:
+                resp = http.get_range(f.url, a, b, auth, validator=validator)
+                if http.range_of(resp) != (a, b, f.size):
+                    resp.close()
+                    raise NetworkError(f"{redact(f.url)}: range {a}-{b - 1} answered with HTTP {resp.status_code} "
+                                       f"{resp.headers.get('Content-Range', '')!r} (the file changed?)")
+            for piece in http.range_body(resp, f.url, a, b, auth, what=f.filename):
+                if failed:
+                    return
+                os.pwrite(fd, piece, a + landed[i])
+                reporter.advance(len(piece))
+                with cond:
+                    landed[i] += len(piece)
+                    cond.notify_all()
+        except BaseException as exc:  # handed to the hashing thread, which raises it
+            with cond:
+                failed.append(exc)
+                cond.notify_all()
+
+    h = hashlib.sha256()
+    fd = os.open(tmp, os.O_RDWR | os.O_TRUNC)
+    threads = [threading.Thread(target=part, args=(i, first if i == 0 else None), daemon=True)
+               for i in range(len(bounds))]
+    try:
+        for t in threads:
+            t.start()
+        for i, (a, b) in enumerate(bounds):
+            pos = a
+            while pos < b:
+                with cond:
+                    while not failed and a + landed[i] <= pos:
+                        cond.wait()
+                    if failed:
+                        raise failed[0]
+                    ready = a + landed[i]
+                while pos < ready:
+                    data = os.pread(fd, min(CHUNK, ready - pos), pos)
+                    h.update(data)
+                    pos += len(data)
+    finally:
+        with cond:
+            failed.append(_Stop())
+        for t in threads:
+            t.join()
+        os.close(fd)
+    return h.hexdigest()
+
+
+class _Stop(Exception):
+    """Tells the part threads of a split download to stop (the download ended or failed)."""
+
+
 def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None, auth: Auth | None = None,
           offline: bool = False, find_links: Iterable[Path] = (), jobs: int = 8,
-          reporter: Reporter | None = None) -> dict[str, Path]:
+          reporter: Reporter | None = None, on_ready=None) -> dict[str, Path]:
     """Make every (package name, file) available in the cache; return sha256 -> path.
 
     Offline, a file comes from the cache or a ``find_links`` folder (hash-verified) and a
     missing one is an error listing every missing file. Online, missing files download in
-    parallel. Any hash mismatch raises before the caller installs anything.
+    parallel, the largest first. Any hash mismatch or network failure raises (the downloads
+    not yet started are dropped, the running ones end) before the caller installs anything.
+    ``on_ready(name, file, path)`` is called (from any thread) for each file once it is in the
+    cache, verified: at once for those already there.
     """
     items = list(items)
     reporter = reporter or NullReporter()
@@ -157,20 +250,31 @@ def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None,
         missing = ", ".join(f"{name} ({f.filename})" for name, f in todo)
         raise UserError(f"offline and {len(todo)} locked file(s) are not in the cache or --find-links: {missing}",
                         hint="run once online, or pass --find-links DIR holding them")
+    if on_ready is not None:
+        for name, f in items:
+            if f.sha256 in out:
+                on_ready(name, f, out[f.sha256])
     if not todo:
         return out
+    todo.sort(key=lambda item: -item[1].size)  # the longest downloads first: none is left alone at the end
+
+    def one(name: str, f: LockedFile) -> Path:
+        path = out[f.sha256] = fetch_one(name, f, cache=cache, auth=auth, reporter=reporter)
+        if on_ready is not None:
+            on_ready(name, f, path)
+        return path
+
     reporter.start(sum(f.size for _, f in todo), f"downloading {len(todo)} file(s)")
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-            futures = [(f, pool.submit(fetch_one, name, f, cache=cache, auth=auth, reporter=reporter)) for name, f in todo]
-            errors = []
-            for f, fut in futures:
-                try:
-                    out[f.sha256] = fut.result()
-                except Exception as exc:  # collect, then raise the first: all workers finish first
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+            futures = [pool.submit(one, name, f) for name, f in todo]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [fut for fut in futures if fut in done and fut.exception() is not None]
+            if failed:  # drop what has not started; the running ones finish, then the first failure is raised
+                for fut in futures:
+                    fut.cancel()
+                wait(futures)
+                raise failed[0].exception()
     finally:
         reporter.finish()
     return out

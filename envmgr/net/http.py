@@ -299,3 +299,63 @@ def _unreachable(exc: Exception, url: str, server: Server, what: str,
                  kind: type[NetworkError] = NetworkError) -> NetworkError:
     return kind(f"cannot reach {_where(server, url)}" + (f" for {what}" if what else "")
                         + f": {type(exc).__name__}", hint=server.reach_hint)
+
+
+def get_range(url: str, start: int, stop: int, auth: Auth | tuple[str, str] | None = None, *,
+              validator: str | None = None, **kw) -> "requests.Response":
+    """``GET`` of bytes ``[start, stop)`` (``Range``, not encoded; ``If-Range: validator`` when
+    given). The answer is a ``206`` or a ``200`` (a server that ignores ranges, or a changed
+    file): :func:`range_of` says which range it holds."""
+    headers = {"Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}
+    if validator:
+        headers["If-Range"] = validator
+    return request("GET", url, auth=auth, headers=headers, stream=True, ok=(200, 206), **kw)
+
+
+def range_of(resp: "requests.Response") -> tuple[int, int, int] | None:
+    """(start, stop, total size) of a ``206`` answer's ``Content-Range``; None for anything else."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", "").strip())
+    if resp.status_code != 206 or not m:
+        return None
+    return int(m.group(1)), int(m.group(2)) + 1, int(m.group(3))
+
+
+def validator_of(resp: "requests.Response") -> str | None:
+    """The strong ``ETag`` (else ``Last-Modified``) a later ``If-Range`` names."""
+    etag = resp.headers.get("ETag", "")
+    return etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified")
+
+
+def range_body(resp: "requests.Response", url: str, start: int, stop: int, auth: Auth | tuple[str, str] | None = None,
+               *, chunk: int = CHUNK, what: str = "") -> Iterator[bytes]:
+    """Bytes ``[start, stop)`` of ``url`` from ``resp`` (a ``206`` holding them, from
+    :func:`get_range`), resumed from the byte reached when it breaks off or stalls (a new
+    ``Range`` request, same rules as :func:`body`); an answer for other bytes is an error."""
+    import requests
+    import urllib3
+
+    pos, tries, current, validator = start, Tries(), resp, validator_of(resp)
+    while True:
+        before = pos
+        error: BaseException | None = None
+        try:
+            for piece in _pieces(current, chunk):
+                piece = piece[:stop - pos]
+                pos += len(piece)
+                yield piece
+                if pos >= stop:
+                    return
+            error = EOFError("the answer ended early")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            error = exc
+        finally:
+            current.close()
+        if not tries.again(progressed=pos > before):
+            raise NetworkError(f"download of {what or redact(url)} (bytes {start}-{stop - 1}) broke off at byte {pos}: "
+                               f"{type(error).__name__}", hint="retry when the network is back")
+        current = get_range(url, pos, stop, auth, validator=validator, what=what)
+        got = range_of(current)
+        if got is None or got[:2] != (pos, stop):
+            current.close()
+            raise NetworkError(f"{redact(url)}: resumed range {pos}-{stop - 1} answered with HTTP {current.status_code} "
+                               f"{current.headers.get('Content-Range', '')!r} (the file changed?)")

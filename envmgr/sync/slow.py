@@ -2,6 +2,12 @@
 with it, every missing file fetched and verified, then the venv changed, stamped and, when it
 was made from nothing, its recipe kept (:mod:`envmgr.sync.recipe`).
 
+A cold sync is a pipeline (:func:`_fetch`): the files download in parallel, each verified as
+it streams, and every verified file is unpacked by uv into its cache through a staging venv
+beside the target while the others still download (:class:`envmgr.venv.install.Staging`);
+the venv itself is changed only once every file is verified, by one exact ``uv pip sync``
+that then mostly links. Two bars tell the truth: bytes downloaded, packages installed.
+
 Read-only first: every input, the interpreter, the driver and (offline) the files are checked
 before anything on disk changes, once before the venv's file lock is taken and again under it
 (another sync may have changed the venv or the lock meanwhile). The lock model, packaging and
@@ -10,6 +16,7 @@ the network are imported inside the functions: a no-op sync loads this module no
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -100,6 +107,44 @@ def _record(name: str, lock_file: Path, lock_digest: str, lock, state: _State, r
         packages={p.key: p.version for p in result.plan.install}, lines=state.plan.lines(), folders=folders)
 
 
+@contextlib.contextmanager
+def _counter(reporter, n: int):
+    """The packages bar beside the bytes one (a reporter with ``count``), finished however the sync ends."""
+    counter = reporter.count(n, f"installing {n} package(s)") if n and hasattr(reporter, "count") else None
+    try:
+        yield counter
+    finally:
+        if counter is not None:
+            counter.finish()
+
+
+def _fetch(name: str, lock, state: _State, venv: Path, downloads: list, options: SyncOptions, auth, reporter, counter,
+           log: Callable[[str], None], keep_fds: tuple[int, ...]) -> tuple[dict, set[str]]:
+    """Every file the plan installs, verified into the cache: (sha256 -> path, keys already unpacked
+    by uv while the others downloaded). Staging runs only when something downloads."""
+    from ..net import fetch
+    from ..venv import install
+
+    items = [(p.key, p.install_file) for p in state.plan.install]
+    if not items:
+        return {}, set()
+    staging = None
+    if downloads and not options.offline:
+        by_sha = {p.install_file.sha256: p for p in state.plan.install}
+        staging = install.Staging(lock, venv, state.python.executable, counter=counter, keep_fds=keep_fds)
+    t0 = time.monotonic()
+    try:
+        files = fetch.fetch(items, auth=auth, offline=options.offline, find_links=options.find_links,
+                            reporter=reporter, on_ready=staging and (lambda _, f, path: staging.ready(by_sha[f.sha256], path)))
+    finally:
+        staged = staging.close() if staging else set()
+    if downloads:
+        took, size = time.monotonic() - t0, sum(f.size for f in downloads)
+        log(f"{name}: downloaded {len(downloads)} file(s), {size / 1e6:.0f} MB in {took:.1f} s "
+            f"({size / 1e6 / max(took, 1e-3):.0f} MB/s); {len(staged)} package(s) unpacked meanwhile")
+    return files, staged
+
+
 def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter, log: Callable[[str], None],
          started: float) -> SyncResult:
     """Make ``venv`` exactly the profile's lock (see the module docstring for the order)."""
@@ -142,25 +187,33 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
             log(f"warning: {w}")
         plan = state.plan
 
-        # Fetch and verify every file first: a bad hash or a dead network fails here, venv untouched.
-        items = [(p.key, p.install_file) for p in plan.install]
-        downloads = [f for _, f in items if not fetch.cached_path(f).exists()
-                     and not any((d / f.filename).is_file() for d in find_links)]
-        files = fetch.fetch(items, auth=_auth(project, name) if downloads and not offline else None,
-                            offline=offline, find_links=find_links, reporter=reporter) if items else {}
+        # Fetch and verify every file first (unpacked by uv beside the venv meanwhile): a bad hash or a
+        # dead network fails here, venv untouched.
+        downloads = [p.install_file for p in plan.install if not fetch.cached_path(p.install_file).exists()
+                     and not any((d / p.install_file.filename).is_file() for d in find_links)]
+        with _counter(reporter, len(plan.install)) as counter:
+            files, staged = _fetch(name, lock, state, venv, downloads, options,
+                                   _auth(project, name) if downloads and not offline else None, reporter, counter, log,
+                                   (lock_fd,))
 
-        if plan.empty and not state.recreate:
-            log(f"{name}: {venv} already matches the lock")
-        else:
-            stamp.drop(venv)
-            if state.recreate:
-                log(f"{name}: creating {venv} with Python {state.python.version}")
-                target.clear(venv)
-                uvtool.create_venv(venv, state.base, prompt=name, allow_existing=True, keep_fds=(lock_fd,))
-            for line in plan.lines():
-                log(f"  {line}")
-        # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on
-        result = install.install(lock, venv, files=files, reinstall=state.damaged, keep_fds=(lock_fd,))
+            if plan.empty and not state.recreate:
+                log(f"{name}: {venv} already matches the lock")
+            else:
+                stamp.drop(venv)
+                if state.recreate:
+                    log(f"{name}: creating {venv} with Python {state.python.version}")
+                    target.clear(venv)
+                    uvtool.create_venv(venv, state.base, prompt=name, allow_existing=True, keep_fds=(lock_fd,))
+                for line in plan.lines():
+                    log(f"  {line}")
+            # uv inherits the lock: if envmgr is killed, uv finishes before the next sync goes on
+            t0 = time.monotonic()
+            result = install.install(lock, venv, files=files, reinstall=state.damaged, keep_fds=(lock_fd,))
+            if counter is not None:
+                counter.advance(len(plan.install) - len(staged))
+            if plan.install:
+                log(f"{name}: installed {len(plan.install)} package(s) in {time.monotonic() - t0:.1f} s "
+                    f"after the last file was verified")
         lock_digest = "sha256:" + stamp.sha256_of(lock_bytes)  # = Lock.digest()
         dirs = stamp.write(venv, profile=name, lock_path=lock_file, lock_digest=lock_digest, fresh=fresh,
                            version=result.python.version, requested=options.requested)

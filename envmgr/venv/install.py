@@ -13,6 +13,12 @@ metadata first.) Planning is separate and pure: :func:`plan` compares the lock w
 installed. :func:`requirements` gives the same set as a hashed requirements file, for the
 Containerfile builder (pip or uv inside an image build).
 
+A cold sync need not wait for the last download to start unpacking: :class:`Staging` installs
+each batch of files already verified into a scratch venv beside the target (in the sync's
+own folder, :func:`envmgr.venv.uvtool.workdir`) while the rest download, so uv's cache holds
+them unpacked, and the final exact ``uv pip sync`` of the target only links. The target
+venv itself is touched only after every file is verified.
+
 A venv may be built at a path other than the one it finally runs from (the image exporter
 stages ``/opt/venv`` in a temp folder): ``relocatable=True`` creates it with
 ``uv venv --relocatable``, whose scripts find their interpreter relative to themselves.
@@ -32,7 +38,7 @@ from typing import Iterable
 
 from ..core.errors import EnvmgrError, UserError
 from ..model.lockfile import Lock, LockedPackage
-from .uvtool import create_venv, pip_sync
+from .uvtool import create_venv, pip_install_staged, pip_sync, workdir
 from ..model.names import canonical
 from .distinfo import broken, installed, is_venv, record_paths, site_packages, venv_python
 
@@ -313,6 +319,64 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                 reporter.finish()
     verify(lock, venv, info)
     return InstallResult(p, time.monotonic() - started, info, output, pylock)
+
+
+class Staging:
+    """uv's cache filled while the files still download: :meth:`ready` hands over one verified
+    file; a thread installs what is ready, a batch at a time (``uv pip install --no-deps``),
+    into a staging venv with interpreter ``python``, beside ``venv`` (never in it). ``counter``
+    (``advance(n)``) is told each package unpacked. :meth:`close` waits for the batch running,
+    drops the rest (the final sync unpacks those itself) and removes the staging venv; it
+    returns the keys staged.
+    """
+
+    def __init__(self, lock: Lock, venv: Path, python: str, *, counter=None, keep_fds: tuple[int, ...] = ()):
+        import threading
+
+        self.lock, self.venv, self.python, self.counter, self.keep_fds = lock, Path(venv), python, counter, keep_fds
+        self.stage = Path(workdir(venv)) / "stage"
+        self.staged: set[str] = set()
+        self._pending: list[tuple[LockedPackage, Path]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="envmgr-staging", daemon=True)
+        self._thread.start()
+
+    def ready(self, pkg: LockedPackage, path: Path) -> None:
+        with self._cond:
+            self._pending.append((pkg, path))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            create_venv(self.stage, self.python, allow_existing=True, keep_fds=self.keep_fds)
+        except EnvmgrError:
+            return  # no staging: the final sync unpacks everything itself
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch, self._pending = self._pending, []
+            pylock = local_lock(self.lock, [q for q, _ in batch], {q.install_file.sha256: path for q, path in batch})
+            if not pip_install_staged(self.stage, self.venv, pylock, keep_fds=self.keep_fds):
+                return
+            self.staged.update(q.key for q, _ in batch)
+            if self.counter is not None:
+                self.counter.advance(len(batch))
+
+    def close(self) -> set[str]:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        shutil.rmtree(self.stage, ignore_errors=True)
+        try:
+            os.rmdir(self.stage.parent)
+        except OSError:
+            pass
+        return self.staged
 
 
 def _check_python(lock: Lock, info: PythonInfo, where) -> None:

@@ -1,6 +1,10 @@
 """The uv binary: where it is, its version, an environment that only envmgr configures, the
-interpreter envmgr runs on (handed to uv instead of letting it search), and the two uv commands
-that build a venv (``uv venv``, ``uv pip sync`` of a PEP 751 lock)."""
+interpreter envmgr runs on (handed to uv instead of letting it search), and the uv commands
+that build a venv (``uv venv``, ``uv pip sync`` of a PEP 751 lock, and ``uv pip install`` of
+part of one into a staging venv, which unpacks its files into uv's cache ahead of the sync).
+
+What a sync writes beside the venv lives in one folder of its process (:func:`workdir`), which
+the next sync removes when that process is gone (:func:`remove_orphans`)."""
 
 from __future__ import annotations
 
@@ -122,6 +126,39 @@ def create_venv(venv, python, *, relocatable: bool = False, prompt: str | None =
         raise EnvmgrError(f"cannot create a venv at {venv} with {python}", detail=proc.stderr.strip())
 
 
+def workdir(venv) -> str:
+    """The folder beside ``venv`` where this process keeps what it hands uv (a lock, a staging venv)."""
+    parent, base = os.path.split(os.fspath(venv).rstrip("/"))
+    return os.path.join(parent, f".{base}.envmgr-{os.getpid()}")
+
+
+def _uv_pip(args: list[str], venv, pylock: str, *, where: str, verbose: bool = False,
+            keep_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """``uv pip ARGS --python VENV/bin/python FOLDER/pylock.toml`` (the lock text written in the
+    :func:`workdir` of ``where``'s venv, removed afterwards) in envmgr's clean environment."""
+    venv = os.fspath(venv)
+    cmd = [uv_bin(), "pip", *args, "--no-config", *([] if verbose else ["--no-progress"]),
+           "--python", os.path.join(venv, "bin", "python"), "--require-hashes", "--offline",
+           "--preview-features", "pylock"]
+    folder = workdir(where)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "pylock.toml")
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(pylock)
+        return subprocess.run([*cmd, path], stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
+                              text=True, env=clean_env(), pass_fds=keep_fds)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        try:
+            os.rmdir(folder)
+        except OSError:  # a staging venv is still in it
+            pass
+
+
 def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, verbose: bool = False,
              keep_fds: tuple[int, ...] = ()) -> str:
     """``uv pip sync`` of the PEP 751 lock text ``pylock`` into ``venv``: installed as it stands (no
@@ -131,39 +168,31 @@ def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, v
     The lock is written beside the venv (uv knows the format by the name ``pylock.toml``), in
     a folder of this process's own, removed afterwards.
     """
-    venv = os.fspath(venv)
-    cmd = [uv_bin(), "pip", "sync", "--no-config", *([] if verbose else ["--no-progress"]),
-           "--python", os.path.join(venv, "bin", "python"), "--require-hashes", "--offline",
-           "--preview-features", "pylock"]
+    args = ["sync"]
     for name in reinstall:
-        cmd += ["--reinstall-package", name]
+        args += ["--reinstall-package", name]
     if link_mode:
-        cmd += ["--link-mode", link_mode]
-    parent, base = os.path.split(venv.rstrip("/"))
-    folder = os.path.join(parent, f".{base}.envmgr-{os.getpid()}")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "pylock.toml")
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(pylock)
-        proc = subprocess.run([*cmd, path], stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
-                              text=True, env=clean_env(), pass_fds=keep_fds)
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.rmdir(folder)
+        args += ["--link-mode", link_mode]
+    proc = _uv_pip(args, venv, pylock, where=venv, verbose=verbose, keep_fds=keep_fds)
     if proc.returncode != 0:
         out = (proc.stdout or "").strip()
-        raise EnvmgrError(f"uv pip sync on {venv} failed (exit {proc.returncode})", detail=out or None,
+        raise EnvmgrError(f"uv pip sync on {os.fspath(venv)} failed (exit {proc.returncode})", detail=out or None,
                           hint="the files were verified; see uv's message below")
     return proc.stdout or ""
 
 
+def pip_install_staged(stage, venv, pylock: str, *, keep_fds: tuple[int, ...] = ()) -> bool:
+    """``uv pip install --no-deps`` of the lock text ``pylock`` (verified local files) into the
+    staging venv ``stage`` of ``venv``'s sync: uv unpacks them into its cache, so the sync of
+    ``venv`` that follows only links. True when uv succeeded (a failure here is not the
+    sync's: the sync does the work itself and reports what goes wrong)."""
+    return _uv_pip(["install", "--no-deps", "--link-mode", "hardlink"], stage, pylock, where=venv,
+                   keep_fds=keep_fds).returncode == 0
+
+
 def remove_orphans(venv) -> None:
-    """Remove the lock folders :func:`pip_sync` left beside ``venv`` when killed (their process
-    is gone). Call it holding the venv's file lock, as sync does."""
+    """Remove the :func:`workdir` folders a killed sync left beside ``venv`` (their process is
+    gone): a lock, a staging venv. Call it holding the venv's file lock, as sync does."""
     parent, base = os.path.split(os.fspath(venv).rstrip("/"))
     prefix = f".{base}.envmgr-"
     try:
@@ -178,10 +207,6 @@ def remove_orphans(venv) -> None:
             pass
         except PermissionError:
             continue
-        folder = os.path.join(parent, name)
-        try:
-            for entry in os.listdir(folder):
-                os.unlink(os.path.join(folder, entry))
-            os.rmdir(folder)
-        except OSError:
-            pass
+        import shutil
+
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
