@@ -147,7 +147,8 @@ def sync(name, check, quiet, as_json, **options) -> int:
     from .core import settings
     from .sync import syncer as syncing
 
-    project, name, opts = find_project(), name or "default", _options(options)
+    project, name = find_project(), name or "default"
+    opts = _options(options, project, name)
     if check:
         from .sync import drift
 
@@ -181,17 +182,23 @@ def run(name, cmd, quiet, **options) -> int:
     """``options``: SYNC_SHARED's, handed on as one SyncOptions."""
     from .sync import run as running
 
-    running.run(find_project(), name, cmd or [], _options(options), log=line_log(not quiet))
+    project = find_project()
+    running.run(project, name, cmd or [], _options(options, project, name), log=line_log(not quiet))
     return 0
 
 
-def _options(options: dict):
-    """SYNC_SHARED's values as one SyncOptions; a ``--bundle`` that is not one fails here, before any sync."""
+def _options(options: dict, project: Path, name: str):
+    """SYNC_SHARED's values as one SyncOptions; a ``--bundle`` that is not one, or not for the
+    lock's python and platform and this machine's, fails here, before anything else."""
     from .sync.options import SyncOptions
 
     opts = SyncOptions(**options)
     if opts.bundle is not None:
-        from .sync.preflight import opened
+        from .core.settings import lock_path
+        from .model import lockfile
+        from .sync.preflight import check_bundle, opened
 
         opened(opts.bundle)
+        if lock_path(project, name).is_file():
+            check_bundle(lockfile.read(lock_path(project, name)), opts)
     return opts

@@ -56,15 +56,19 @@ def opened(path: Path):
 _bundles: dict = {}
 
 
-def seed_from_bundle(lock, packages, options: SyncOptions) -> None:
-    """``--bundle``: the bundle must be for the lock's python and platform, and this machine's; then
-    ``packages``' files go into the cache from it, hash-checked (exit 1 naming a file it lacks)."""
+def check_bundle(lock, options: SyncOptions):
+    """``--bundle``: the bundle, if it is for the lock's python and platform, and this machine's."""
     from ..net import bundlefiles
 
     bundle = opened(options.bundle)
     bundle.check_target(lock.meta.python, lock.meta.platform, f"the lock {lock.meta.profile}")
     bundle.check_target(bundle.python, bundlefiles.host_platform(), "this machine")
-    bundle.seed([(p.key, p.install_file) for p in packages])
+    return bundle
+
+
+def seed_from_bundle(lock, packages, options: SyncOptions) -> None:
+    """``packages``' files into the cache from the bundle, hash-checked (exit 1 naming a file it lacks)."""
+    check_bundle(lock, options).seed([(p.key, p.install_file) for p in packages])
 
 
 # -- python ----------------------------------------------------------------------------------
