@@ -189,6 +189,24 @@ def warn_binary(lock: Lock, paths: dict[str, Path]) -> str:
     return binary_mismatch(lock, binary_archs(wheel, torch.install_file.sha256))
 
 
+def warn_after_sync(lock_path: Path) -> str:
+    """Sync's check, once it is done: the synced lock's torch binary (from the verified cache)
+    against the arch list the lock records; "" when they agree or there is nothing to read."""
+    from ..core.errors import EnvmgrError
+    from ..model import lockfile
+    from ..net.fetch import cached_path
+
+    try:
+        lock = lockfile.read(lock_path)
+    except EnvmgrError:
+        return ""
+    torch = lock.package("torch")
+    if torch is None or not torch.files or not lock.meta.cuda:
+        return ""
+    wheel = cached_path(torch.install_file)
+    return warn_binary(lock, {torch.install_file.sha256: wheel}) if wheel.is_file() else ""
+
+
 def drift(lock: Lock) -> list[str]:
     """Facts the lock records that the knowledge base (plus overlays) or its torch binary
     (when read before) no longer agree with: one line each, naming the fact."""

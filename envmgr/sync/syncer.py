@@ -61,6 +61,11 @@ def sync(project: Path, name: str = "default", options: SyncOptions | None = Non
             made = replay.replay(project, name, venv, options, reporter=reporter, log=log, started=started)
             if made is not None:
                 return made
+    from ..lock.facts import warn_after_sync
     from . import slow
 
-    return slow.sync(project, name, venv, options, reporter=reporter, log=log, started=started)
+    result = slow.sync(project, name, venv, options, reporter=reporter, log=log, started=started)
+    warning = warn_after_sync(result.lock)  # the torch binary's arch list (read once a wheel) vs the lock's
+    if warning:
+        log(f"warning: {warning} (`envmgr lock {name} --verify` records the binary's)")
+    return result
