@@ -129,7 +129,7 @@ BAD = [
     ("unknown-variant", 'torch = "2.7.1"\npython = "3.11"\nvariant = "cu999"\n', {}, "bad.toml:3", ["unknown variant 'cu999'", "cu126"]),
     ("bad-variant-name", 'variant = "gpu"\ntorch = "2.7.1"\npython = "3.11"\n', {}, "bad.toml:1", ["unknown variant 'gpu'"]),
     ("release-lacks-variant", 'variant = "cu130"\ntorch = "==2.7.1"\npython = "3.11"\n', {}, "bad.toml:2",
-     ["no cu130 build", "torch 2.7 has cpu, cu118, cu126, cu128", "cu130 exists for torch 2.9-2.12"]),
+     ["no cu130 build", "torch 2.7 has cpu, cu118, cu126, cu128", "cu130 exists for torch 2.9-2.15"]),
     ("release-lacks-old-variant", 'variant = "cu117"\ntorch = ">=2.5,<2.7"\npython = "3.11"\n', {}, "bad.toml:2",
      ["no cu117 build", "torch 2.5 has", "torch 2.6 has", "cu117 exists for torch 2.0"]),
     ("python-unsupported", 'variant = "cu126"\ntorch = "2.7.1"\npython = "3.8"\n', {}, "bad.toml:3",
