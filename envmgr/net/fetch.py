@@ -256,7 +256,13 @@ def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None,
                 on_ready(name, f, out[f.sha256])
     if not todo:
         return out
-    todo.sort(key=lambda item: -item[1].size)  # the longest downloads first: none is left alone at the end
+    # Files of SPLIT_MIN bytes or more come one after the other, largest first, each over PARTS
+    # connections: they finish one by one (a caller installs each while the next downloads)
+    # rather than all near the end. The smaller ones share the other connections meanwhile.
+    todo.sort(key=lambda item: -item[1].size)
+    big = [item for item in todo if item[1].size >= SPLIT_MIN and not item[1].url.startswith("file:")]
+    small = [item for item in todo if item not in big]
+    lanes = [(lane, n) for lane, n in ((big, 1), (small, max(1, jobs - PARTS) if big else jobs)) if lane]
 
     def one(name: str, f: LockedFile) -> Path:
         path = out[f.sha256] = fetch_one(name, f, cache=cache, auth=auth, reporter=reporter)
@@ -265,17 +271,19 @@ def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None,
         return path
 
     reporter.start(sum(f.size for _, f in todo), f"downloading {len(todo)} file(s)")
+    pools = [ThreadPoolExecutor(max_workers=min(n, len(lane))) for lane, n in lanes]
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-            futures = [pool.submit(one, name, f) for name, f in todo]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [fut for fut in futures if fut in done and fut.exception() is not None]
-            if failed:  # drop what has not started; the running ones finish, then the first failure is raised
-                for fut in futures:
-                    fut.cancel()
-                wait(futures)
-                raise failed[0].exception()
+        futures = [pool.submit(one, name, f) for pool, (lane, _) in zip(pools, lanes) for name, f in lane]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [fut for fut in futures if fut in done and fut.exception() is not None]
+        if failed:  # drop what has not started; the running ones finish, then the first failure is raised
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+            raise failed[0].exception()
     finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
         reporter.finish()
     return out
 

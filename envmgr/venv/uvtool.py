@@ -134,7 +134,8 @@ def workdir(venv) -> str:
 
 def _uv_pip(args: list[str], venv, pylock: str, *, where: str, verbose: bool = False,
             keep_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
-    """``uv pip ARGS --python VENV/bin/python FOLDER/pylock.toml`` (the lock text written in the
+    """``uv pip ARGS --python VENV/bin/python [-r] FOLDER/pylock.toml`` (``-r`` for ``install``;
+    the lock text written in the
     :func:`workdir` of ``where``'s venv, removed afterwards) in envmgr's clean environment."""
     venv = os.fspath(venv)
     cmd = [uv_bin(), "pip", *args, "--no-config", *([] if verbose else ["--no-progress"]),
@@ -146,7 +147,7 @@ def _uv_pip(args: list[str], venv, pylock: str, *, where: str, verbose: bool = F
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(pylock)
-        return subprocess.run([*cmd, path], stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
+        return subprocess.run([*cmd, *(["-r"] if args[0] == "install" else []), path], stdout=subprocess.PIPE, stderr=None if verbose else subprocess.STDOUT,
                               text=True, env=clean_env(), pass_fds=keep_fds)
     finally:
         try:
