@@ -90,6 +90,33 @@ def test_lock_reads_the_torch_file_by_ranges_and_records_its_facts(fresh_index: 
     assert [r for r in idx.requests if r.kind == "wheel"] == []
 
 
+def test_an_exact_pin_has_its_facts_read_while_the_resolver_works(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    """``read_ahead`` (run while uv resolves): the index page names the file uv will pick for
+    ``==X.Y.Z``; its facts are cached by sha256, so after uv nothing more is read."""
+    from envmgr.lock import facts as wheelfacts
+    from envmgr.lock.resolve import Indexes
+    from envmgr.model import profiles
+
+    idx = fresh_index
+    idx.ranges = True
+    project = make_project(tmp_path, {"cu128": profile_text(idx, "cu128"),
+                                      "range": profile_text(idx, "cu128", torch=">=2.7,<2.8")})
+    loose = profiles.load(project, "range")
+    idx.clear_log()
+    wheelfacts.read_ahead(loose, Indexes.of(loose).torch)  # not an exact pin: nothing guessed, nothing read
+    assert [r for r in idx.requests if r.kind == "wheel"] == []
+    exact = profiles.load(project, "cu128")
+    wheelfacts.read_ahead(exact, Indexes.of(exact).torch)
+    assert [r for r in idx.requests if r.kind == "wheel" and r.status == 206]
+    assert idx.wheel_downloads() == []
+    idx.clear_log()
+    ok(envmgr(project, "lock", "cu128"))  # the file uv picked is the one read ahead: not read again
+    assert [r for r in idx.requests if r.kind == "wheel" and r.method == "GET"] == []  # (sizes: HEAD)
+    (torch,) = packages(read_lock(project, "cu128"))["torch"]["wheels"]
+    digest = torch["hashes"]["sha256"]
+    assert json.loads((cache() / "facts" / digest[:2] / f"{digest}.build.json").read_text())["version"] == "2.7.1+cu128"
+
+
 def test_a_server_without_ranges_gets_the_whole_file_once(fresh_index: FixtureIndex, tmp_path: Path) -> None:
     idx = fresh_index  # ranges off: the last resort, the whole file into the verified cache
     project = make_project(tmp_path, {"cu128": profile_text(idx, "cu128")})

@@ -4,6 +4,9 @@
   by its sha256 under ``CACHE/facts/``: read from the verified cached copy when there is one,
   else by range requests on the index's file (``net.wheelmeta``), else, as a last resort, the
   whole file into the verified cache.
+- :func:`read_ahead`: while the resolver works, the same for the torch file it will pick when
+  the profile pins torch exactly (the index page names that file), so a cold lock does not
+  read it after the resolver.
 - :func:`check_variant`: a profile whose variant is not the build's is an error before any
   lock is written, naming the build and the profile line to change.
 - :func:`lock_facts`: the facts a lock records, each with its source: CUDA from the wheel, the
@@ -19,15 +22,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core import settings
-from ..core.errors import ProfileError
+from ..core.errors import EnvmgrError, ProfileError
 from ..core.files import write_atomic
 from ..core.urls import redact
 from ..model import facts as F
-from ..model.lockfile import Lock, LockedFile, LockedPackage
-from ..model.profiles import Profile
-from ..model.variants import kb
+from ..model.variants import kb, parse_torch_spec
+
+if TYPE_CHECKING:
+    from ..model.lockfile import Lock, LockedFile, LockedPackage
+    from ..model.profiles import Profile
 
 
 def _cache(sha256: str, kind: str) -> Path:
@@ -79,6 +85,36 @@ def build_facts(name: str, f: LockedFile, *, auth=None) -> F.BuildFacts:
     facts = F.parse(where, got["METADATA"], got[F.VERSION_PY])
     _remember(f.sha256, "build", facts.to_json())
     return facts
+
+
+def read_ahead(profile: Profile, index: str, auth=None) -> None:
+    """Cache the facts of the torch file the resolver will pick, while it works (``build_facts``
+    then finds them by sha256). Only for an exact pin (``==X.Y.Z``, which a torch index's
+    ``X.Y.Z+cu128`` matches) with one wheel for the profile's python and platform on
+    ``index``'s page; best effort: a failure here is left for ``build_facts`` to meet (and
+    report) with the file the resolver did pick."""
+    spec = parse_torch_spec(profile.torch)
+    pins = [s.version for s in spec if s.operator in ("==", "===") and "*" not in s.version]
+    if len(pins) != 1:
+        return
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    from ..model.lockfile import LockedFile
+    from ..net import indexclient
+
+    tags = set(indexclient.target_tags(profile.python, profile.platform))
+    try:
+        wheels = []
+        for f in indexclient.project_page(index, "torch"):
+            if f.is_wheel and f.sha256 and f.filename.startswith(f"torch-{pins[0]}"):
+                _, version, _, wheel_tags = parse_wheel_filename(f.filename)
+                if version in spec and wheel_tags & tags:
+                    wheels.append(f)
+        if len(wheels) == 1 and _cached(wheels[0].sha256, "build") is None:
+            f = wheels[0]
+            build_facts("torch", LockedFile(f.url, f.sha256, f.size or 0), auth=auth)
+    except (EnvmgrError, InvalidWheelFilename, ValueError):
+        return
 
 
 def check_variant(profile: Profile, facts: F.BuildFacts, torch_version: str, index: str) -> None:

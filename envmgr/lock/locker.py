@@ -215,12 +215,10 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
             version()
             import hashlib  # noqa: F401  (the fingerprint's; loaded here, off the critical path)
 
-            # Reading the torch file's facts (when they are not cached yet) needs the zip reader
-            # and the HTTP client; their imports (~0.2 s) are done while the resolver works.
+            # No torch file's facts cached yet (a first lock, a fresh cache): the facts of the
+            # file the resolver will pick are read now, while it works, rather than after it.
             if not wheelfacts.any_cached():
-                from ..net import wheelmeta
-
-                wheelmeta.preload()
+                wheelfacts.read_ahead(profile, idx.torch or idx.default, auth)
 
         if log:
             log(f"{name}: resolving with {backend.name} for python {profile.python} on {profile.platform}")

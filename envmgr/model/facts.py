@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from email.parser import HeaderParser
 
 from ..core.errors import UserError
 from .names import canonical
@@ -141,6 +140,8 @@ def parse(where: str, metadata: bytes, version_py: bytes) -> BuildFacts:
                               hint="a torch build records its CUDA version there (None for CPU builds)")
     if cuda and not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
         raise WheelFactsError(f"{where}: {VERSION_PY} gives CUDA {cuda!r}, not a version")
+    from email.parser import HeaderParser  # ~10 ms, and a warm lock never parses (facts cached by sha256)
+
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
     if not headers.get("Name"):
         raise WheelFactsError(f"{where}: its METADATA has no Name", hint="is this a wheel?")

@@ -28,10 +28,6 @@ from . import http
 from .credentials import Auth
 
 
-def preload() -> None:
-    """Import the HTTP client now (a caller with time to spare: a resolver is running)."""
-    import requests  # noqa: F401
-
 TAIL = 2 << 20  # the first request: the zip's tail (directory, and the dist-info files)
 BLOCK = 64 * 1024  # a later miss reads at least this much
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # 0xBA55ED50, little-endian
