@@ -48,6 +48,9 @@ def docker_host(tmp_path_factory):
     svc = fx.PodmanService(tmp_path_factory.mktemp("podman-api"))
     yield svc.url
     svc.stop()
+    ids = fx.podman("images", "-q", "--filter", f"reference=*/envmgr/{NAME}", check=False).stdout.split()
+    if ids:
+        fx.podman("rmi", "-f", *set(ids), check=False)
 
 
 def status(port: int, token: str | None) -> int:

@@ -122,7 +122,10 @@ def ssh_argv(cfg, args):
         raise Refused(f"no key to log in with: set PUBLIC_KEY or mount an authorized_keys file at {SECRET_KEYS}")
     for where, line in keys:
         check_key(where, line)
-    user = pwd.getpwuid(os.getuid())
+    try:
+        user = pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise Refused(f"uid {os.getuid()} has no user in /etc/passwd: run as the image's user")
     home = os.environ.get("HOME") or user.pw_dir
     dot = os.path.join(home, ".ssh")
     os.makedirs(os.path.join(dot, "host_keys"), mode=0o700, exist_ok=True)
