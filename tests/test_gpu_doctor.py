@@ -315,7 +315,7 @@ def test_cli_init(tmp_path, monkeypatch, capsys):
     _detect_defaults(monkeypatch, tmp_path)
     code, out, err = run_main(["init", "--variant", "auto", "mine", "--json"], monkeypatch, capsys)
     assert code == 0, err
-    assert json.loads(out)["variant"] == "cu132"  # the newest torch (2.15) is a CUDA 13.2 build; driver 580 runs it (minor-version compatibility)
+    assert json.loads(out)["variant"] == "cu130"  # native on driver 580 (CUDA 13.0); cu132 would need minor-version compatibility
     code, out, err = run_main(["init", "--variant", "auto", "mine"], monkeypatch, capsys)
     assert code == 2 and "already exists" in err and "--force" in err and "Traceback" not in err
 

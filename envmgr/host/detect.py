@@ -230,11 +230,11 @@ def parse_proc_gpu_information(text: str) -> dict:
 
 
 def infer_cuda(driver: str) -> str | None:
-    """The newest CUDA whose toolkit driver this driver meets, by the knowledge base
-    (entries marked inferred there are not trusted for this)."""
+    """The newest CUDA whose toolkit driver this driver meets, by the knowledge base (a
+    toolkit driver marked inferred there is not trusted for this)."""
     best = None
     for version, info in kb().cuda.items():
-        if info.source == "inferred" or not info.toolkit_driver:
+        if not info.toolkit_known:
             continue
         if driver_at_least(driver, info.toolkit_driver):
             if best is None or version_tuple(version) > version_tuple(best):

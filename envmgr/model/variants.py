@@ -38,6 +38,12 @@ class CudaInfo:
     source: str
     toolkit_source: str = ""  # when the toolkit's driver has a source of its own
 
+    @property
+    def toolkit_known(self) -> bool:
+        """The toolkit's own driver is recorded from a source, not inferred: a driver that meets
+        it supports this CUDA in full (what a driver's own "CUDA Version" is read back from)."""
+        return bool(self.toolkit_driver) and not _is_inferred(self.source) and not _is_inferred(self.toolkit_source)
+
 
 @dataclass(frozen=True)
 class TorchRelease:
