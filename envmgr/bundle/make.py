@@ -114,7 +114,7 @@ def make(project: Path, names: list[str], output: Path, *, with_base: bool = Fal
     from ..lock import locker
     from ..model import lockfile, profiles
     from ..net import fetch
-    from ..sync.slow import _auth
+    from ..net.credentials import profile_auth
     from . import tool
 
     started, log = time.monotonic(), log or (lambda _: None)
@@ -144,7 +144,7 @@ def make(project: Path, names: list[str], output: Path, *, with_base: bool = Fal
     for n, lk in locks.items():
         items = [(p.key, f) for p in lk.packages for f in p.files]
         log(f"{n}: {len(items)} file(s) into the cache, hash-checked")
-        got = fetch.fetch(items, auth=_auth(project, n), reporter=reporter)
+        got = fetch.fetch(items, auth=profile_auth(project, n), reporter=reporter)
         for _, f in items:
             entries[member(f)] = got[f.sha256]
             files[f.sha256] = {"filename": f.filename, "size": f.size}

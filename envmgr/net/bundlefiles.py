@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..core.errors import CheckFailed, HashMismatchError, UserError
 from ..model.lockfile import LockedFile
-from .fetch import CHUNK, _verified, _WrongBytes, cached_path
+from .fetch import CHUNK, WrongBytes, cached_path, write_verified
 
 MANIFEST = "bundle.json"
 FORMAT = "envmgr-bundle/1"
@@ -90,8 +90,8 @@ class Bundle:
                               hint="make the bundle again from this lock")
         for name, f in todo:
             try:
-                _verified(self.chunks(member(f)), cached_path(f, cache), f.sha256)
-            except _WrongBytes as exc:
+                write_verified(self.chunks(member(f)), cached_path(f, cache), f.sha256)
+            except WrongBytes as exc:
                 raise HashMismatchError(
                     f"hash mismatch for {name} in bundle {self.path}: {member(f)} expected sha256:{f.sha256}, "
                     f"got sha256:{exc.actual}",

@@ -29,3 +29,18 @@ class Auth:
             if h == host:
                 return (user, password)
         return None
+
+
+def profile_auth(project, name: str) -> Auth:
+    """Credentials from a profile's index URLs (``user:token@host``, ``${VAR}`` expanded); none
+    when the profile cannot be read (the lock's own URLs are then all there is)."""
+    from ..core.errors import EnvmgrError
+    from ..core.urls import expand_env
+    from ..model import profiles
+
+    try:
+        p = profiles.load(project, name)
+    except EnvmgrError:
+        return Auth()
+    urls = [u for u in (p.index_url, p.torch_index, *p.extra_index_urls) if "://" in u]
+    return Auth.from_urls(expand_env(u) for u in urls if "@" in u)

@@ -69,7 +69,7 @@ def cached_path(f: LockedFile, cache: Path | None = None) -> Path:
     return files_dir(cache) / f.sha256 / f.filename
 
 
-class _WrongBytes(Exception):
+class WrongBytes(Exception):
     def __init__(self, actual: str) -> None:
         self.actual = actual
 
@@ -94,20 +94,20 @@ def _read(src: Path) -> Iterable[bytes]:
         yield from iter(lambda: fh.read(CHUNK), b"")
 
 
-def _verified(chunks: Iterable[bytes], dest: Path, sha256: str, on_chunk=None) -> Path:
-    """``dest`` holding ``chunks``, if they hash to ``sha256``; else _WrongBytes and no file."""
+def write_verified(chunks: Iterable[bytes], dest: Path, sha256: str, on_chunk=None) -> Path:
+    """``dest`` holding ``chunks``, if they hash to ``sha256``; else WrongBytes and no file."""
     return _into_place(dest, sha256, lambda tmp: _write_hashing(chunks, tmp, on_chunk)[0])
 
 
 def _into_place(dest: Path, sha256: str, write) -> Path:
     """``write(tmp)`` (which returns the sha256 of what it wrote) renamed to ``dest`` when that is
-    ``sha256``; else _WrongBytes and no file. Not fsynced: every file in the cache is hashed
+    ``sha256``; else WrongBytes and no file. Not fsynced: every file in the cache is hashed
     again when it is used."""
     try:
         with atomic_path(dest, fsync=False) as tmp:
             actual = write(tmp)
             if actual != sha256:
-                raise _WrongBytes(actual)
+                raise WrongBytes(actual)
     except BaseException:
         with contextlib.suppress(OSError):
             dest.parent.rmdir()  # the <hex> folder made for it, when nothing else is in it
@@ -127,14 +127,14 @@ def fetch_one(name: str, f: LockedFile, *, cache: Path | None = None, auth: Auth
             src = Path(unquote(parts.path))
             if not src.exists():
                 raise NetworkError(f"{name}: {f.url} does not exist")
-            _verified(_read(src), dest, f.sha256)
+            write_verified(_read(src), dest, f.sha256)
             reporter.advance(f.size)
         elif f.size >= SPLIT_MIN:
             _into_place(dest, f.sha256, lambda tmp: _download_split(f, tmp, auth, reporter))
         else:
             with http.get(f.url, auth, stream=True) as resp:
-                _verified(http.body(resp), dest, f.sha256, lambda chunk: reporter.advance(len(chunk)))
-    except _WrongBytes as exc:
+                write_verified(http.body(resp), dest, f.sha256, lambda chunk: reporter.advance(len(chunk)))
+    except WrongBytes as exc:
         raise HashMismatchError(
             f"hash mismatch for {name}: {redact(f.url)} expected sha256:{f.sha256}, got sha256:{exc.actual}",
             hint="the bytes served are not the bytes the lock names; nothing was installed or written",
@@ -294,8 +294,8 @@ def _from_find_links(f: LockedFile, dirs: Iterable[Path], cache: Path | None) ->
         if not cand.is_file():
             continue
         try:
-            return _verified(_read(cand), cached_path(f, cache), f.sha256)
-        except _WrongBytes:
+            return write_verified(_read(cand), cached_path(f, cache), f.sha256)
+        except WrongBytes:
             continue
     return None
 

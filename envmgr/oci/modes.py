@@ -11,7 +11,6 @@ lock or the base cannot serve.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..core.errors import UserError

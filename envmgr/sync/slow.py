@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core import settings
-from ..core.errors import EnvmgrError, UserError
+from ..core.errors import UserError
 from . import stamp, target
 from .options import SyncOptions
 from .preflight import check_inputs, check_plan, driver_version, find_python, stale_reasons
@@ -78,20 +78,6 @@ def _ensure_fresh(project: Path, name: str, options: SyncOptions, log: Callable[
     profile = profiles.load(project, name)
     lock = lockfile.read(settings.lock_path(project, name))
     return why is not None, stamp.fresh_key(profile.files, lock.meta.resolver)
-
-
-def _auth(project: Path, name: str):
-    """Credentials from the profile's index URLs (``user:token@host``, ``${VAR}`` expanded)."""
-    from ..core.urls import expand_env
-    from ..model import profiles
-    from ..net.credentials import Auth
-
-    try:
-        p = profiles.load(project, name)
-    except EnvmgrError:
-        return Auth()
-    urls = [u for u in (p.index_url, p.torch_index, *p.extra_index_urls) if "://" in u]
-    return Auth.from_urls(expand_env(u) for u in urls if "@" in u)
 
 
 def _record(name: str, lock_file: Path, lock_digest: str, lock, state: _State, result, fresh: dict | None,
@@ -150,6 +136,7 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
     """Make ``venv`` exactly the profile's lock (see the module docstring for the order)."""
     from ..model import lockfile, profiles
     from ..net import fetch
+    from ..net.credentials import profile_auth
     from ..venv import install, uvtool
 
     check_inputs(venv, options)
@@ -193,7 +180,7 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
                      and not any((d / p.install_file.filename).is_file() for d in find_links)]
         with _counter(reporter, len(plan.install)) as counter:
             files, staged = _fetch(name, lock, state, venv, downloads, options,
-                                   _auth(project, name) if downloads and not offline else None, reporter, counter, log,
+                                   profile_auth(project, name) if downloads and not offline else None, reporter, counter, log,
                                    (lock_fd,))
 
             if plan.empty and not state.recreate:
