@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import image_fixtures as fx
 import pytest
 from packaging.utils import parse_wheel_filename
 
@@ -35,23 +36,6 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "srun", "scontrol
 def envmgr(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "envmgr", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(ready, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if ready():
-            return True
-        time.sleep(0.2)
-    return ready()
 
 
 # -- torch for the job ------------------------------------------------------------------------
@@ -117,8 +101,8 @@ class Slurm:
         self.conf.write_text("\n".join([
             "ClusterName=envmgrtest",
             f"SlurmctldHost={self.node}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={fx.free_port()}",
+            f"SlurmdPort={fx.free_port()}",
             "AuthType=auth/munge",
             f"AuthInfo=socket={self.socket}",
             "CredType=cred/munge",
@@ -152,11 +136,11 @@ class Slurm:
             self._start(["munged", "-F", "--force", "-S", str(self.socket), f"--key-file={key}",
                          f"--log-file={munge / 'munged.log'}", f"--pid-file={munge / 'munged.pid'}",
                          f"--seed-file={munge / 'munged.seed'}"], log)
-            if not _wait(self.socket.exists, 15):
+            if not fx.wait_until(self.socket.exists, 15):
                 raise RuntimeError("munged did not start")
             self._start(["slurmctld", "-D", "-f", str(self.conf)], log)
             self._start(["slurmd", "-D", "-f", str(self.conf), "-N", self.node], log)
-            if not _wait(lambda: self.state() == "idle", 60):
+            if not fx.wait_until(lambda: self.state() == "idle", 60):
                 raise RuntimeError(f"the node did not come up ({self.state()!r}): {self.logs()}")
         except BaseException:
             self.stop()
@@ -220,7 +204,7 @@ def test_sbatch_runs_the_generated_script_on_a_real_one_node_slurm(slurm, cpu_to
     checks, out = tmp_path / "checks", tmp_path / "job.out"
     env = {**os.environ, **slurm.env, "ENVMGR": str(launcher), "ENVMGR_PROJECT": str(project),
            "ENVMGR_CACHE_DIR": str(tmp_path / "shared-cache"), "ENVMGR_NODE_VENV": str(tmp_path / "node-venv"),
-           "ENVMGR_CHECK_DIR": str(checks), "MASTER_PORT": str(_free_port()), "ENVMGR_NO_PROGRESS": "1"}
+           "ENVMGR_CHECK_DIR": str(checks), "MASTER_PORT": str(fx.free_port()), "ENVMGR_NO_PROGRESS": "1"}
     start = time.monotonic()
     job = subprocess.run(["sbatch", "--wait", f"--output={out}", str(script)], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=900)

@@ -5,54 +5,41 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
 import time
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback import LoopbackServer
 
 from envmgr.core.errors import NetworkError, UserError
 from envmgr.net import http
 
 
-class Scripted:
+class Scripted(LoopbackServer):
     """Answers each request with the next (status, headers, body) of ``script``; the last
     one is repeated. ``cut`` answers promise more body than they send."""
+
+    methods = ("GET", "HEAD", "POST", "PUT")
 
     def __init__(self, *script: tuple[int, dict, bytes]) -> None:
         self.script = list(script)
         self.seen: list[tuple[str, str, str | None, float]] = []  # method, path, Authorization, time
-        owner = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                owner.seen.append((self.command, self.path, self.headers.get("Authorization"), time.monotonic()))
-                status, headers, body = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
-                headers = dict(headers)
-                self.send_response(status)
-                length = headers.pop("X-Promise", len(body))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-                if length != len(body):
-                    self.close_connection = True
-
-            do_GET = do_HEAD = do_POST = do_PUT = _answer
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, h) -> None:
+        self.seen.append((h.command, h.path, h.headers.get("Authorization"), time.monotonic()))
+        status, headers, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        headers = dict(headers)
+        h.send_response(status)
+        length = headers.pop("X-Promise", len(body))
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(length))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+        if length != len(body):
+            h.close_connection = True
 
 
 @pytest.fixture

@@ -13,13 +13,14 @@ import socket
 import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import image_fixtures as fx
 import pytest
 from fixture_index import PYPI, FixtureIndex
+from loopback import LoopbackServer
 from test_sync import envmgr, failed, installed, ok, pins, vpy
 
 from envmgr.core.errors import HashMismatchError, NetworkError
@@ -30,14 +31,7 @@ from envmgr.net import fetch, http
 RESET, STALL, BUSY, IGNORE_RANGE, OTHER_BYTES = "reset", "stall", "503", "ignore-range", "other-bytes"
 
 
-class Quiet(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that gave up on a stalled answer resets the connection: by design
-
-
-class FaultServer:
+class FaultServer(LoopbackServer):
     """Serves the files under ``root`` (URL path = file path) with ``Range`` support.
 
     ``plan[name]`` is a list of faults, one taken per request for that file name:
@@ -55,26 +49,11 @@ class FaultServer:
         self.sent = 0
         self.seen: list[tuple[str, str | None, int]] = []
         self.lock = threading.Lock()
-        owner = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    protocol = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802
-                owner._answer(self)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+    def answer(self, h: BaseHTTPRequestHandler) -> None:
         path = unquote(urlsplit(h.path).path)
         name = path.rsplit("/", 1)[-1]
         file = self.root / path.lstrip("/")

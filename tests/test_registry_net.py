@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 import image_fixtures as fx
 import pytest
+from loopback import CountingReporter
 
 from envmgr.core.errors import UserError
 from envmgr.net import http, registryauth
@@ -165,29 +166,14 @@ def skopeo_digest(registry, ref: str) -> str:
     return json.loads(proc.stdout)["Digest"]
 
 
-class Counting:
-    def __init__(self) -> None:
-        self.total = 0
-        self.advanced = 0
-
-    def start(self, total: int, label: str) -> None:
-        self.total = total
-
-    def advance(self, n: int) -> None:
-        self.advanced += n
-
-    def finish(self) -> None:
-        pass
-
-
 # -- chunked uploads, resumed ---------------------------------------------------------------------
 
-def push_through(proxy: UploadProxy, image: im.Image, name: str, monkeypatch) -> tuple[remote.PushResult, Counting]:
+def push_through(proxy: UploadProxy, image: im.Image, name: str, monkeypatch) -> tuple[remote.PushResult, CountingReporter]:
     monkeypatch.setenv("ENVMGR_REGISTRY_USERNAME", "tester")
     monkeypatch.setenv("ENVMGR_REGISTRY_PASSWORD", SECRET)
     monkeypatch.setattr(remote, "CHUNKED_OVER", 1 << 20)
     monkeypatch.setattr(remote, "UPLOAD_CHUNK", 512 << 10)
-    rep = Counting()
+    rep = CountingReporter()
     return remote.push(image, remote.parse_ref(f"{proxy.host}/envmgr/{name}"), reporter=rep), rep
 
 

@@ -17,9 +17,22 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fixture_index import PYPI, FixtureIndex
-from test_sync import assert_exact, envmgr, failed, installed, make_project, ok, pins, profile_text, start, tree, venv_of, vpy
+from loopback import CountingReporter
+from test_sync import (
+    assert_exact,
+    envmgr,
+    failed,
+    installed,
+    make_project,
+    ok,
+    pins,
+    profile_text,
+    start,
+    tree,
+    venv_of,
+    vpy,
+)
 from test_sync_faults import many_files
 
 from envmgr.core.errors import HashMismatchError
@@ -39,22 +52,6 @@ def big_project(index: FixtureIndex, root: Path, *packages: str) -> Path:
     return proj
 
 
-class Recorder:
-    """fetch's Reporter, adding up what it is told."""
-
-    def __init__(self) -> None:
-        self.bytes = self.total = 0
-
-    def start(self, total: int, label: str) -> None:
-        self.total = total
-
-    def advance(self, n: int) -> None:
-        self.bytes += n
-
-    def finish(self) -> None:
-        pass
-
-
 # -- downloads in parts ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ranges", [True, False])
@@ -70,12 +67,12 @@ def test_big_file_in_range_parts_or_whole(fresh_index: FixtureIndex, tmp_path: P
     fresh_index.ranges = ranges
     fresh_index.clear_log()
     seen: list[str] = []
-    rec = Recorder()
+    rec = CountingReporter()
     got = fetch.fetch(items, cache=tmp_path / "cache", reporter=rec, on_ready=lambda name, f, path: seen.append(name))
     assert sorted(seen) == sorted(n for n, _ in items)
     for _, f in items:
         assert hashlib.sha256(got[f.sha256].read_bytes()).hexdigest() == f.sha256
-    assert rec.bytes == rec.total == sum(f.size for _, f in items)
+    assert rec.advanced == rec.total == sum(f.size for _, f in items)
     parts = [r for r in fresh_index.requests if r.path.endswith(big.filename) and r.method == "GET"]
     if ranges:
         assert sorted(r.status for r in parts) == [206] * fetch.PARTS

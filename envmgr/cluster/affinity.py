@@ -116,8 +116,8 @@ def node_affinity(*, cuda: str, min_driver: str, toolkit_driver: str = "", arch_
 
 
 def for_workload(work) -> dict | None:
-    return node_affinity(cuda=work.cuda, min_driver=work.min_driver, toolkit_driver=work.toolkit_driver,
-                         arch_list=work.arch_list, ptx=work.ptx)
+    return node_affinity(cuda=work.meta.cuda, min_driver=work.meta.min_driver, toolkit_driver=work.meta.toolkit_driver,
+                         arch_list=work.meta.arch_list, ptx=work.meta.ptx)
 
 
 # -- the scheduler's reading ------------------------------------------------------------------

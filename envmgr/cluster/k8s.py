@@ -115,7 +115,7 @@ class Manifests:
             "app.kubernetes.io/managed-by": "envmgr",
             "io.envmgr/profile": dns_name(w.name, 63),
             "io.envmgr/lock": w.short_digest,
-            "io.envmgr/variant": dns_name(w.variant, 63),
+            "io.envmgr/variant": dns_name(w.meta.variant, 63),
         }
 
     def selector(self, component: str) -> dict:
@@ -124,12 +124,12 @@ class Manifests:
     def annotations(self) -> dict:
         w = self.work
         notes = {"io.envmgr/lock-digest": w.digest, "io.envmgr/image": str(self.image),
-                 "io.envmgr/variant": w.variant}
+                 "io.envmgr/variant": w.meta.variant}
         if w.gpu:
-            notes["io.envmgr/min-driver"] = w.min_driver
-            notes["io.envmgr/arch-list"] = " ".join(w.arch_list)
-            if w.ptx:
-                notes["io.envmgr/ptx"] = w.ptx
+            notes["io.envmgr/min-driver"] = w.meta.min_driver
+            notes["io.envmgr/arch-list"] = " ".join(w.meta.arch_list)
+            if w.meta.ptx:
+                notes["io.envmgr/ptx"] = w.meta.ptx
         return notes
 
     def metadata(self, name: str, component: str) -> dict:
@@ -155,7 +155,7 @@ class Manifests:
         spec: dict = {"restartPolicy": restart, "enableServiceLinks": False,
                       "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                                           "seccompProfile": {"type": "RuntimeDefault"}},
-                      "nodeSelector": affinity.node_selector(self.work.platform)}
+                      "nodeSelector": affinity.node_selector(self.work.meta.platform)}
         aff: dict = dict(extra_affinity or {})
         if lock_affinity and self.affinity:
             aff["nodeAffinity"] = self.affinity

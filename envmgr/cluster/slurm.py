@@ -53,10 +53,10 @@ def _heredoc(variable: str, text: str, tag: str) -> str:
 
 def script(work: Workload, project: Path, opts: Options) -> str:
     name, image = work.name, opts.image
-    facts = f"variant {work.variant}"
+    facts = f"variant {work.meta.variant}"
     if work.gpu:
-        facts += f", CUDA {work.cuda}, driver >= {work.min_driver}, archs {' '.join(work.arch_list) or '?'}"
-        facts += f", PTX {work.ptx}" if work.ptx else ""
+        facts += f", CUDA {work.meta.cuda}, driver >= {work.meta.min_driver}, archs {' '.join(work.meta.arch_list) or '?'}"
+        facts += f", PTX {work.meta.ptx}" if work.meta.ptx else ""
     lines = [
         "#!/bin/bash",
         f"# envmgr cluster slurm {name}: lock {work.digest}",

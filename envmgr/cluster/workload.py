@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..gpu.expect import driver_table, expectations_from_lock
 from ..model import lockfile
+from ..model.lockfile import LockMeta
 
 DEFAULT_VENV = "/opt/venv"
 RDZV_PORT = 29500
@@ -47,14 +48,7 @@ class Workload:
     name: str  # the profile
     lock_path: Path
     digest: str  # sha256:HEX of the lock file's content
-    variant: str
-    cuda: str
-    min_driver: str
-    toolkit_driver: str
-    arch_list: tuple[str, ...]
-    ptx: str
-    python: str
-    platform: str  # linux-x86_64 | linux-aarch64
+    meta: LockMeta  # the lock's facts: variant, CUDA, driver minimums, arch list, PTX, python, platform
     torch: str
     venv: str  # the venv inside the image
     expect: dict  # what the probe is told to expect (the lock's pins + the driver table)
@@ -62,17 +56,17 @@ class Workload:
     @property
     def gpu(self) -> bool:
         """A CUDA lock: GPUs requested, GPU affinity; a cpu lock gets neither."""
-        return bool(self.cuda)
+        return bool(self.meta.cuda)
 
     @property
     def short_digest(self) -> str:
         return self.digest.split(":", 1)[-1][:16]
 
     def facts(self) -> dict:
-        return {"profile": self.name, "lock": str(self.lock_path), "lock_digest": self.digest, "variant": self.variant,
-                "cuda": self.cuda or None, "min_driver": self.min_driver or None,
-                "toolkit_driver": self.toolkit_driver or None, "arch_list": list(self.arch_list), "ptx": self.ptx or None,
-                "torch": self.torch, "python": self.python, "platform": self.platform}
+        return {"profile": self.name, "lock": str(self.lock_path), "lock_digest": self.digest, "variant": self.meta.variant,
+                "cuda": self.meta.cuda or None, "min_driver": self.meta.min_driver or None,
+                "toolkit_driver": self.meta.toolkit_driver or None, "arch_list": list(self.meta.arch_list), "ptx": self.meta.ptx or None,
+                "torch": self.torch, "python": self.meta.python, "platform": self.meta.platform}
 
 
 def load(project: Path, name: str) -> Workload:
@@ -92,10 +86,8 @@ def load(project: Path, name: str) -> Workload:
     m = lock.meta
     torch = lock.package("torch")
     expect = dict(expectations_from_lock(lock), driver_table=driver_table())
-    return Workload(name=name, lock_path=path, digest=lock.digest(), variant=m.variant, cuda=m.cuda,
-                    min_driver=m.min_driver, toolkit_driver=m.toolkit_driver, arch_list=tuple(m.arch_list),
-                    ptx=m.ptx, python=m.python, platform=m.platform, torch=torch.version if torch else "", venv=venv.rstrip("/") or "/",
-                    expect=expect)
+    return Workload(name=name, lock_path=path, digest=lock.digest(), meta=m, torch=torch.version if torch else "",
+                    venv=venv.rstrip("/") or "/", expect=expect)
 
 
 def check_counts(nodes: int, gpus_per_node: int | None, work: Workload, procs_per_node: int | None = None) -> tuple[int, int]:
@@ -108,7 +100,7 @@ def check_counts(nodes: int, gpus_per_node: int | None, work: Workload, procs_pe
     if gpus_per_node < 0:
         raise UserError(f"--gpus-per-node {gpus_per_node}: must be 0 or more")
     if gpus_per_node and not work.gpu:
-        raise UserError(f"--gpus-per-node {gpus_per_node}: profile {work.name!r} is a {work.variant} lock, it uses no GPU",
+        raise UserError(f"--gpus-per-node {gpus_per_node}: profile {work.name!r} is a {work.meta.variant} lock, it uses no GPU",
                         hint="drop --gpus-per-node, or use a CUDA profile")
     if procs_per_node is None:
         procs_per_node = gpus_per_node or 1
