@@ -12,12 +12,12 @@ field the API does not name, no wrong type, no required field missing.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import image_fixtures as fx
 import pytest
 import yaml
 
@@ -46,11 +46,6 @@ LOCKS = {
 }
 
 
-def envmgr(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "envmgr", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """Locks with the facts above: the shipped default lock with its [tool.envmgr] table changed."""
@@ -64,7 +59,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def generate(project: Path, out: Path, name: str, *extra: str) -> dict[str, list[dict]]:
-    proc = envmgr("cluster", "k8s", name, "--image", IMAGE, "--output", str(out), *extra,
+    proc = fx.envmgr("cluster", "k8s", name, "--image", IMAGE, "--output", str(out), *extra,
                   env={"ENVMGR_PROJECT": str(project)})
     assert proc.returncode == 0, proc.stderr
     docs = {f.name: [d for d in yaml.safe_load_all(f.read_text()) if d] for f in sorted(out.glob("*.yaml"))}

@@ -33,11 +33,6 @@ PROFILE = "clustercpu"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "srun", "scontrol")
 
 
-def envmgr(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "envmgr", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
-
-
 # -- torch for the job ------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -190,7 +185,7 @@ def slurm(tmp_path_factory):
 def test_sbatch_runs_the_generated_script_on_a_real_one_node_slurm(slurm, cpu_torch_wheels, tmp_path):
     project = write_cpu_project(tmp_path / "project", cpu_torch_wheels)
     script = tmp_path / "job.sbatch"
-    gen = envmgr("cluster", "slurm", PROFILE, "--venv", "--procs-per-node", "2", "--output", str(script),
+    gen = fx.envmgr("cluster", "slurm", PROFILE, "--venv", "--procs-per-node", "2", "--output", str(script),
                  env={"ENVMGR_PROJECT": str(project)})
     assert gen.returncode == 0, gen.stderr
     text = script.read_text()
@@ -221,11 +216,11 @@ def test_sbatch_runs_the_generated_script_on_a_real_one_node_slurm(slurm, cpu_to
     assert re.search(rf"^{re.escape(slurm.node)}\s+none\s+none\s+{re.escape(TORCH)}\+cpu\s.*\bok\s*$", log, re.M), log
 
     # and the report reads the node's row back
-    report = envmgr("cluster", "report", str(checks))
+    report = fx.envmgr("cluster", "report", str(checks))
     assert report.returncode == 0, report.stderr
     row = [line for line in report.stdout.splitlines() if line.startswith(slurm.node + " ")]
     assert row and row[0].split()[-1] == "ok", report.stdout
-    data = envmgr("cluster", "report", str(checks), "--json")
+    data = fx.envmgr("cluster", "report", str(checks), "--json")
     import json
 
     summary = json.loads(data.stdout)

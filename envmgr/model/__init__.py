@@ -7,5 +7,6 @@ knowledge base; gives immutable values. Imports nothing of envmgr but the core (
 - ``variants``: the variant knowledge base (``data/variants.toml``): CUDA, minimum driver,
   arch lists per torch release; version and driver comparisons.
 - ``profiles``: ``profiles/NAME.toml`` read, inherited and validated into a ``Profile``.
+- ``sourced``: facts that say where they came from (the lock's and the table's alike).
 - ``lockfile``: the lock model and its deterministic PEP 751 serialisation.
 """

@@ -27,6 +27,7 @@ from ..core.compat import tomllib
 from ..core.errors import LockFileError
 from ..core.settings import lock_path  # noqa: F401 - part of the lock model's API
 from .names import canonical
+from .sourced import Sourced
 
 LOCK_VERSION = "1.0"
 FORMAT = 1  # [tool.envmgr] format; bump when the table's meaning changes
@@ -75,7 +76,7 @@ class LockedPackage:
 
 
 @dataclass(frozen=True)
-class LockMeta:
+class LockMeta(Sourced):
     """The ``[tool.envmgr]`` table."""
 
     profile: str
@@ -102,13 +103,8 @@ class LockMeta:
     # (wheel-metadata, wheel-binary, knowledge-base, inferred); pairs, sorted
     sources: tuple[tuple[str, str], ...] = ()
 
-    def source_of(self, fact: str) -> str:
-        return dict(self.sources).get(fact, "")
-
-    @property
-    def inferred(self) -> tuple[str, ...]:
-        """The recorded facts that no primary source gave."""
-        return tuple(name for name, src in self.sources if src == "inferred")
+    def _source_pairs(self) -> tuple[tuple[str, str], ...]:
+        return self.sources
 
 
 @dataclass(frozen=True)

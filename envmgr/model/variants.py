@@ -26,6 +26,7 @@ from ..core.compat import tomllib
 from ..core.errors import UserError
 from .gpucompat import driver_at_least, version_tuple
 from .names import canonical
+from .sourced import Sourced
 
 _VARIANT_RE = re.compile(r"^(cpu|cu\d{3}|rocm\d+\.\d+(\.\d+)?|xpu)$")
 
@@ -80,7 +81,7 @@ class ArchList:
 
 
 @dataclass(frozen=True)
-class VariantFacts:
+class VariantFacts(Sourced):
     """What a lock records about its variant: looked up once, at lock time."""
 
     variant: str
@@ -93,12 +94,8 @@ class VariantFacts:
     # fact name (min-driver, toolkit-driver, arch-list, ptx) -> knowledge-base | inferred
     origin: tuple[tuple[str, str], ...] = field(default=())
 
-    def source_of(self, fact: str) -> str:
-        return dict(self.origin).get(fact, "")
-
-    @property
-    def inferred(self) -> tuple[str, ...]:
-        return tuple(name for name, src in self.origin if src == "inferred")
+    def _source_pairs(self) -> tuple[tuple[str, str], ...]:
+        return self.origin
 
 
 @dataclass(frozen=True)
