@@ -178,3 +178,14 @@ def test_serve_cache_lists_what_a_sync_fetched(site: Path, tmp_path: Path) -> No
         assert s.get("/url-hashes/")[0] == 404
     finally:
         s.stop()
+
+
+def test_a_rendered_page_reads_back_as_the_files_it_lists() -> None:
+    """The one PEP 503 page writer (serve and the lock's routing index) against the parser."""
+    from envmgr.net.indexclient import IndexFile, parse_html, render_html
+
+    page = "http://127.0.0.1:1/simple/a-b/"
+    files = [IndexFile("a_b-1.0-py3-none-any.whl", page + "../../files/x/a_b-1.0-py3-none-any.whl", "ab" * 32, None,
+                       ">=3.9,<4", "sha256=" + "cd" * 32),
+             IndexFile("a_b-1.0.tar.gz", "http://files.example/a&b/a_b-1.0.tar.gz", None, None)]
+    assert parse_html(render_html("a-b", files), page) == files

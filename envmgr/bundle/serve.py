@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..core.errors import UserError
 from ..model.names import canonical
+from ..net.indexclient import IndexFile, render_html
 
 JSON = "application/vnd.pypi.simple.v1+json"
 HTML = "application/vnd.pypi.simple.v1+html"
@@ -143,18 +144,13 @@ def project_page(index: Index, name: str, as_json: bool) -> bytes:
                 entry["requires-python"] = d.requires_python()
             files.append(entry)
         return json.dumps({"meta": {"api-version": "1.1"}, "name": name, "files": files, "versions": _versions(dists)}).encode()
-    links = []
+    files = []
     for d in dists:
-        attrs = ""
-        if d.requires_python():
-            attrs += f' data-requires-python="{html.escape(d.requires_python())}"'
         meta = d.metadata()
-        if meta:
-            digest = hashlib.sha256(meta).hexdigest()
-            attrs += f' data-core-metadata="sha256={digest}" data-dist-info-metadata="sha256={digest}"'
-        links.append(f'<a href="{_href(d)}#sha256={d.sha256}"{attrs}>{html.escape(d.filename)}</a><br>\n')
-    return (f"<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.1\"><title>Links for {html.escape(name)}</title></head>"
-            f"<body>\n<h1>Links for {html.escape(name)}</h1>\n{''.join(links)}</body></html>\n").encode()
+        files.append(IndexFile(filename=d.filename, url=_href(d), sha256=d.sha256, size=None,
+                               requires_python=d.requires_python() or None,
+                               metadata=f"sha256={hashlib.sha256(meta).hexdigest()}" if meta else None))
+    return render_html(name, files).encode()
 
 
 def _versions(dists: list[Dist]) -> list[str]:

@@ -16,7 +16,6 @@ URL); any later request (uv asks twice while writing a pylock) is answered from 
 from __future__ import annotations
 
 import hashlib
-import html
 import shutil
 import threading
 from dataclasses import replace
@@ -58,7 +57,7 @@ class RoutingIndex:
         for url in self.sources(project):
             files = indexclient.project_page(url, project)
             if files:
-                return _render(project, [self._local(_with_credentials(self._fill(f), url)) for f in files])
+                return indexclient.render_html(project, [self._local(_with_credentials(self._fill(f), url)) for f in files])
         return None
 
     def _local(self, f: indexclient.IndexFile) -> indexclient.IndexFile:
@@ -211,18 +210,3 @@ def _with_credentials(f: indexclient.IndexFile, index_url: str) -> indexclient.I
     if idx.username is None or file.hostname != idx.hostname or file.username is not None:
         return f
     return replace(f, url=urlunsplit(file._replace(netloc=idx.netloc)))
-
-
-def _render(project: str, files: list[indexclient.IndexFile]) -> str:
-    rows = []
-    for f in files:
-        href = f.url + (f"#sha256={f.sha256}" if f.sha256 else "")
-        attrs = f' href="{html.escape(href)}"'
-        if f.requires_python:
-            attrs += f' data-requires-python="{html.escape(f.requires_python)}"'
-        if f.metadata:
-            # PEP 658: pip reads METADATA without downloading the wheel (upstream serves it).
-            m = html.escape(f.metadata)
-            attrs += f' data-dist-info-metadata="{m}" data-core-metadata="{m}"'
-        rows.append(f"<a{attrs}>{html.escape(f.filename)}</a><br/>")
-    return f"<!DOCTYPE html><html><body><h1>{html.escape(project)}</h1>\n" + "\n".join(rows) + "\n</body></html>\n"

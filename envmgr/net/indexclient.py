@@ -34,7 +34,7 @@ _PAGE_OR_NONE = frozenset(http.OK) | {404}
 @dataclass(frozen=True)
 class IndexFile:
     filename: str
-    url: str  # absolute
+    url: str  # absolute when parsed from a page; a rendered page may link relatively
     sha256: str | None
     size: int | None
     requires_python: str | None = None
@@ -86,6 +86,26 @@ def parse_html(text: str, page_url: str) -> list[IndexFile]:
         out.append(IndexFile(filename, base, sha, int(size) if size and size.isdigit() else None,
                              attrs.get("data-requires-python"), meta))
     return out
+
+
+def render_html(project: str, files: list[IndexFile]) -> str:
+    """A PEP 503 project page of ``files`` (what ``parse_html`` reads back): each link with its
+    ``#sha256=`` fragment, ``data-requires-python`` and, where the index has it, PEP 658/714
+    metadata; ``url`` may be relative to the page."""
+    from html import escape
+
+    rows = []
+    for f in files:
+        attrs = f' href="{escape(f.url + (f"#sha256={f.sha256}" if f.sha256 else ""))}"'
+        if f.requires_python:
+            attrs += f' data-requires-python="{escape(f.requires_python)}"'
+        if f.metadata:  # pip and uv then read METADATA without downloading the wheel
+            m = escape(f.metadata)
+            attrs += f' data-dist-info-metadata="{m}" data-core-metadata="{m}"'
+        rows.append(f"<a{attrs}>{escape(f.filename)}</a><br>")
+    return ('<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" content="1.1">'
+            f"<title>Links for {escape(project)}</title></head>\n<body><h1>Links for {escape(project)}</h1>\n"
+            + "\n".join(rows) + "\n</body></html>\n")
 
 
 def parse_json(data: dict, page_url: str) -> list[IndexFile]:
