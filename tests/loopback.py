@@ -15,8 +15,9 @@ class _Quiet(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    """Serves on 127.0.0.1 (``url``) in a thread; every request of ``methods`` goes to
-    ``answer(handler)``. ``protocol``: the handler's HTTP version (1.1 keeps connections)."""
+    """Serves on 127.0.0.1 (``url``) in a thread; every request of ``methods`` goes to the
+    subclass's ``answer(handler)``. ``protocol``: the handler's HTTP version (1.1 keeps
+    connections)."""
 
     methods: tuple[str, ...] = ("GET",)
     protocol = "HTTP/1.0"
@@ -38,9 +39,6 @@ class LoopbackServer:
         self.server = _Quiet(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, handler: BaseHTTPRequestHandler) -> None:
-        raise NotImplementedError
 
     def close(self) -> None:
         self.server.shutdown()

@@ -103,8 +103,7 @@ class LockMeta(Sourced):
     # (wheel-metadata, wheel-binary, knowledge-base, inferred); pairs, sorted
     sources: tuple[tuple[str, str], ...] = ()
 
-    def _source_pairs(self) -> tuple[tuple[str, str], ...]:
-        return self.sources
+    _SOURCES = "sources"  # Sourced reads the pairs from there (a class attribute, not a field)
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,14 @@ INFERRED = "inferred"
 
 
 class Sourced:
-    """A mixin: ``_source_pairs()`` gives the (fact, source) pairs of the value."""
+    """A mixin for a value whose field named by ``_SOURCES`` holds its (fact, source) pairs."""
 
-    def _source_pairs(self) -> tuple[tuple[str, str], ...]:
-        raise NotImplementedError
+    _SOURCES: str
 
     def source_of(self, fact: str) -> str:
-        return dict(self._source_pairs()).get(fact, "")
+        return dict(getattr(self, self._SOURCES)).get(fact, "")
 
     @property
     def inferred(self) -> tuple[str, ...]:
         """The recorded facts that no primary source gave."""
-        return tuple(name for name, src in self._source_pairs() if src == INFERRED)
+        return tuple(name for name, src in getattr(self, self._SOURCES) if src == INFERRED)

@@ -94,8 +94,7 @@ class VariantFacts(Sourced):
     # fact name (min-driver, toolkit-driver, arch-list, ptx) -> knowledge-base | inferred
     origin: tuple[tuple[str, str], ...] = field(default=())
 
-    def _source_pairs(self) -> tuple[tuple[str, str], ...]:
-        return self.origin
+    _SOURCES = "origin"  # Sourced reads the pairs from there (a class attribute, not a field)
 
 
 @dataclass(frozen=True)
