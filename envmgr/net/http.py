@@ -253,8 +253,7 @@ def _resume(first: "requests.Response", done: int, **kw) -> tuple["requests.Resp
     encoded = first.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     if done and not encoded:  # a range of an encoded body is not a range of its bytes
         headers["Range"] = f"bytes={done}-"
-        etag = first.headers.get("ETag", "")
-        validator = etag if etag and not etag.startswith("W/") else first.headers.get("Last-Modified")
+        validator = validator_of(first)
         if validator:
             headers["If-Range"] = validator
     resp = request("GET", first.url, headers=headers, stream=True, ok=(200, 206), **kw)
