@@ -52,21 +52,17 @@ class RemoteZip(io.RawIOBase):
         self.segments.append((start, data))
 
     def _get(self, spec: str) -> tuple[int, bytes, int]:
-        import re
-
         resp = http.request("GET", self.url, auth=self.auth, ok=(200, 206), what=self.what,
                             headers={"Range": spec, "Accept-Encoding": "identity"}, stream=True)
         self.requests += 1
-        if resp.status_code != 206:
+        got = http.range_of(resp)
+        if got is None:
             resp.close()
-            raise NoRanges(f"{self.what}: the server does not answer range requests")
-        m = re.match(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", ""))
-        if not m:
-            resp.close()
-            raise NoRanges(f"{self.what}: a range answered without Content-Range")
+            raise NoRanges(f"{self.what}: the server does not answer range requests" if resp.status_code != 206
+                           else f"{self.what}: a range answered without Content-Range")
         data = b"".join(http.body(resp, what=self.what))
         self.received += len(data)
-        return int(m.group(1)), data, int(m.group(3))
+        return got[0], data, got[2]
 
     def readable(self) -> bool:
         return True
