@@ -26,7 +26,7 @@ from test_sync import (REPO, cli_env, envmgr, failed, hermetic_subprocess_env, i
 from envmgr.model import lockfile
 from envmgr.venv import install
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.timeout(900)
 
 
 def _unshare_works() -> bool:

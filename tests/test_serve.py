@@ -26,7 +26,7 @@ from test_sync import cli_env, envmgr, failed, installed, ok
 from envmgr.model import lockfile
 from envmgr.venv import install
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.timeout(900)
 
 
 class Served:
