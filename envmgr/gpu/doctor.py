@@ -147,7 +147,7 @@ def profile_verdicts(project: Path, host: detect_mod.Host) -> list[dict]:
         path = lockfile.lock_path(project, name)
         if path.is_file():
             try:
-                lock = lockfile.read(path)
+                lock = lockfile.read(path).for_host()
                 if lock.meta.variant == p.variant:
                     facts = facts_from_lock(lock)
                     pkg = lock.package("torch")

@@ -50,5 +50,5 @@ def profile_expectations(project: Path, name: str) -> tuple[dict, str, profiles.
     p = profiles.load(project, name)
     path = lockfile.lock_path(project, name)
     if path.is_file():
-        return expectations_from_lock(lockfile.read(path)), f"lock {path}", p
+        return expectations_from_lock(lockfile.read(path).for_host()), f"lock {path}", p
     return expectations_from_profile(p), f"profile {p.path} (no lock yet)", p

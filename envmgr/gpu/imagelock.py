@@ -278,4 +278,4 @@ def expectations(ref: str, *, engine: str, image_python: str | None) -> tuple[di
     label = (found.labels or {}).get(f"{LABEL}lock.digest")
     if label and label != lock.digest():
         notes.append(f"the embedded lock {found.path} is {lock.digest()[:19]}, the image's label says {label[:19]}")
-    return expectations_from_lock(lock), f"image lock {found.path}", notes, found.labels
+    return expectations_from_lock(lock.for_host()), f"image lock {found.path}", notes, found.labels

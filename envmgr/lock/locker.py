@@ -102,7 +102,10 @@ def check_one(project: Path, name: str) -> CheckResult:
     inputs = profile.lock_inputs(backend.name, backend.version())
     reasons = [] if lockfile.fingerprint(inputs) == current.meta.fingerprint else \
         [f"input {line}" for line in lockfile.changed_inputs(current.meta.inputs, inputs)]
-    reasons += wheelfacts.drift(current)  # the knowledge base (and overlays) and the torch binary
+    # the knowledge base (and overlays) and the torch binary, for each platform the lock is for
+    many = len(current.platforms) > 1
+    for platform in current.platforms:
+        reasons += [f"{platform}: {r}" if many else r for r in wheelfacts.drift(current.for_platform(platform))]
     return CheckResult(name, path, not reasons, reasons)
 
 
@@ -154,12 +157,12 @@ def _family_guess(profile: Profile, previous: Lock | None) -> tuple[str, ...] | 
 
 
 def build_lock(profile: Profile, backend_name: str, backend_version: str, packages, torch_index: str,
-               build=None, binary: dict | None = None) -> Lock:
+               build=None, binary: dict | None = None, platform_facts: tuple = ()) -> Lock:
     """The lock of ``packages``; ``build``: the torch file's own facts (``model.facts``),
-    ``binary``: the arch list read from its ``libtorch_cuda.so`` (``lock.facts``)."""
-    torch = next(p for p in packages if p.name == "torch")
-    facts, sources = wheelfacts.lock_facts(profile.variant, torch.version, build, binary, profile.python,
-                                           profile.platform)
+    ``binary``: the arch list read from its ``libtorch_cuda.so`` (``lock.facts``), both of the
+    first platform's torch; ``platform_facts``: where the other platforms' differ."""
+    torch = next(p for p in packages if p.name == "torch" and (not p.platforms or profile.platform in p.platforms))
+    facts, sources = _facts(profile, torch.version, build, binary)
     inputs = profile.lock_inputs(backend_name, backend_version)
     meta = LockMeta(
         profile=profile.name,
@@ -169,6 +172,8 @@ def build_lock(profile: Profile, backend_name: str, backend_version: str, packag
         resolver_version=backend_version,
         python=profile.python,
         platform=profile.platform,
+        platforms=profile.platforms if profile.multi_platform else (),
+        platform_facts=platform_facts,
         variant=profile.variant,
         torch_index=torch_index,
         cuda=facts["cuda"],
@@ -186,8 +191,61 @@ def build_lock(profile: Profile, backend_name: str, backend_version: str, packag
         packages=tuple(sorted(packages, key=lambda p: p.key)),
         meta=meta,
         requires_python=f"=={profile.python}.*",
-        environments=(profile.environment_marker,),
+        environments=tuple(profiles.PLATFORMS[p][1] for p in profile.all_platforms),
     )
+
+
+def _facts(profile: Profile, torch_version: str, build, binary) -> tuple[dict, dict]:
+    return wheelfacts.lock_facts(profile.variant, torch_version, build, binary, profile.python, profile.platform)
+
+
+def _fact_table(facts: dict, sources: dict) -> dict:
+    """The facts as ``[tool.envmgr]`` states them (TOML keys; ``sources`` as pairs)."""
+    table = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in facts.items()}
+    table["sources"] = tuple(sorted(sources.items()))
+    return table
+
+
+def platform_facts_apart(profile: Profile, first: tuple, others: dict) -> tuple:
+    """``LockMeta.platform_facts``: for each platform after the first, the facts its torch
+    file states otherwise than the first platform's (none: the platform is not listed)."""
+    base = _fact_table(*first)
+    out = []
+    for platform in profile.all_platforms[1:]:
+        table = _fact_table(*others[platform])
+        apart = tuple(sorted((k, v) for k, v in table.items() if base.get(k, "" if k != "sources" else ()) != v))
+        if apart:
+            out.append((platform, apart))
+    return tuple(out)
+
+
+def merge_platforms(profile: Profile, per_platform: dict[str, list]) -> list:
+    """One package list for several platforms: an entry per (name, version), its files the
+    union of each platform's; an entry not on every platform names its platforms (and its
+    marker says so to other installers)."""
+    from dataclasses import replace
+
+    from ..model.platforms import machine_clause
+
+    order = profile.all_platforms
+    entries: dict[tuple[str, str], list] = {}
+    for platform in order:
+        for p in per_platform[platform]:
+            entries.setdefault((p.name, p.version), []).append((platform, p))
+    merged = []
+    for (_name, _version), found in sorted(entries.items()):
+        platforms = tuple(pl for pl, _ in found)
+        first = found[0][1]
+        wheels = {w.sha256: w for _, p in found for w in p.wheels}
+        sdist = next((p.sdist for _, p in found if p.sdist), None)
+        markers = {p.marker for _, p in found}
+        marker = first.marker if len(markers) == 1 else None
+        if platforms != order or len(markers) > 1:
+            parts = [f"({p.marker}) and {machine_clause([pl])}" if p.marker else machine_clause([pl]) for pl, p in found]
+            marker = parts[0] if len(parts) == 1 else " or ".join(f"({x})" for x in parts)
+        merged.append(replace(first, wheels=tuple(sorted(wheels.values(), key=lambda w: w.url)), sdist=sdist,
+                              marker=marker, platforms=() if platforms == order else platforms))
+    return merged
 
 
 def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, upgrade: bool = False,
@@ -205,11 +263,13 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
                 if log:
                     log(f"{name}: ignoring the pins of an unreadable lock ({exc.message})")
                 previous_text = None
-        backend = resolve.backend(resolver or default_resolver(previous))
+        backend_name = resolver or default_resolver(previous)
+        backend = resolve.backend(backend_name)
         idx = resolve.Indexes.of(profile)
         # The resolver's version, recorded in the lock (a process of its own the first
         # time), is asked while the resolver works, not before.
         version = functools.cache(backend.version)
+        auth = Auth.from_urls(idx.all_urls())
 
         def meanwhile() -> None:
             version()
@@ -218,60 +278,118 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
             # No torch file's facts cached yet (a first lock, a fresh cache): the facts of the
             # file the resolver will pick are read now, while it works, rather than after it.
             if not wheelfacts.any_cached():
-                wheelfacts.read_ahead(profile, idx.torch or idx.default, auth)
+                wheelfacts.read_ahead(profile.for_platform(profile.platform), idx.torch or idx.default, auth)
 
         if log:
-            log(f"{name}: resolving with {backend.name} for python {profile.python} on {profile.platform}")
-        auth = Auth.from_urls(idx.all_urls())
-        family = _family_guess(profile, previous)
-
-        def resolved(family) -> tuple[list, object]:
-            with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
-                pinned = backend.resolve(resolve.Request(
-                    profile=profile,
-                    workdir=Path(tmp),
-                    previous=None if upgrade else previous_text,
-                    upgrade=upgrade,
-                    upgrade_packages=tuple(upgrade_packages),
-                    meanwhile=meanwhile,
-                    family=family,
-                ))
-            packages = resolve.finish(pinned, auth=auth)
-            torch = next((p for p in packages if p.name == "torch"), None)
-            if torch is None or not torch.files:
-                _verify(profile, idx, packages)  # says what is missing
-            # What the pinned torch file says of itself: a profile whose variant is not the
-            # build's stops here, before any lock is written.
-            build = wheelfacts.build_facts("torch", torch.install_file, auth=auth)
-            wheelfacts.check_variant(profile, build, torch.version, redact(resolve.strip_credentials(profile.torch_index)))
-            return packages, build
-
-        packages, build = resolved(family)
-        # torch-family packages the resolver was given up front (the usual triton) that this
-        # torch build does not require are resolved away again: only what it needs is locked
-        added = set(getattr(backend, "added_family", ()))
-        needed = wheelfacts.family_required(build, profile)
-        if added - needed:
-            if log:
-                log(f"{name}: torch {build.version} requires no {', '.join(sorted(added - needed))}; resolving without")
-            packages, build = resolved(tuple(sorted(needed)))
-        _verify(profile, idx, packages)
-        binary = None
-        torch = next(p for p in packages if p.name == "torch")
-        if verify:
-            # Download every file into the verified cache: a published hash that does not
-            # match the bytes fails here, before the lock is written.
-            from ..net.fetch import fetch
-
-            paths = fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
-            if build.cuda:
-                binary = wheelfacts.binary_archs(paths[torch.install_file.sha256], torch.install_file.sha256)
-        elif build.cuda:
-            binary = wheelfacts.cached_binary_of(torch)
-        lock = build_lock(profile, backend.name, version(), packages,
-                          resolve.strip_credentials(idx.torch or idx.default), build, binary)
+            where = " and ".join(profile.all_platforms)
+            log(f"{name}: resolving with {backend.name} for python {profile.python} on {where}")
+        run = functools.partial(_lock_platform, idx=idx, auth=auth, meanwhile=functools.cache(meanwhile),
+                                upgrade=upgrade, upgrade_packages=tuple(upgrade_packages), verify=verify, log=log)
+        if not profile.multi_platform:
+            packages, build, binary = run(profile, backend, previous, previous_text)
+            lock = build_lock(profile, backend.name, version(), packages,
+                              resolve.strip_credentials(idx.torch or idx.default), build, binary)
+        else:
+            lock = _lock_platforms(profile, backend_name, version, run, previous, previous_text, idx, log)
         changed = write_atomic(path, lock.dumps())
     return LockResult(name, path, changed, lock, time.monotonic() - started, previous.pins if previous else {})
+
+
+def _lock_platform(profile: Profile, backend, previous: Lock | None, previous_text: str | None, *, idx, auth,
+                   meanwhile, upgrade: bool, upgrade_packages: tuple[str, ...], verify: bool, log: Log):
+    """Resolve a one-platform profile: (packages, the torch file's build facts, its binary's
+    arch list when read)."""
+    name = profile.name
+
+    def resolved(family) -> tuple[list, object]:
+        with tempfile.TemporaryDirectory(prefix=f"envmgr-lock-{name}-") as tmp:
+            pinned = backend.resolve(resolve.Request(
+                profile=profile,
+                workdir=Path(tmp),
+                previous=None if upgrade else previous_text,
+                upgrade=upgrade,
+                upgrade_packages=upgrade_packages,
+                meanwhile=meanwhile,
+                family=family,
+            ))
+        packages = resolve.finish(pinned, auth=auth)
+        torch = next((p for p in packages if p.name == "torch"), None)
+        if torch is None or not torch.files:
+            _verify(profile, idx, packages)  # says what is missing
+        # What the pinned torch file says of itself: a profile whose variant is not the
+        # build's stops here, before any lock is written.
+        build = wheelfacts.build_facts("torch", torch.install_file, auth=auth)
+        wheelfacts.check_variant(profile, build, torch.version, redact(resolve.strip_credentials(profile.torch_index)))
+        return packages, build
+
+    packages, build = resolved(_family_guess(profile, previous))
+    # torch-family packages the resolver was given up front (the usual triton) that this
+    # torch build does not require are resolved away again: only what it needs is locked
+    added = set(getattr(backend, "added_family", ()))
+    needed = wheelfacts.family_required(build, profile)
+    if added - needed:
+        if log:
+            log(f"{name}: torch {build.version} requires no {', '.join(sorted(added - needed))}; resolving without")
+        packages, build = resolved(tuple(sorted(needed)))
+    _verify(profile, idx, packages)
+    binary = None
+    torch = next(p for p in packages if p.name == "torch")
+    if verify:
+        # Download every file into the verified cache: a published hash that does not
+        # match the bytes fails here, before the lock is written.
+        from ..net.fetch import fetch
+
+        paths = fetch([(p.name, f) for p in packages for f in p.files], auth=auth)
+        if build.cuda:
+            binary = wheelfacts.binary_archs(paths[torch.install_file.sha256], torch.install_file.sha256)
+    elif build.cuda:
+        binary = wheelfacts.cached_binary_of(torch)
+    return packages, build, binary
+
+
+def _lock_platforms(profile: Profile, backend_name: str, version, run, previous: Lock | None,
+                    previous_text: str | None, idx, log: Log) -> Lock:
+    """A lock for several platforms: one resolution per platform (concurrently), the
+    others again with the first's pins preferred where versions came out apart, then merged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    platforms = profile.all_platforms
+    torch_index = resolve.strip_credentials(idx.torch or idx.default)
+
+    def one(platform: str, prev_text: str | None):
+        view = previous.for_platform(platform) if previous is not None and platform in previous.platforms else None
+        # a backend each: a backend remembers what its last run added
+        return run(profile.for_platform(platform), resolve.backend(backend_name), view, prev_text)
+
+    with ThreadPoolExecutor(max_workers=len(platforms)) as pool:
+        results = dict(zip(platforms, pool.map(lambda pl: one(pl, previous_text), platforms)))
+    first = platforms[0]
+    pins = {p.name: p.version for p in results[first][0]}
+
+    def apart(platform: str) -> list[str]:
+        return sorted(p.name for p in results[platform][0] if p.name in pins and pins[p.name] != p.version)
+
+    redo = [pl for pl in platforms[1:] if apart(pl)]
+    if redo:
+        # uv prefers the pins of the lock it is given: the first platform's, as a lock
+        first_lock = build_lock(profile.for_platform(first), backend_name, version(), results[first][0], torch_index,
+                                *results[first][1:]).dumps()
+        for pl in redo:
+            if log:
+                log(f"{profile.name}: {pl} resolved {', '.join(apart(pl))} apart from {first}; resolving again preferring {first}'s pins")
+            results[pl] = one(pl, first_lock)
+            if apart(pl) and log:
+                log(f"{profile.name}: {', '.join(apart(pl))} stay apart on {pl} (the lock records each platform's)")
+    packages = merge_platforms(profile, {pl: results[pl][0] for pl in platforms})
+
+    def facts_of(platform: str) -> tuple[dict, dict]:
+        packages_, build, binary = results[platform]
+        torch = next(p for p in packages_ if p.name == "torch")
+        return _facts(profile.for_platform(platform), torch.version, build, binary)
+
+    apart_facts = platform_facts_apart(profile, facts_of(first), {pl: facts_of(pl) for pl in platforms[1:]})
+    return build_lock(profile, backend_name, version(), packages, torch_index, results[first][1], results[first][2],
+                      apart_facts)
 
 
 def lock_profiles(project: Path, names: list[str], *, resolver: str | None = None, upgrade: bool = False,

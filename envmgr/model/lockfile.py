@@ -27,6 +27,7 @@ from ..core.compat import tomllib
 from ..core.errors import LockFileError
 from ..core.settings import lock_path  # noqa: F401 - part of the lock model's API
 from .names import canonical
+from .platforms import PLATFORMS, host, wheel_fits
 from .sourced import Sourced
 
 LOCK_VERSION = "1.0"
@@ -56,6 +57,10 @@ class LockedPackage:
     wheels: tuple[LockedFile, ...] = ()
     sdist: LockedFile | None = None
     marker: str | None = None
+    # In a lock for several platforms: the platforms this entry is for, when not all of
+    # them (a package one platform lacks, or pinned apart); () = every platform of the lock.
+    # Written as ``tool.envmgr.platforms``; the marker says the same to other installers.
+    platforms: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -102,8 +107,22 @@ class LockMeta(Sourced):
     # fact (cuda, min-driver, toolkit-driver, arch-list, ptx) -> where it came from
     # (wheel-metadata, wheel-binary, knowledge-base, inferred); pairs, sorted
     sources: tuple[tuple[str, str], ...] = ()
+    # A lock for several platforms: all of them (``platform`` is the first); () for one.
+    platforms: tuple[str, ...] = ()
+    # platform -> the facts above (TOML keys) where that platform's torch file differs from
+    # the first platform's: pairs, values str or tuple; "sources" holds pairs of its own
+    platform_facts: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
     _SOURCES = "sources"  # Sourced reads the pairs from there (a class attribute, not a field)
+
+    @property
+    def all_platforms(self) -> tuple[str, ...]:
+        return self.platforms or (self.platform,)
+
+
+# [tool.envmgr] key -> LockMeta field, for the facts a platform may state apart
+FACT_FIELDS = {"cuda": "cuda", "min-driver": "min_driver", "toolkit-driver": "toolkit_driver", "arch-list": "arch_list",
+               "ptx": "ptx", "build": "build", "cudnn": "cudnn", "nccl": "nccl", "triton": "triton", "sources": "sources"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,41 @@ class Lock:
     def package(self, name: str) -> LockedPackage | None:
         key = canonical(name)
         return next((p for p in self.packages if p.key == key), None)
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return self.meta.all_platforms
+
+    def for_host(self) -> "Lock":
+        """The view of the machine envmgr runs on (what sync installs)."""
+        return self.for_platform(host(), "")
+
+    def for_platform(self, platform: str, where: str = "") -> "Lock":
+        """The lock as one platform sees it: that platform's entries and files, its facts.
+
+        A one-platform lock is its own view. LockFileError (exit 2) names the platforms the
+        lock has when ``platform`` is not one of them.
+        """
+        have = self.platforms
+        if platform not in have:
+            name = where or (str(self.path) if self.path else f"the lock of {self.meta.profile}")
+            raise LockFileError(
+                f"{name} is for {', '.join(have)}, not {platform}{' (this machine)' if platform == host() else ''}",
+                hint=f"add {platform!r} to the profile's platform list and run `envmgr lock {self.meta.profile}`",
+            )
+        if len(have) == 1:
+            return self
+        packages = []
+        for p in self.packages:
+            if p.platforms and platform not in p.platforms:
+                continue
+            wheels = tuple(w for w in p.wheels if wheel_fits(w.filename, platform))
+            if wheels or p.sdist:
+                packages.append(replace(p, wheels=wheels, platforms=()))
+        facts = dict(dict(self.meta.platform_facts).get(platform, ()))
+        changes = {FACT_FIELDS[k]: (tuple(v) if k in ("arch-list", "sources") else v) for k, v in facts.items()}
+        meta = replace(self.meta, platform=platform, platforms=(), platform_facts=(), **changes)
+        return replace(self, packages=tuple(packages), meta=meta, environments=(PLATFORMS[platform][1],))
 
     @property
     def pins(self) -> dict[str, str]:
@@ -212,13 +266,16 @@ def dumps(lock: Lock, local: dict[str, Path] | None = None) -> str:
         if pkg.marker:
             out.append(f"marker = {toml_str(pkg.marker)}")
         out.append(f"index = {toml_str(pkg.index)}")
+        if pkg.platforms:
+            out.append(f"tool.envmgr.platforms = {_value(list(pkg.platforms))}")
         if pkg.sdist:
             out.append(f"sdist = {_file_table(pkg.sdist, local)}")
         if pkg.wheels:
             out += ["wheels = [", *(f"    {_file_table(w, local)}," for w in pkg.wheels), "]"]
     tool = {
         "format": FORMAT, "profile": m.profile, "fingerprint": m.fingerprint, "resolver": m.resolver,
-        "resolver-version": m.resolver_version, "python": m.python, "platform": m.platform, "variant": m.variant,
+        "resolver-version": m.resolver_version, "python": m.python,
+        "platform": list(m.platforms) if m.platforms else m.platform, "variant": m.variant,
         "torch-index": m.torch_index, "cuda": m.cuda, "min-driver": m.min_driver, "toolkit-driver": m.toolkit_driver,
         "arch-list": list(m.arch_list), "ptx": m.ptx,
     }
@@ -227,6 +284,13 @@ def dumps(lock: Lock, local: dict[str, Path] | None = None) -> str:
     out += ["", "[tool.envmgr.inputs]", *(f"{k} = {_value(m.inputs[k])}" for k in sorted(m.inputs))]
     if m.sources:
         out += ["", "[tool.envmgr.sources]", *(f"{k} = {_value(v)}" for k, v in m.sources)]
+    for platform, facts in m.platform_facts:
+        table = f"[tool.envmgr.platform-facts.{toml_str(platform)}]"
+        out += ["", table, *(f"{k} = {_value(v)}" for k, v in facts if k != "sources")]
+        sources = dict(facts).get("sources")
+        if sources:
+            out += ["", f"[tool.envmgr.platform-facts.{toml_str(platform)}.sources]",
+                    *(f"{k} = {_value(v)}" for k, v in sources)]
     return "\n".join(out) + "\n"
 
 
@@ -267,6 +331,9 @@ def _loads(text: str, path: str) -> Lock:
         wheels = tuple(_file(w, where) for w in p.get("wheels", []))
         if not wheels and not sdist:
             raise LockFileError(f"{where}: has no files", hint="regenerate it with `envmgr lock`")
+        platforms = (p.get("tool") or {}).get("envmgr", {}).get("platforms", [])
+        if not isinstance(platforms, list) or not all(isinstance(x, str) for x in platforms):
+            raise LockFileError(f"{where}: tool.envmgr.platforms is not a list of platforms", hint="regenerate it with `envmgr lock`")
         packages.append(
             LockedPackage(
                 name=canonical(p["name"]),
@@ -275,8 +342,14 @@ def _loads(text: str, path: str) -> Lock:
                 wheels=wheels,
                 sdist=sdist,
                 marker=p.get("marker"),
+                platforms=tuple(platforms),
             )
         )
+    platform = tool.get("platform")
+    listed = platform if isinstance(platform, list) else [platform] if isinstance(platform, str) else []
+    if not listed or any(x not in PLATFORMS for x in listed) or len(set(listed)) != len(listed):
+        raise LockFileError(f"{path}: [tool.envmgr] platform {platform!r} is not a platform or a list of distinct ones",
+                            hint=f"known: {', '.join(PLATFORMS)}; regenerate it with `envmgr lock`")
     try:
         meta = LockMeta(
             profile=tool["profile"],
@@ -285,7 +358,9 @@ def _loads(text: str, path: str) -> Lock:
             resolver=tool["resolver"],
             resolver_version=tool["resolver-version"],
             python=tool["python"],
-            platform=tool["platform"],
+            platform=listed[0],
+            platforms=tuple(listed) if len(listed) > 1 else (),
+            platform_facts=_platform_facts(tool.get("platform-facts", {}), listed, path),
             variant=tool["variant"],
             torch_index=tool.get("torch-index", ""),
             cuda=tool.get("cuda", ""),
@@ -315,6 +390,21 @@ def _loads(text: str, path: str) -> Lock:
     )
     check_consistency(lock, path)
     return lock
+
+
+def _platform_facts(raw, platforms: list[str], path: str) -> tuple:
+    """``[tool.envmgr.platform-facts.PLATFORM]`` tables as LockMeta keeps them (pairs, sorted)."""
+    if not isinstance(raw, dict) or any(k not in platforms[1:] or not isinstance(v, dict) for k, v in raw.items()) \
+            or any(key not in FACT_FIELDS for v in raw.values() for key in v):
+        raise LockFileError(f"{path}: [tool.envmgr.platform-facts] names a platform or fact the lock does not have",
+                            hint="regenerate it with `envmgr lock`")
+
+    def value(key, v):
+        if key == "sources":
+            return tuple(sorted((str(a), str(b)) for a, b in v.items()))
+        return tuple(v) if isinstance(v, list) else v
+
+    return tuple(sorted((p, tuple(sorted((k, value(k, v)) for k, v in facts.items()))) for p, facts in raw.items()))
 
 
 def check_consistency(lock: Lock, where: str | Path = "<lock>") -> None:

@@ -17,6 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from ..core.compat import tomllib
 from ..core.errors import ProfileError
 from .names import canonical
+from .platforms import DEFAULT_PLATFORM, PLATFORMS
 from .variants import is_variant_name, kb, parse_torch_spec
 
 PYPI = "pypi"  # keyword: the resolver's default index (PyPI), resolved at run time
@@ -32,7 +33,7 @@ KEYS: dict[str, tuple[type | tuple, str]] = {
     "torch-index-url": (str, "index for torch-family packages (default: the variant's PyTorch index; 'pypi' for PyPI)"),
     "index-url": (str, "default index for everything else (default: pypi)"),
     "extra-index-urls": (list, "more indexes for non-torch packages, searched after index-url"),
-    "platform": (str, "target platform (default linux-x86_64)"),
+    "platform": ((str, list), "target platform, or a list of them (default linux-x86_64; known: linux-x86_64, linux-aarch64)"),
     "image": (dict, "settings for envmgr export-image"),
 }
 IMAGE_KEYS: dict[str, tuple[type | tuple, str]] = {
@@ -49,12 +50,6 @@ IMAGE_KEYS: dict[str, tuple[type | tuple, str]] = {
     "modes": (list, "how the image runs: shell, jupyter, ssh (default [\"shell\"])"),
 }
 
-# platform keyword -> (uv --python-platform, PEP 508 environment marker)
-PLATFORMS = {
-    "linux-x86_64": ("x86_64-manylinux_2_28", "sys_platform == 'linux' and platform_machine == 'x86_64'"),
-    "linux-aarch64": ("aarch64-manylinux_2_28", "sys_platform == 'linux' and platform_machine == 'aarch64'"),
-}
-DEFAULT_PLATFORM = "linux-x86_64"
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,8 @@ class Profile:
     torch_index_url: str = ""  # "" = the variant's PyTorch index; "pypi" = the default
     index_url: str = PYPI
     extra_index_urls: tuple[str, ...] = ()
-    platform: str = DEFAULT_PLATFORM
+    platform: str = DEFAULT_PLATFORM  # the first of ``platforms``
+    platforms: tuple[str, ...] = ()  # every target platform, when the profile names a list; () = (platform,)
     image: dict = field(default_factory=dict)
     description: str = ""
     files: tuple[Path, ...] = ()  # this file and every file it extends
@@ -90,6 +86,20 @@ class Profile:
     @property
     def requirements(self) -> tuple[str, ...]:
         return (self.torch_requirement, *self.packages)
+
+    @property
+    def all_platforms(self) -> tuple[str, ...]:
+        return self.platforms or (self.platform,)
+
+    @property
+    def multi_platform(self) -> bool:
+        return len(self.all_platforms) > 1
+
+    def for_platform(self, platform: str) -> "Profile":
+        """The same profile targeting one of its platforms (what a resolver run is for)."""
+        from dataclasses import replace
+
+        return replace(self, platform=platform, platforms=())
 
     @property
     def uv_platform(self) -> str:
@@ -116,7 +126,7 @@ class Profile:
             "requirements": sorted(self.requirements),
             "variant": self.variant,
             "python": self.python,
-            "platform": self.platform,
+            "platform": list(self.platforms) if self.multi_platform else self.platform,
             "index-url": strip_credentials(self.index_url),
             "torch-index": strip_credentials(self.torch_index),
             "extra-index-urls": [strip_credentials(u) for u in self.extra_index_urls],
@@ -235,7 +245,7 @@ def _check_keys(path: Path, data: dict) -> None:
         typ = KEYS[key][0]
         if not isinstance(value, typ):
             raise ProfileError(f"{_where(path, key)}: {key!r} must be a {_type_name(typ)}, not {type(value).__name__}", hint=KEYS[key][1])
-        if typ is list and not all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ProfileError(f"{_where(path, key)}: {key!r} must be a list of strings")
     for key, value in data.get("image", {}).items():
         if key not in IMAGE_KEYS:
@@ -246,6 +256,8 @@ def _check_keys(path: Path, data: dict) -> None:
 
 
 def _type_name(typ) -> str:
+    if isinstance(typ, tuple):
+        return " or a ".join(_type_name(t) for t in typ)
     return {str: "string", list: "list", dict: "table"}.get(typ, str(typ))
 
 
@@ -270,9 +282,7 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
     python = data["python"]
     if not re.fullmatch(r"3\.\d{1,2}", python):
         raise ProfileError(f"{where('python')}: python must be MAJOR.MINOR like \"3.11\", not {python!r}")
-    platform = data.get("platform", DEFAULT_PLATFORM)
-    if platform not in PLATFORMS:
-        raise ProfileError(f"{where('platform')}: unknown platform {platform!r}", hint=f"known: {', '.join(PLATFORMS)}")
+    platforms = _platforms(data.get("platform", DEFAULT_PLATFORM), where("platform"))
     packages = tuple(data.get("packages", ()))
     for req in packages:
         try:
@@ -303,13 +313,28 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
         torch_index_url=torch_index_url,
         index_url=index_url,
         extra_index_urls=tuple(data.get("extra-index-urls", ())),
-        platform=platform,
+        platform=platforms[0],
+        platforms=platforms if len(platforms) > 1 else (),
         image=dict(data.get("image", {})),
         description=data.get("description", ""),
         files=files,
     )
     _check_variant_facts(profile, where)
     return profile
+
+
+def _platforms(value, where: str) -> tuple[str, ...]:
+    """``platform`` as a tuple: a known keyword, or a list of distinct known keywords."""
+    listed = [value] if isinstance(value, str) else list(value)
+    if not listed:
+        raise ProfileError(f"{where}: 'platform' is an empty list", hint=f"name one or more of: {', '.join(PLATFORMS)}")
+    for platform in listed:
+        if platform not in PLATFORMS:
+            raise ProfileError(f"{where}: unknown platform {platform!r}", hint=f"known: {', '.join(PLATFORMS)}")
+    twice = sorted({x for x in listed if listed.count(x) > 1})
+    if twice:
+        raise ProfileError(f"{where}: platform {', '.join(twice)} is listed twice", hint="name each platform once")
+    return tuple(listed)
 
 
 def _check_variant_facts(p: Profile, where) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
@@ -320,10 +320,50 @@ _FACTS = (
     ("min-driver", lambda m: m.min_driver),
     ("toolkit-driver", lambda m: m.toolkit_driver),
     ("python", lambda m: m.python),
-    ("platform", lambda m: m.platform),
+    ("platform", lambda m: ", ".join(m.all_platforms)),
     ("resolver", lambda m: f"{m.resolver} {m.resolver_version}".strip()),
     ("torch-index", lambda m: m.torch_index),
 )
+
+
+def _package_changes(old: Lock | None, new: Lock | None) -> list[PackageChange]:
+    old_pkgs = {p.key: p for p in old.packages} if old else {}
+    new_pkgs = {p.key: p for p in new.packages} if new else {}
+    return [c for name in sorted(set(old_pkgs) | set(new_pkgs))
+            if (c := _package_change(name, old_pkgs.get(name), new_pkgs.get(name))) is not None]
+
+
+def _fact_changes(old: Lock | None, new: Lock | None) -> list[FactChange]:
+    if old is None or new is None:
+        return []
+    return [FactChange(name, get(old.meta), get(new.meta)) for name, get in _FACTS
+            if name != "platform" and get(old.meta) != get(new.meta)]
+
+
+def _per_platform(old: Lock | None, new: Lock | None, changes) -> tuple:
+    """``changes(old, new)`` of one-platform locks; for locks of several platforms, of each
+    platform's view: a change the same on every platform is listed once, one that differs
+    (a package pinned apart, a platform added) per platform, as ``NAME [PLATFORM]``; a
+    package's size change is the sum over the platforms."""
+    have = [*(old.platforms if old else ()), *(new.platforms if new else ())]
+    platforms = tuple(dict.fromkeys(have))
+    if len(platforms) <= 1:
+        return tuple(changes(old, new))
+
+    def view(lock: Lock | None, platform: str) -> Lock | None:
+        return lock.for_platform(platform) if lock is not None and platform in lock.platforms else None
+
+    per = {pl: {c.name: c for c in changes(view(old, pl), view(new, pl))} for pl in platforms}
+    out = []
+    for name in sorted({n for found in per.values() for n in found}):
+        found = [per[pl].get(name) for pl in platforms]
+        same = [replace(c, size_delta=0) if isinstance(c, PackageChange) else c for c in found]
+        if None not in found and all(c == same[0] for c in same):
+            total = sum(getattr(c, "size_delta", 0) for c in found)
+            out.append(replace(found[0], size_delta=total) if isinstance(found[0], PackageChange) else found[0])
+        else:
+            out += [replace(c, name=f"{name} [{pl}]") for pl, c in zip(platforms, found) if c is not None]
+    return tuple(out)
 
 
 def diff_locks(old: Lock | None, new: Lock | None, profile: str = "") -> ProfileDiff:
@@ -331,18 +371,13 @@ def diff_locks(old: Lock | None, new: Lock | None, profile: str = "") -> Profile
     if old is None and new is None:
         raise ValueError("diff_locks needs at least one lock")
     profile = profile or (new or old).meta.profile  # type: ignore[union-attr]
-    old_pkgs = {p.key: p for p in old.packages} if old else {}
-    new_pkgs = {p.key: p for p in new.packages} if new else {}
-    packages = tuple(
-        c for name in sorted(set(old_pkgs) | set(new_pkgs))
-        if (c := _package_change(name, old_pkgs.get(name), new_pkgs.get(name))) is not None
-    )
+    packages = _per_platform(old, new, _package_changes)
     facts: tuple[FactChange, ...] = ()
     inputs: tuple[str, ...] = ()
     if old is not None and new is not None:
-        facts = tuple(
-            FactChange(name, get(old.meta), get(new.meta)) for name, get in _FACTS if get(old.meta) != get(new.meta)
-        )
+        if old.platforms != new.platforms:
+            facts = (FactChange("platform", ", ".join(old.platforms), ", ".join(new.platforms)),)
+        facts += _per_platform(old, new, _fact_changes)
         inputs = tuple(changed_inputs(old.meta.inputs, new.meta.inputs))
     key = tuple(_key_changes(old, new))
     arch = _arch_change(old, new)

@@ -67,7 +67,7 @@ def requirements(lock: Lock) -> str:
     out = [
         f"# exported by envmgr from the lock of profile {m.profile!r} ({lock.digest()})",
         f"# variant {m.variant}" + (f", CUDA {m.cuda}, minimum driver {m.min_driver}" if m.cuda else "")
-        + f"; python {m.python}, {m.platform}",
+        + f"; python {m.python}, {', '.join(m.all_platforms)}",
         "# install: pip install --require-hashes --no-deps -r THIS_FILE",
         *notes,
         *index,

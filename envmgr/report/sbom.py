@@ -63,8 +63,10 @@ def purl(pkg: LockedPackage) -> PackageURL:
     return PackageURL(type="pypi", name=pkg.key, version=pkg.version, qualifiers=qualifiers or None)
 
 
-def _component(pkg: LockedPackage) -> Component:
-    install = pkg.install_file
+def _component(pkg: LockedPackage, multi: bool = False) -> Component:
+    """``multi``: the lock is for several platforms; a package's files are then each
+    platform's (every one an external reference), and no one of them is *the* file."""
+    install = None if multi and len(pkg.files) > 1 else pkg.install_file
     refs = [
         ExternalReference(
             type=ExternalReferenceType.DISTRIBUTION,
@@ -84,6 +86,8 @@ def _component(pkg: LockedPackage) -> Component:
         props.append(Property(name="envmgr:torch-family", value="true"))
     if pkg.marker:
         props.append(Property(name="envmgr:marker", value=pkg.marker))
+    if pkg.platforms:
+        props.append(Property(name="envmgr:platforms", value=" ".join(pkg.platforms)))
     p = purl(pkg)
     return Component(
         type=ComponentType.LIBRARY,
@@ -110,7 +114,7 @@ def _metadata_properties(lock: Lock) -> list[Property]:
         "envmgr:arch-list": " ".join(m.arch_list) or "none",
         "envmgr:ptx": m.ptx or "none",
         "envmgr:python": m.python,
-        "envmgr:platform": m.platform,
+        "envmgr:platform": " ".join(m.all_platforms),
         "envmgr:torch-index": strip_credentials(m.torch_index) or "none",
         "envmgr:resolver": f"{m.resolver} {m.resolver_version}".strip(),
         "envmgr:gpu-runtime-components": " ".join(runtime) or "none",
@@ -137,7 +141,7 @@ def build(lock: Lock, *, timestamp: datetime | None = None) -> Bom:
         bom_ref=f"envmgr-profile:{lock.meta.profile}",
         description=f"environment locked by envmgr for profile {lock.meta.profile!r} ({lock.meta.variant})",
     )
-    components = [_component(p) for p in sorted(lock.packages, key=lambda p: p.key)]
+    components = [_component(p, len(lock.platforms) > 1) for p in sorted(lock.packages, key=lambda p: p.key)]
     tool = Component(type=ComponentType.APPLICATION, name="envmgr", version=__version__, bom_ref="envmgr-tool")
     metadata = BomMetaData(component=root, properties=_metadata_properties(lock), timestamp=timestamp)
     metadata.tools.components.add(tool)

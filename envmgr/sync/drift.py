@@ -46,7 +46,7 @@ def check(project: Path, name: str = "default", options: SyncOptions | None = No
         fresh = locker.check(project, [name])[0]
         if not fresh.fresh:
             problems.append(f"the lock is stale: {'; '.join(fresh.reasons)}")
-    lock = lockfile.read(lock_file)
+    lock = lockfile.read(lock_file).for_host()
     state = target.state(path)
     if state == "foreign":
         raise UserError(f"{path} exists and is not a venv", hint="pass --venv with the venv's path")

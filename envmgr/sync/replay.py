@@ -66,7 +66,7 @@ def replay(project: Path, name: str, venv: Path, options: SyncOptions, *, report
             from ..model import lockfile
             from ..venv import install
 
-            install.verify(lockfile.read(lock_file), venv)  # raises, naming what differs
+            install.verify(lockfile.read(lock_file).for_host(), venv)  # raises, naming what differs
         stamp.write(venv, profile=name, lock_path=lock_file, lock_digest=lock_digest,
                     fresh=None if options.frozen else r["fresh"], version=r["python"]["version"],
                     requested=requested, packages=packages, folders=r["folders"])

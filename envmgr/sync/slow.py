@@ -145,12 +145,12 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
     requested = install.query_python(python) if python else None
     lock_file = settings.lock_path(project, name)
     if frozen:
-        lock = lockfile.read(lock_file)
+        lock = lockfile.read(lock_file).for_host()
         want = lock.meta.python
     else:
         want = profiles.load(project, name).python
         stale = stale_reasons(project, name, options)
-        lock = None if stale else lockfile.read(lock_file)
+        lock = None if stale else lockfile.read(lock_file).for_host()
     if requested is not None and requested.minor != want:
         raise UserError(f"--python {python} is Python {requested.version}; the lock needs Python {want}")
     base = None
@@ -167,7 +167,7 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
             return done
         relocked, fresh = (False, None) if frozen else _ensure_fresh(project, name, options, log)
         lock_bytes = lock_file.read_bytes()
-        lock = lockfile.loads(lock_bytes.decode("utf-8"), lock_file)
+        lock = lockfile.loads(lock_bytes.decode("utf-8"), lock_file).for_host()
         state = _inspect(lock, venv, requested, base)  # again: the venv may have changed while we waited
         warnings = check_plan(lock, state.plan, options, driver)
         for w in warnings:
