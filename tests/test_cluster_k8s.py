@@ -43,6 +43,9 @@ LOCKS = {
                   "arch_list": ("sm_70", "sm_75", "sm_80"), "ptx": ""},
     "ptx": {"variant": "cu126", "cuda": "12.6", "min_driver": "525.60.13", "toolkit_driver": "560.28.03",
             "arch_list": ("sm_80", "sm_90"), "ptx": "sm_90"},
+    # two platforms; the aarch64 torch is taken to carry sm_90 and sm_100 only (GH200/GB200)
+    "fleet": {"platforms": ("linux-x86_64", "linux-aarch64"),
+              "platform_facts": (("linux-aarch64", (("arch-list", ("sm_90", "sm_100")),)),)},
 }
 
 
@@ -54,7 +57,12 @@ def project(tmp_path_factory) -> Path:
     (root / "profiles").mkdir()
     for name, facts in LOCKS.items():
         meta = replace(base.meta, profile=name, **facts)
-        files.write_atomic(lockfile.lock_path(root, name), replace(base, meta=meta).dumps())
+        packages = base.packages
+        if "platforms" in facts:  # each x86_64 wheel gets an aarch64 twin
+            packages = tuple(replace(p, wheels=p.wheels + tuple(
+                replace(w, url=w.url.replace("x86_64", "aarch64"), sha256=w.sha256[::-1]) for w in p.wheels if "x86_64" in w.url))
+                for p in packages)
+        files.write_atomic(lockfile.lock_path(root, name), replace(base, meta=meta, packages=packages).dumps())
     return root
 
 
@@ -111,7 +119,7 @@ def test_every_manifest_passes_kubernetes_validate_strict(rendered, version):
                 continue
             kv_utils.validate(doc, version, strict=True)  # raises on any error
             count += 1
-    assert count == 4 * 6  # per lock: configmap, check job, daemonset, service, train job, pvc
+    assert count == len(LOCKS) * 6  # per lock: configmap, check job, daemonset, service, train job, pvc
     print(f"kubernetes-validate --strict -k {version}: {count} resources")
 
 
@@ -307,6 +315,24 @@ def test_ptx_lock_admits_newer_gpus_only_with_the_toolkit_driver(rendered):
     assert affinity.admits(aff, node(560, 10, 0)) and affinity.admits(aff, node(570, 12, 0))  # JIT from PTX
     assert not affinity.admits(aff, node(550, 10, 0))  # JIT needs the toolkit's driver
     assert not affinity.admits(aff, node(570, 7, 5))  # below every arch and the PTX
+
+
+def test_two_platform_lock_admits_each_architecture_with_its_own_archs(rendered):
+    aff = training_affinity(rendered, "fleet")
+
+    def on(arch: str, major: int, minor: int) -> dict:
+        return {**node(590, major, minor), "kubernetes.io/arch": arch}
+
+    assert affinity.admits(aff, on("amd64", 8, 0)) and affinity.admits(aff, on("amd64", 7, 5))
+    assert affinity.admits(aff, on("arm64", 9, 0)) and affinity.admits(aff, on("arm64", 10, 0))
+    assert not affinity.admits(aff, on("arm64", 8, 0))  # the aarch64 torch has no sm_80
+    assert not affinity.admits(aff, on("s390x", 9, 0)) and not affinity.admits(aff, node(590, 9, 0))
+    for _, doc in all_docs(rendered["fleet"][1]):
+        for pod in pods(doc):  # no single-arch selector; the fleet check reaches both architectures
+            assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+            reach = pod["affinity"]["nodeAffinity"]
+            assert affinity.admits(reach, on("arm64", 9, 0)) and affinity.admits(reach, on("amd64", 9, 0))
+            assert not affinity.admits(reach, on("s390x", 9, 0))
 
 
 def test_cpu_lock_has_no_gpu_affinity(rendered):

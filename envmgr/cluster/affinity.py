@@ -29,12 +29,24 @@ GPU_RESOURCE = "nvidia.com/gpu"
 PLATFORM_ARCH = {"linux-x86_64": "amd64", "linux-aarch64": "arm64"}
 
 
-def node_selector(platform: str) -> dict:
-    """The lock's platform as well-known node labels (every lock, cpu included)."""
+ARCH_LABEL = "kubernetes.io/arch"
+
+
+def node_selector(platforms) -> dict:
+    """The lock's platform as well-known node labels (every lock, cpu included); a lock for
+    several platforms is matched by :func:`arch_affinity` instead (a selector has no "or")."""
+    platforms = (platforms,) if isinstance(platforms, str) else tuple(platforms)
     selector = {"kubernetes.io/os": "linux"}
-    if platform in PLATFORM_ARCH:
-        selector["kubernetes.io/arch"] = PLATFORM_ARCH[platform]
+    if len(platforms) == 1 and platforms[0] in PLATFORM_ARCH:
+        selector[ARCH_LABEL] = PLATFORM_ARCH[platforms[0]]
     return selector
+
+
+def arch_affinity(platforms) -> dict:
+    """Nodes of any of the lock's architectures (the image index has a manifest for each)."""
+    arches = [PLATFORM_ARCH[p] for p in platforms if p in PLATFORM_ARCH]
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": ARCH_LABEL, "operator": "In", "values": arches}]}]}}
 
 
 def _at_least(key: str, value: int) -> list[dict]:
@@ -115,9 +127,23 @@ def node_affinity(*, cuda: str, min_driver: str, toolkit_driver: str = "", arch_
     return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
 
 
+def _of(m) -> dict | None:
+    return node_affinity(cuda=m.cuda, min_driver=m.min_driver, toolkit_driver=m.toolkit_driver,
+                         arch_list=m.arch_list, ptx=m.ptx)
+
+
 def for_workload(work) -> dict | None:
-    return node_affinity(cuda=work.meta.cuda, min_driver=work.meta.min_driver, toolkit_driver=work.meta.toolkit_driver,
-                         arch_list=work.meta.arch_list, ptx=work.meta.ptx)
+    """The lock's node affinity; for several platforms, each platform's terms (its own
+    facts: a platform's torch may cover other GPUs) joined to its architecture."""
+    if len(work.views) <= 1:
+        return _of(work.meta)
+    terms = []
+    for platform, meta in work.views:
+        arch = {"key": ARCH_LABEL, "operator": "In", "values": [PLATFORM_ARCH[platform]]}
+        found = _of(meta)
+        own = found["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] if found else [{"matchExpressions": []}]
+        terms += [{"matchExpressions": [arch, *t["matchExpressions"]]} for t in own]
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
 
 
 # -- the scheduler's reading ------------------------------------------------------------------

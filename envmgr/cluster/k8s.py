@@ -155,10 +155,12 @@ class Manifests:
         spec: dict = {"restartPolicy": restart, "enableServiceLinks": False,
                       "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                                           "seccompProfile": {"type": "RuntimeDefault"}},
-                      "nodeSelector": affinity.node_selector(self.work.meta.platform)}
+                      "nodeSelector": affinity.node_selector(self.work.meta.all_platforms)}
         aff: dict = dict(extra_affinity or {})
         if lock_affinity and self.affinity:
             aff["nodeAffinity"] = self.affinity
+        elif len(self.work.views) > 1:  # the nodes of the lock's architectures, whatever their GPUs
+            aff["nodeAffinity"] = affinity.arch_affinity(self.work.meta.all_platforms)
         if aff:
             spec["affinity"] = aff
         if gpu:

@@ -52,6 +52,8 @@ class Workload:
     torch: str
     venv: str  # the venv inside the image
     expect: dict  # what the probe is told to expect (the lock's pins + the driver table)
+    # (platform, that platform's facts) for each platform of the lock: one pair for most locks
+    views: tuple = ()
 
     @property
     def gpu(self) -> bool:
@@ -66,7 +68,8 @@ class Workload:
         return {"profile": self.name, "lock": str(self.lock_path), "lock_digest": self.digest, "variant": self.meta.variant,
                 "cuda": self.meta.cuda or None, "min_driver": self.meta.min_driver or None,
                 "toolkit_driver": self.meta.toolkit_driver or None, "arch_list": list(self.meta.arch_list), "ptx": self.meta.ptx or None,
-                "torch": self.torch, "python": self.meta.python, "platform": self.meta.platform}
+                "torch": self.torch, "python": self.meta.python,
+                "platform": self.meta.platform if len(self.views) <= 1 else list(self.meta.all_platforms)}
 
 
 def load(project: Path, name: str) -> Workload:
@@ -87,7 +90,8 @@ def load(project: Path, name: str) -> Workload:
     torch = lock.package("torch")
     expect = dict(expectations_from_lock(lock), driver_table=driver_table())
     return Workload(name=name, lock_path=path, digest=lock.digest(), meta=m, torch=torch.version if torch else "",
-                    venv=venv.rstrip("/") or "/", expect=expect)
+                    venv=venv.rstrip("/") or "/", expect=expect,
+                    views=tuple((p, lock.for_platform(p).meta) for p in lock.platforms))
 
 
 def check_counts(nodes: int, gpus_per_node: int | None, work: Workload, procs_per_node: int | None = None) -> tuple[int, int]:
