@@ -230,3 +230,16 @@ def test_default_profile_for_both_platforms_locks_from_pypi(tmp_path: Path):
     for dist in ("numpy", "markupsafe"):
         wheel = next(venv.rglob(f"{dist}-*.dist-info/WHEEL")).read_text()
         assert "x86_64" in wheel and "aarch64" not in wheel, wheel
+
+
+def test_a_bundle_of_a_two_platform_lock_carries_one_platforms_files(tmp_path: Path, two_platform_index: FixtureIndex):
+    from envmgr.bundle.make import _for_one_platform
+
+    project = _project(tmp_path, two_platform_index)
+    ok(envmgr(project, "lock", "fleet"))
+    lock = lockfile.loads(_lock_text(project))
+    one = _for_one_platform({"fleet": lock})["fleet"]
+    assert one.platforms == ("linux-x86_64",)  # this machine's
+    assert all(_machine(f.filename) in ("x86_64", "any") for p in one.packages for f in p.files)
+    single = lock.for_platform("linux-aarch64")
+    assert _for_one_platform({"fleet": single})["fleet"] is single

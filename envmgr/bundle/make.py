@@ -125,6 +125,8 @@ def make(project: Path, names: list[str], output: Path, *, with_base: bool = Fal
     if stale:
         raise StaleError(f"{stale[0].path} is stale ({'; '.join(stale[0].reasons)}): a bundle carries fresh locks",
                          hint=f"run `envmgr lock {' '.join(r.profile for r in stale)}` first")
+    digests = {n: lk.digest() for n, lk in locks.items()}  # of the lock files, every platform
+    locks = _for_one_platform(locks)
     targets = {(lk.meta.python, lk.meta.platform) for lk in locks.values()}
     if len(targets) > 1:
         raise UserError(f"the locks are for different pythons or platforms ({', '.join(sorted(map(' on '.join, targets)))}): "
@@ -155,7 +157,7 @@ def make(project: Path, names: list[str], output: Path, *, with_base: bool = Fal
         entries["tool/requirements.txt"] = tool.requirements(wheels).encode()
         uv_wheel = next(w.name for w in wheels if w.name.startswith("uv-"))
         manifest = {"format": FORMAT, "envmgr": __version__, "python": python, "platform": platform,
-                    "profiles": {n: {"lock": f"locks/{settings.lock_path(project, n).name}", "digest": locks[n].digest()}
+                    "profiles": {n: {"lock": f"locks/{settings.lock_path(project, n).name}", "digest": digests[n]}
                                  for n in names},
                     "files": dict(sorted(files.items())), "tool": [w.name for w in wheels]}
         if base_ref:
@@ -182,6 +184,21 @@ def _base_ref(project: Path, names: list[str], base: str | None) -> str:
     if None in refs or len(refs) != 1:
         raise UserError("--with-base: the profiles do not name one [image] base", hint="pass --base REF")
     return refs.pop()
+
+
+def _for_one_platform(locks: dict) -> dict:
+    """A bundle serves one platform: locks for several are taken as this machine's platform
+    when they all have it, else as the first platform they share (their files only)."""
+    from ..model.platforms import host
+
+    if all(len(lk.platforms) == 1 for lk in locks.values()):
+        return locks
+    first = next(iter(locks.values())).platforms
+    shared = [p for p in first if all(p in lk.platforms for lk in locks.values())]
+    if not shared:
+        return locks  # no platform in common: the one-target check below names them
+    platform = host() if host() in shared else shared[0]
+    return {n: lk.for_platform(platform) for n, lk in locks.items()}
 
 
 def _base_tar(ref: str, platform: str, dest: Path, log: Callable[[str], None]) -> Path:
