@@ -11,22 +11,30 @@ through this index instead: the first request downloads it from upstream once, p
 bytes on while they arrive and keeping them, hashed, in envmgr's file cache (hash cached by
 URL); any later request (uv asks twice while writing a pylock) is answered from the cache.
 ``original(url)`` maps such a local URL back to the upstream one.
+
+The index listens from the moment it is entered (its socket is bound before the resolver is
+started), while the HTTP server machinery is imported and started in its own thread: the
+resolver's first request waits in the socket's queue for those ~20 ms instead of the
+resolver's start waiting for them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import shutil
+import socket
 import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from packaging.utils import canonicalize_name
 
 from ..core.errors import EnvmgrError
-from ..net import indexclient
 from ..net.credentials import Auth
+
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
+
+    from ..net import indexclient
 
 
 class RoutingIndex:
@@ -46,7 +54,9 @@ class RoutingIndex:
         self._files: dict[str, str] = {}  # token -> upstream URL (with credentials) of a served file
         self._file_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._socket: socket.socket | None = None
+        self._server = None  # the http.server, once its thread has made it
+        self._closing = False
 
     def sources(self, project: str) -> list[str]:
         if self.torch and canonicalize_name(project) in self.family:
@@ -54,6 +64,8 @@ class RoutingIndex:
         return [self.default, *self.extra]
 
     def page(self, project: str) -> str | None:
+        from ..net import indexclient
+
         for url in self.sources(project):
             files = indexclient.project_page(url, project)
             if files:
@@ -64,6 +76,8 @@ class RoutingIndex:
         """An unhashed file, when serving them, gets a URL on this index (see the module doc)."""
         if not self.serve_unhashed or f.sha256:
             return f
+        import hashlib
+
         token = hashlib.sha256(f.url.encode()).hexdigest()[:24]
         with self._lock:
             self._files[token] = f.url
@@ -79,6 +93,8 @@ class RoutingIndex:
             return self._files.get(token, url)
 
     def _serve_file(self, handler: BaseHTTPRequestHandler, token: str, name: str) -> None:
+        import shutil
+
         from ..net import fetch, http
 
         with self._lock:
@@ -89,8 +105,7 @@ class RoutingIndex:
             return
         auth = Auth.from_urls([upstream])
         if name.endswith(".metadata"):  # PEP 658: small, passed through
-            with http.get(upstream + ".metadata", auth) as resp:
-                _send(handler, resp.content, "application/octet-stream")
+            _send(handler, http.small("GET", upstream + ".metadata", auth=auth).content, "application/octet-stream")
             return
         with lock:  # one download per file, however many requests
             cached = fetch.cached_url_file(upstream)
@@ -132,68 +147,94 @@ class RoutingIndex:
         return f
 
     def __enter__(self) -> "RoutingIndex":
-        router = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                parts = [p for p in self.path.split("?")[0].split("/") if p]
-                if len(parts) == 3 and parts[0] == "files":
-                    try:
-                        router._serve_file(self, parts[1], unquote(parts[2]))
-                    except EnvmgrError as exc:
-                        self.send_error(502, str(exc)[:200])
-                    return
-                if len(parts) != 2 or parts[0] != "simple":
-                    self.send_error(404)
-                    return
-                try:
-                    body = router.page(parts[1])
-                except EnvmgrError as exc:
-                    self.send_error(502, str(exc)[:200])
-                    return
-                if body is None:
-                    self.send_error(404)
-                    return
-                _send(self, body.encode(), "text/html; charset=utf-8")
-
-            def log_message(self, *args):
-                pass
-
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._server.router = self
-        self._server.daemon_threads = True
-        # a short poll interval: shutdown() waits for the loop to notice (0.5 s by default)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self._socket = socket.create_server(("127.0.0.1", 0))  # listening: requests queue until served
+        self._port = self._socket.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
         return self
+
+    def _serve(self) -> None:
+        """The server's thread: make the HTTP server on the bound socket, then serve each request
+        (in a thread of its own) until ``__exit__`` shuts the socket, which wakes the wait at once
+        (``serve_forever``'s ``shutdown()`` would wait for its next poll)."""
+        try:
+            self._server = _server(self)
+        except Exception as exc:  # the resolver's requests then fail, and its error shows this
+            self.errors.append(f"routing index: {type(exc).__name__}: {exc}")
+            self._socket.close()
+            return
+        while not self._closing:
+            try:
+                self._server.handle_request()
+            except (OSError, ValueError):  # the socket is shut
+                return
 
     @property
     def base(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        assert self._socket is not None
+        return f"http://127.0.0.1:{self._port}"
 
     @property
     def url(self) -> str:
         return f"{self.base}/simple"
 
     def __exit__(self, *exc) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """No traceback on the user's terminal when a resolver hangs up mid-answer (it gave up:
-    its own error says why); anything unexpected is kept in ``router.errors``."""
-
-    router: RoutingIndex
-
-    def handle_error(self, request, client_address) -> None:
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
+        if self._socket is None:
             return
-        self.router.errors.append(f"routing index: {type(exc).__name__}: {exc}")
+        self._closing = True
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes the server's thread (Linux)
+        except OSError:
+            pass
+        self._socket.close()
+
+
+def _server(router: RoutingIndex):
+    """The http.server of ``router`` on its bound socket (imported here, in the server's thread)."""
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            parts = [p for p in self.path.split("?")[0].split("/") if p]
+            if len(parts) == 3 and parts[0] == "files":
+                try:
+                    router._serve_file(self, parts[1], unquote(parts[2]))
+                except EnvmgrError as exc:
+                    self.send_error(502, str(exc)[:200])
+                return
+            if len(parts) != 2 or parts[0] != "simple":
+                self.send_error(404)
+                return
+            try:
+                body = router.page(parts[1])
+            except EnvmgrError as exc:
+                self.send_error(502, str(exc)[:200])
+                return
+            if body is None:
+                self.send_error(404)
+                return
+            _send(self, body.encode(), "text/html; charset=utf-8")
+
+        def log_message(self, *args):
+            pass
+
+    class Server(ThreadingHTTPServer):
+        """No traceback on the user's terminal when a resolver hangs up mid-answer (it gave up:
+        its own error says why); anything unexpected is kept in ``router.errors``."""
+
+        daemon_threads = True
+        timeout = 0.5  # where shutting the socket wakes no waiting thread, it looks again this often
+
+        def handle_error(self, request, client_address) -> None:
+            exc = sys.exc_info()[1]
+            if isinstance(exc, (ConnectionError, TimeoutError)):
+                return
+            router.errors.append(f"routing index: {type(exc).__name__}: {exc}")
+
+    server = Server(router._socket.getsockname(), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = router._socket
+    return server
 
 
 def _send(handler: BaseHTTPRequestHandler, data: bytes, content_type: str) -> None:

@@ -19,12 +19,10 @@ verified, so a caller can install it while the others still download.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Protocol
 from urllib.parse import unquote, urlsplit
@@ -77,6 +75,8 @@ class WrongBytes(Exception):
 def _write_hashing(chunks: Iterable[bytes], path: Path, on_chunk=None) -> tuple[str, int]:
     """Write ``chunks`` to ``path``, hashing them on the way: (sha256 hex, size).
     ``on_chunk`` sees every chunk (progress, or a reader the bytes are passed on to)."""
+    import hashlib
+
     h = hashlib.sha256()
     size = 0
     with open(path, "wb") as out:
@@ -182,6 +182,8 @@ def _download_split(f: LockedFile, tmp: Path, auth: Auth | None, reporter: Repor
                 failed.append(exc)
                 cond.notify_all()
 
+    import hashlib
+
     h = hashlib.sha256()
     fd = os.open(tmp, os.O_RDWR | os.O_TRUNC)
     threads = [threading.Thread(target=part, args=(i, first if i == 0 else None), daemon=True)
@@ -256,6 +258,8 @@ def fetch(items: Iterable[tuple[str, LockedFile]], *, cache: Path | None = None,
                 on_ready(name, f, out[f.sha256])
     if not todo:
         return out
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     # Files of SPLIT_MIN bytes or more come one after the other, largest first, each over PARTS
     # connections: they finish one by one (a caller installs each while the next downloads)
     # rather than all near the end. The smaller ones share the other connections meanwhile.
@@ -303,6 +307,8 @@ def _from_find_links(f: LockedFile, dirs: Iterable[Path], cache: Path | None) ->
 # -- hashes and sizes the index does not publish --------------------------------------------
 
 def _url_cache_file(url: str, cache: Path | None) -> Path:
+    import hashlib
+
     key = hashlib.sha256(strip_credentials(url).encode()).hexdigest()
     return (cache or settings.cache_dir()) / "url-hashes" / key[:2] / f"{key}.json"
 
@@ -387,14 +393,19 @@ def url_size(url: str, *, cache: Path | None = None, auth: Auth | None = None) -
     hit = cached_url_digest(url, cache=cache)
     if hit:
         return hit[1]
-    entry = _url_cache_file(url, cache).with_suffix(".size")
     try:
-        return int(entry.read_text())
+        return int(_url_cache_file(url, cache).with_suffix(".size").read_text())
     except (FileNotFoundError, ValueError):
         pass
-    length = http.request("HEAD", url, auth=auth).headers.get("Content-Length")
-    if length is None:
+    length = http.small("HEAD", url, auth=auth).headers.get("Content-Length", "")
+    if not length.isdigit():
         return url_digest(url, cache=cache, auth=auth)[1]
-    write_atomic(entry, length, fsync=False)
+    remember_url_size(url, int(length), cache=cache)
     return int(length)
+
+
+def remember_url_size(url: str, size: int, *, cache: Path | None = None) -> None:
+    """Record the size of the file at ``url`` (a HEAD's Content-Length, or the total a range
+    answer's Content-Range gave), for :func:`url_size`."""
+    write_atomic(_url_cache_file(url, cache).with_suffix(".size"), str(size), fsync=False)
 

@@ -22,9 +22,13 @@ network is decided here once:
   caller's hash says they are. After ``ENVMGR_HTTP_RETRIES`` breaks in a row without a new
   byte (or :data:`MAX_RESUMES` in all) it is one error saying how far it got.
 
-requests (and urllib3, certifi, charset-normalizer) is imported on first use: a lock whose
-index publishes every hash and size, the usual case, never needs it, and importing it costs
-a command about 50 ms.
+Whole small answers (an index page, a byte range of a wheel, a ``HEAD``) come through
+:func:`small`, on the standard library's ``http.client`` with the same rules (credentials and
+``~/.netrc``, proxies from the environment, retries, redirects, the one-line errors): a lock
+reads pages and ranges while uv resolves, and ``requests`` (with urllib3, certifi and
+charset-normalizer, ~50-80 ms of imports) would cost it more than the reading. Streams (a file
+into the cache, a registry blob) and requests with a body go through :func:`request`, which
+imports requests on first use.
 """
 
 from __future__ import annotations
@@ -177,6 +181,313 @@ def get(url: str, auth: Auth | tuple[str, str] | None = None, **kw) -> "requests
     return request("GET", url, auth=auth, **kw)
 
 
+# -- whole small answers on the standard library's client ----------------------------------
+
+MAX_REDIRECTS = 30  # as requests allows
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class Answer:
+    """A whole answer of :func:`small`: what callers read of a ``requests.Response``
+    (``status_code``, ``headers``, ``url`` after redirects, ``content``, ``text``, ``json()``),
+    so :func:`check`, :func:`range_of` and :func:`validator_of` take either. ``content`` is
+    None for a body over the caller's ``limit``, left unread."""
+
+    __slots__ = ("status_code", "headers", "url", "content")
+
+    def __init__(self, status_code: int, headers, url: str, content: bytes | None) -> None:
+        self.status_code, self.headers, self.url, self.content = status_code, headers, url, content
+
+    @property
+    def text(self) -> str:
+        charset = self.headers.get_content_charset() or "utf-8"  # PEP 503 pages are UTF-8
+        try:
+            return (self.content or b"").decode(charset, errors="replace")
+        except LookupError:
+            return (self.content or b"").decode("utf-8", errors="replace")
+
+    def json(self):
+        import json
+
+        return json.loads(self.content or b"")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Answer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class _Failed(Exception):
+    """One exchange of :func:`small` that got no whole answer; ``name`` is what the error line
+    calls it (requests' names: ConnectionError, ConnectTimeout, ReadTimeout, SSLError, ...)."""
+
+    def __init__(self, name: str, retry: bool = True) -> None:
+        super().__init__(name)
+        self.name, self.retry = name, retry
+
+
+def small(method: str, url: str, *, auth: Auth | tuple[str, str] | None = None, headers: dict | None = None,
+          ok: Collection[int] = OK, server: Server = INDEX, what: str = "",
+          timeout: tuple[float, float] | None = None, limit: int | None = None):
+    """:func:`request` for a whole small answer (a page, a range, a ``HEAD``), read in full and
+    returned as an :class:`Answer`, on the standard library's client (see the module doc).
+
+    The same rules as :func:`request`: credentials by host (else ``~/.netrc``), never in the
+    URL on the wire and not passed to another host a redirect leads to; proxies from the
+    environment; a connection failure or a 429/5xx tried again with back-off (``GET``/``HEAD``);
+    a status outside ``ok`` one NetworkError line. Idle connections are kept for the next
+    request to the same server. A body over ``limit`` bytes is not read (``content`` None).
+    Through a proxy the standard client cannot speak to (``https://``, SOCKS) it is
+    :func:`request`'s answer, read in full.
+    """
+    clean = strip_credentials(url)
+    if not isinstance(auth, tuple):
+        auth = (auth if auth is not None else Auth.from_urls([url])).for_url(clean)
+    proxy = _proxy_for(clean)
+    if proxy and not proxy.startswith("http://"):
+        resp = request(method, url, auth=auth, headers=headers, ok=ok, server=server, what=what, timeout=timeout)
+        resp.content  # noqa: B018 - read in full, as small's answers are
+        return resp
+    method = method.upper()
+    tries = Tries(None if method in RETRY_METHODS else 0)
+    while True:
+        try:
+            answer = _exchange(method, clean, auth, headers or {}, timeout or timeouts(), limit)
+        except _Failed as exc:
+            if not exc.retry or not tries.again():
+                kind = BrokenConnection if exc.retry else NetworkError
+                raise _unreachable(exc, url, server, what, kind, name=exc.name) from None
+        else:
+            if answer.status_code not in RETRY_STATUSES or not tries.failed():
+                return check(answer, ok, server=server, what=what, url=url)
+            tries.pause(retry_after(answer))
+
+
+def _exchange(method: str, url: str, auth: tuple[str, str] | None, headers: dict, timeout: tuple[float, float],
+              limit: int | None) -> Answer:
+    """One request, its redirects followed (like requests: a 303 becomes a GET; the credentials
+    given stay with their host, another host gets its ``~/.netrc`` entry)."""
+    from urllib.parse import urljoin, urlsplit
+
+    for _ in range(MAX_REDIRECTS + 1):
+        answer = _once(method, url, auth, headers, timeout, limit)
+        location = answer.headers.get("Location") if answer.status_code in REDIRECTS else None
+        if not location:
+            return answer
+        target = strip_credentials(urljoin(url, location))
+        if answer.status_code == 303 and method != "HEAD":
+            method = "GET"
+        if urlsplit(target).hostname != urlsplit(url).hostname:
+            auth = None
+        url = target
+    raise _Failed("TooManyRedirects", retry=False)
+
+
+_idle: dict[tuple, list] = {}  # (scheme, host, port, proxy) -> connections kept open
+_idle_lock = threading.Lock()
+
+
+def _once(method: str, url: str, auth: tuple[str, str] | None, headers: dict, timeout: tuple[float, float],
+          limit: int | None) -> Answer:
+    import http.client
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise _Failed("InvalidURL", retry=False) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise _Failed("InvalidSchema" if host else "InvalidURL", retry=False)
+    proxy = _proxy_for(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    sent = {"User-Agent": "envmgr", "Accept-Encoding": "gzip, deflate", "Accept": "*/*", **headers}
+    creds = auth or _netrc(host)
+    if creds:
+        sent["Authorization"] = _basic(*creds)
+    if proxy and parts.scheme == "http":  # a plain-HTTP proxy takes the whole URL
+        target, sent["Host"] = url, parts.netloc.rpartition("@")[2]
+        if _proxy_creds(proxy):
+            sent["Proxy-Authorization"] = _basic(*_proxy_creds(proxy))
+    key = (parts.scheme, host, port, proxy)
+    with _idle_lock:
+        kept = _idle.get(key)
+        conn = kept.pop() if kept else None
+    fresh = conn is None
+    while True:
+        if conn is None:
+            conn = _connect(parts.scheme, host, port, proxy, timeout)
+        try:
+            conn.request(method, target, headers=sent)
+            resp = conn.getresponse()
+            break
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            if not fresh:  # a kept connection the server had closed meanwhile: once more on a new one
+                conn, fresh = None, True
+                continue
+            raise _Failed(_name(exc, "ReadTimeout")) from None
+    try:
+        content = _read(resp, method, limit)
+    except (OSError, http.client.HTTPException, EOFError) as exc:
+        conn.close()
+        raise _Failed(_name(exc, "ReadTimeout")) from None
+    except ValueError:  # zlib.error is one: a body that does not decode
+        conn.close()
+        raise _Failed("ContentDecodingError", retry=False) from None
+    if content is None or resp.will_close:
+        conn.close()
+    else:
+        with _idle_lock:
+            _idle.setdefault(key, []).append(conn)
+    return Answer(resp.status, resp.headers, url, content)
+
+
+def _read(resp, method: str, limit: int | None) -> bytes | None:
+    """The body (decoded when the server compressed it); None past ``limit`` bytes (unread)."""
+    import zlib
+
+    if method == "HEAD" or resp.status in (204, 304):
+        resp.read()
+        return b""
+    if limit is not None:
+        declared = resp.getheader("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        data = resp.read(limit + 1)
+        if len(data) > limit:
+            return None
+        data += resp.read()  # nothing left but the end of a chunked body
+    else:
+        data = resp.read()
+    encoding = resp.getheader("Content-Encoding", "").strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(data)
+            except zlib.error:
+                return zlib.decompress(data, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise ValueError(str(exc)) from None
+    return data
+
+
+def _connect(scheme: str, host: str, port: int, proxy: str | None, timeout: tuple[float, float]):
+    """A connection to ``host`` (through ``proxy``: a ``CONNECT`` tunnel for https), its reads
+    then allowed ``timeout[1]`` seconds."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    connect, read = timeout
+    via = urlsplit(proxy) if proxy else None
+    at = (via.hostname, via.port or 80) if via else (host, port)
+    try:
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(*at, timeout=connect, context=_tls())
+            if via:
+                creds = _proxy_creds(proxy)
+                conn.set_tunnel(host, port, headers={"Proxy-Authorization": _basic(*creds)} if creds else None)
+        else:
+            conn = http.client.HTTPConnection(*at, timeout=connect)
+        conn.connect()
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Failed(_name(exc, "ConnectTimeout")) from None
+    except ValueError:
+        raise _Failed("InvalidURL", retry=False) from None
+    conn.sock.settimeout(read)
+    return conn
+
+
+def _name(exc: BaseException, timeout: str) -> str:
+    """What the error line calls a failure, in requests' words (one spelling whichever client)."""
+    import ssl
+
+    if isinstance(exc, TimeoutError):
+        return timeout
+    return "SSLError" if isinstance(exc, ssl.SSLError) else "ConnectionError"
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _netrc(host: str) -> tuple[str, str] | None:
+    """``~/.netrc``'s (or ``$NETRC``'s) login and password for ``host``, as requests reads them."""
+    import netrc
+
+    for path in ([os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]):
+        path = os.path.expanduser(path)
+        if not os.path.exists(path):
+            continue
+        try:
+            found = netrc.netrc(path).authenticators(host)
+        except (netrc.NetrcParseError, OSError):
+            return None
+        if found:
+            return (found[0] or found[1] or "", found[2] or "")
+        return None
+    return None
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``https_proxy``, ``no_proxy``, ...), or None."""
+    if not any(name[-6:].lower() == "_proxy" for name in os.environ):
+        return None  # the usual case, without importing urllib.request (~5 ms)
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _proxy_creds(proxy: str) -> tuple[str, str] | None:
+    from urllib.parse import unquote, urlsplit
+
+    p = urlsplit(proxy)
+    return (unquote(p.username), unquote(p.password or "")) if p.username is not None else None
+
+
+_tls_lock = threading.Lock()
+_tls_context = None
+
+
+def _tls():
+    """The TLS context of every connection: the CA bundle requests would use
+    (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's), made once."""
+    global _tls_context
+    with _tls_lock:
+        if _tls_context is None:
+            import ssl
+
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if not bundle:
+                try:
+                    import certifi
+
+                    bundle = certifi.where()
+                except ImportError:
+                    bundle = None
+            if bundle and os.path.isdir(bundle):
+                ctx = ssl.create_default_context(capath=bundle)
+            else:
+                ctx = ssl.create_default_context(cafile=bundle or None)
+            ctx.set_alpn_protocols(["http/1.1"])
+            _tls_context = ctx
+        return _tls_context
+
+
 def check(resp: "requests.Response", ok: Collection[int] = OK, *, server: Server = INDEX, what: str = "",
           url: str | None = None) -> "requests.Response":
     """``resp`` when its status is in ``ok``; else the one-line NetworkError for that status."""
@@ -295,9 +606,9 @@ def _where(server: Server, url: str) -> str:
 
 
 def _unreachable(exc: Exception, url: str, server: Server, what: str,
-                 kind: type[NetworkError] = NetworkError) -> NetworkError:
+                 kind: type[NetworkError] = NetworkError, name: str = "") -> NetworkError:
     return kind(f"cannot reach {_where(server, url)}" + (f" for {what}" if what else "")
-                        + f": {type(exc).__name__}", hint=server.reach_hint)
+                + f": {name or type(exc).__name__}", hint=server.reach_hint)
 
 
 def get_range(url: str, start: int, stop: int, auth: Auth | tuple[str, str] | None = None, *,

@@ -127,7 +127,7 @@ def parse_json(data: dict, page_url: str) -> list[IndexFile]:
 def project_page(index_url: str, name: str, auth: Auth | None = None) -> list[IndexFile]:
     """Every file on ``index_url``'s page for project ``name`` ([] if the index has no page)."""
     page = f"{index_url.rstrip('/')}/{canonicalize_name(name)}/"
-    resp = http.get(page, auth, headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"}, ok=_PAGE_OR_NONE)
+    resp = http.small("GET", page, auth=auth, headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"}, ok=_PAGE_OR_NONE)
     if resp.status_code == 404:
         return []
     if resp.headers.get("Content-Type", "").startswith(JSON_TYPE):

@@ -1,7 +1,7 @@
 """A few files out of a wheel without downloading it, and the GPU archs compiled into one.
 
 :class:`RemoteZip` is a seekable, read-only file over HTTP range requests (``net.http``'s
-request with a ``Range`` header): the standard library's ``zipfile`` reads the end of the
+whole small answers, :func:`~envmgr.net.http.small`, with a ``Range`` header): the standard library's ``zipfile`` reads the end of the
 central directory, the directory and a member through it, and the blocks it asked for are
 kept, so a 500 MB torch wheel gives up its METADATA and ``torch/version.py`` for a few
 requests and a few hundred KB (the first request takes the file's tail, which holds the
@@ -48,21 +48,23 @@ class RemoteZip(io.RawIOBase):
         self.pos = 0
         self.requests = 0
         self.received = 0
-        start, data, self.size = self._get(f"bytes=-{TAIL}")
+        start, data, self.size = self._get(f"bytes=-{TAIL}", TAIL)
         self.segments.append((start, data))
 
-    def _get(self, spec: str) -> tuple[int, bytes, int]:
-        resp = http.request("GET", self.url, auth=self.auth, ok=(200, 206), what=self.what,
-                            headers={"Range": spec, "Accept-Encoding": "identity"}, stream=True)
+    def _get(self, spec: str, most: int) -> tuple[int, bytes, int]:
+        """The range ``spec`` (at most ``most`` bytes): (its start, its bytes, the file's size)."""
+        # A whole small answer (``http.small``: no requests to import); a body longer than the
+        # range asked for (the whole file, from a server that ignores ranges) is left unread.
+        resp = http.small("GET", self.url, auth=self.auth, ok=(200, 206), what=self.what, limit=most,
+                          headers={"Range": spec, "Accept-Encoding": "identity"})
         self.requests += 1
         got = http.range_of(resp)
-        if got is None:
-            resp.close()
+        if got is None or resp.content is None:
             raise NoRanges(f"{self.what}: the server does not answer range requests" if resp.status_code != 206
-                           else f"{self.what}: a range answered without Content-Range")
-        data = b"".join(http.body(resp, what=self.what))
-        self.received += len(data)
-        return got[0], data, got[2]
+                           else f"{self.what}: a range answered without Content-Range" if got is None
+                           else f"{self.what}: a range answered with more bytes than asked for")
+        self.received += len(resp.content)
+        return got[0], resp.content, got[2]
 
     def readable(self) -> bool:
         return True
@@ -88,7 +90,7 @@ class RemoteZip(io.RawIOBase):
                 self.pos = end
                 return out
         stop = min(self.size, max(end, self.pos + BLOCK))
-        start, data, _ = self._get(f"bytes={self.pos}-{stop - 1}")
+        start, data, _ = self._get(f"bytes={self.pos}-{stop - 1}", stop - self.pos)
         if start != self.pos or len(data) < end - self.pos:
             raise NoRanges(f"{self.what}: a range answered with other bytes than asked for")
         self.segments.append((start, data))
