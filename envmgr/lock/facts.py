@@ -72,7 +72,9 @@ def build_facts(name: str, f: LockedFile, *, auth=None) -> F.BuildFacts:
             got = wheelmeta.members(local, [F.VERSION_PY])
         else:
             try:
-                got = wheelmeta.members(wheelmeta.RemoteZip(f.url, auth, f.filename), [F.VERSION_PY])
+                remote = wheelmeta.RemoteZip(f.url, auth, f.filename)
+                fetch.remember_url_size(f.url, remote.size)  # the lock's size of it, when the index names none
+                got = wheelmeta.members(remote, [F.VERSION_PY])
             except wheelmeta.NoRanges:
                 local = fetch.fetch_one(name, f, auth=auth)  # the last resort: the whole file, verified
                 got = wheelmeta.members(local, [F.VERSION_PY])
@@ -92,29 +94,70 @@ def read_ahead(profile: Profile, index: str, auth=None) -> None:
     then finds them by sha256). Only for an exact pin (``==X.Y.Z``, which a torch index's
     ``X.Y.Z+cu128`` matches) with one wheel for the profile's python and platform on
     ``index``'s page; best effort: a failure here is left for ``build_facts`` to meet (and
-    report) with the file the resolver did pick."""
+    report) with the file the resolver did pick.
+
+    An index that publishes no sizes (the PyTorch index's pages) leaves the lock to ask them
+    after the resolver (HEAD, cached by URL): the torch file's comes free with its ranges, and
+    those of the torch-family files this build requires (its triton: the newest wheel for the
+    target within what the build asks) are asked now too. A wrong guess costs a request made
+    while the resolver works."""
     spec = parse_torch_spec(profile.torch)
     pins = [s.version for s in spec if s.operator in ("==", "===") and "*" not in s.version]
     if len(pins) != 1:
         return
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+    from packaging.specifiers import SpecifierSet
 
-    from ..model.lockfile import LockedFile
     from ..net import indexclient
 
     tags = set(indexclient.target_tags(profile.python, profile.platform))
     try:
-        wheels = []
-        for f in indexclient.project_page(index, "torch"):
-            if f.is_wheel and f.sha256 and f.filename.startswith(f"torch-{pins[0]}"):
-                _, version, _, wheel_tags = parse_wheel_filename(f.filename)
-                if version in spec and wheel_tags & tags:
-                    wheels.append(f)
-        if len(wheels) == 1 and _cached(wheels[0].sha256, "build") is None:
-            f = wheels[0]
-            build_facts("torch", LockedFile(f.url, f.sha256, f.size or 0), auth=auth)
-    except (EnvmgrError, InvalidWheelFilename, ValueError):
+        f = _pick(index, "torch", spec, tags, prefix=f"torch-{pins[0]}")
+        if f is None:
+            return
+        hit = _cached(f.sha256, "build")
+        if hit is None:
+            from ..model.lockfile import LockedFile
+
+            build = build_facts("torch", LockedFile(f.url, f.sha256, f.size or 0), auth=auth)
+        else:
+            build = F.BuildFacts.from_json(hit)
+        if f.size is not None:
+            return
+        from ..net.fetch import url_size
+
+        env = F.target_env(profile.python, profile.platform)
+        family = family_required(build, profile)
+        for name, wanted in build.requirements(env):
+            if name in family:
+                other = _pick(index, name, SpecifierSet(wanted), tags)
+                if other is not None and other.size is None:
+                    url_size(other.url, auth=auth)
+    except (EnvmgrError, ValueError):
         return
+
+
+def _pick(index: str, project: str, spec, tags: set, prefix: str = ""):
+    """The wheel of ``project`` a resolver picks within ``spec`` on ``index`` for the target
+    ``tags`` (its newest version there, which must have one such wheel, hashed), or None."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    from ..net import indexclient
+
+    best, found = None, []
+    for f in indexclient.project_page(index, project):
+        if not (f.is_wheel and f.sha256 and f.filename.startswith(prefix)):
+            continue
+        try:
+            _, version, _, wheel_tags = parse_wheel_filename(f.filename)
+        except InvalidWheelFilename:
+            continue
+        if not wheel_tags & tags or version not in spec:
+            continue
+        if best is None or version > best:
+            best, found = version, [f]
+        elif version == best:
+            found.append(f)
+    return found[0] if len(found) == 1 else None
 
 
 def check_variant(profile: Profile, facts: F.BuildFacts, torch_version: str, index: str) -> None:
