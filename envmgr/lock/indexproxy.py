@@ -42,11 +42,18 @@ class RoutingIndex:
 
     ``unhashed`` collects the upstream file URLs served without a published hash, so the
     caller can cache the hash the resolver computes for them (download once, by URL).
+    ``prefetch``: projects whose pages the resolver will ask first (the torch family): they
+    are read and rendered as soon as the index starts, while the resolver starts, and the
+    first request for each is answered with that page.
     """
 
     def __init__(self, default: str, extra: tuple[str, ...] = (), torch: str | None = None,
-                 family: set[str] = frozenset(), known_hash=None, serve_unhashed: bool = False):
+                 family: set[str] = frozenset(), known_hash=None, serve_unhashed: bool = False,
+                 prefetch: tuple[str, ...] = ()):
         self.default, self.extra, self.torch, self.family = default, extra, torch, family
+        self.prefetch = tuple(dict.fromkeys(canonicalize_name(n) for n in prefetch))
+        # project -> (set once read, [its page or the error reading it met]); a first request pops its entry
+        self._early: dict[str, tuple[threading.Event, list]] = {n: (threading.Event(), []) for n in self.prefetch}
         self.known_hash = known_hash or (lambda url: None)
         self.serve_unhashed = serve_unhashed
         self.unhashed: set[str] = set()
@@ -62,6 +69,30 @@ class RoutingIndex:
         if self.torch and canonicalize_name(project) in self.family:
             return [self.torch]
         return [self.default, *self.extra]
+
+    def first_page(self, project: str) -> str | None:
+        """``page(project)``; for a prefetched project's first request, the page read ahead."""
+        with self._lock:
+            early = self._early.pop(canonicalize_name(project), None)
+        if early is not None:
+            ready, result = early
+            ready.wait()
+            if result:  # the page, or the one-line error reading it met
+                if isinstance(result[0], EnvmgrError):
+                    raise result[0]
+                return result[0]
+        return self.page(project)
+
+    def _read_ahead(self, early: list[tuple[str, threading.Event, list]]) -> None:
+        for project, ready, result in early:
+            try:
+                result.append(self.page(project))
+            except EnvmgrError as exc:
+                result.append(exc)
+            except Exception:  # noqa: BLE001 - anything else: the request reads the page itself, and meets it there
+                pass
+            finally:
+                ready.set()
 
     def page(self, project: str) -> str | None:
         from ..net import indexclient
@@ -150,6 +181,9 @@ class RoutingIndex:
         self._socket = socket.create_server(("127.0.0.1", 0))  # listening: requests queue until served
         self._port = self._socket.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
+        if self._early:
+            early = [(project, *entry) for project, entry in self._early.items()]
+            threading.Thread(target=self._read_ahead, args=(early,), daemon=True).start()
         return self
 
     def _serve(self) -> None:
@@ -206,7 +240,7 @@ def _server(router: RoutingIndex):
                 self.send_error(404)
                 return
             try:
-                body = router.page(parts[1])
+                body = router.first_page(parts[1])
             except EnvmgrError as exc:
                 self.send_error(502, str(exc)[:200])
                 return
