@@ -133,10 +133,12 @@ def export_image(
     layer_threshold: int = typer.Option(1 << 20, "--layer-threshold", help="Wheel bytes from which a package gets its own layer."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not byte-compile the venv."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Layers compressed at once (default: one per CPU)."),
+    platform: List[str] = typer.Option(None, "--platform", help="With a lock for several platforms: only these (linux/amd64,linux/arm64 or linux-x86_64; repeat or comma-separate; default: all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary (digest, layers with sizes, seconds)."),
 ) -> None:
-    """Build a reproducible, layered OCI image from the lock and a base image, without a daemon."""
+    """Build a reproducible, layered OCI image from the lock and a base image, without a daemon
+    (an OCI image index, one image a platform, for a lock of several platforms)."""
     from .core import settings
     from .oci import export as exporting
 
@@ -146,7 +148,7 @@ def export_image(
         base = bundled.prepare(find_project(), name or "default", bundle, base)
     show = not quiet and not as_json
     opts = exporting.Options(name=name or "default", base=base, output=output, push=push, load=load, tag=tag,
-                             threshold=layer_threshold, jobs=jobs, compile=not no_compile)
+                             threshold=layer_threshold, jobs=jobs, compile=not no_compile, platforms=tuple(platform or ()))
     reporter = DownloadBar() if show and err.is_terminal and settings.progress_enabled() else None
     if builder == "native":
         result = exporting.export(find_project(), opts, reporter=reporter, log=line_log(show))
@@ -164,6 +166,10 @@ def export_image(
         out.print(f"{result.tag} {result.digest}", markup=False, highlight=False)
         for also in result.tags[1:]:
             out.print(f"  tag: {also}", markup=False, highlight=False)
+        for m in result.manifests:
+            out.print(f"  {m['platform']}: {m['digest']}", markup=False, highlight=False)
+        if result.manifests:
+            out.print(f"  shared layers: {result.shared_layers}", markup=False, highlight=False)
         for where, what in result.outputs.items():
             if where != "config":
                 out.print(f"  {where}: {what}", markup=False, highlight=False)
@@ -211,14 +217,16 @@ def base_image(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="OCI layout directory to write (default: PROJECT/.envmgr/bases/SUITE)."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror URL (default: mmdebstrap's)."),
     include: List[str] = typer.Option(None, "--include", help="More Debian packages (repeat or comma-separate): openssh-server for the ssh mode."),
+    platform: Optional[str] = typer.Option(None, "--platform", help="OCI platforms, comma-separated (linux/amd64,linux/arm64): several make an image index (default: this machine's)."),
 ) -> None:
     """Build a Debian + python3 base image with mmdebstrap into an OCI layout (no registry needed)."""
     from .core import settings
     from .oci import debian
 
     output = output or find_project() / ".envmgr" / "bases" / suite
+    more = {"platforms": [platform]} if platform else {}  # build_base reads comma-separated names
     dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, include=include,
-                             log=line_log(True))
+                             log=line_log(True), **more)
     out.print(f"oci:{dest}", markup=False, highlight=False)
 
 @app.command("up")

@@ -22,12 +22,13 @@ BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 
 
-def labels(lock: Lock, conf: dict, *, engine: bool = False, extra: dict | None = None) -> dict:
+def labels(lock: Lock, conf: dict, *, engine: bool = False, extra: dict | None = None, lock_file: Lock | None = None) -> dict:
     """The image's labels: the lock's ``io.envmgr.*`` and the builder, then ``extra``, then the
-    profile's ``[image] labels`` (``conf``), which win."""
+    profile's ``[image] labels`` (``conf``), which win. ``lock`` may be one platform's view
+    (its facts) of ``lock_file``, the lock the image embeds (its digest)."""
     meta = lock.meta
     return {
-        f"{LABEL}lock.digest": lock.digest(),
+        f"{LABEL}lock.digest": (lock_file or lock).digest(),
         f"{LABEL}profile": meta.profile,
         f"{LABEL}variant": meta.variant,
         f"{LABEL}cuda": meta.cuda,
@@ -44,7 +45,7 @@ def assemble(plan: Plan, layers) -> im.Image:
     req, base, facts = plan.req, plan.base, plan.facts
     conf = req.conf
     created = im.epoch_iso(req.epoch)
-    all_labels = labels(req.lock, conf, extra={f"{LABEL}python": facts.version, f"{LABEL}venv": req.venv,
+    all_labels = labels(req.lock, conf, lock_file=req.lock_file, extra={f"{LABEL}python": facts.version, f"{LABEL}venv": req.venv,
                                                BASE_NAME: req.base_ref, BASE_DIGEST: base.digest})
     run = modes.config(req.modes, python=facts.python, lock=req.lock, conf=conf, ld_library_path=facts.ld_library_path)
     env = {"PATH": f"{req.venv}/bin:{facts.path_env}", "VIRTUAL_ENV": req.venv, **run.pop("env")}

@@ -134,6 +134,10 @@ def build(project: Path, opts: Options, *, engine: str, log=None, nocache: bool 
 
     if opts.push or opts.output:
         raise UserError("--builder docker|podman builds into the engine only", hint="drop --output/--push, or use the native builder")
+    platforms = lockfile.read(lockfile.lock_path(project, opts.name)).platforms
+    if len(platforms) > 1:
+        raise UserError(f"--builder docker|podman builds one image for this machine; the lock of {opts.name!r} is for "
+                        f"{', '.join(platforms)}", hint="use the native builder (the default): it writes an image index")
     started = time.monotonic()
     client = eng.client()
     res = Result()

@@ -47,7 +47,8 @@ export PATH
 
 
 def top_entries(lock: lockfile.Lock, venv: str, facts: sources.BaseFacts, user_entries) -> list[ly.Entry]:
-    """The top layer: the venv's skeleton (pointing at the base's python), the lock, its SBOM, the user."""
+    """The top layer: the venv's skeleton (pointing at the base's python), the lock, its SBOM, the user.
+    ``lock`` is the lock file (every platform's): the same top layer in each platform's image."""
     from ..report import sbom
 
     root = venv.strip("/")
@@ -79,15 +80,21 @@ class _Staged:
 
 
 def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Staged:
-    """Install ``packages`` (only those) into a relocatable venv under ``tmp``."""
+    """Install ``packages`` (only those) into a relocatable venv under ``tmp``. Another
+    platform's files (``plan.python_platform``) are laid out by uv for that platform, with
+    this machine's python and no emulation: their markers were read for it already (``plan``)."""
+    from dataclasses import replace
+
     from ..net import fetch
     from ..venv import install
 
     version = plan.facts.version
     files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
     staged = tmp / "venv"
+    if plan.python_platform:
+        packages = [replace(p, marker=None) for p in packages]
     result = install.install(plan.req.lock.with_packages(packages), staged, python=plan.staging, files=files,
-                             reporter=reporter, relocatable=True)
+                             reporter=reporter, relocatable=True, python_platform=plan.python_platform or None)
     site = install.site_packages(staged)
     if site is None:
         raise EnvmgrError(f"the staged venv {staged} has no site-packages")
@@ -172,7 +179,7 @@ def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
             mark("install")
             new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter)
             built.update(new)
-        top = ly.build_layer(top_entries(plan.req.lock, plan.req.venv, plan.facts, (*plan.user_entries, *plan.mode_entries)),
+        top = ly.build_layer(top_entries(plan.req.lock_file, plan.req.venv, plan.facts, (*plan.user_entries, *plan.mode_entries)),
                              layer_cache.store, mtime=plan.req.epoch)
         mark("layers")
     finally:

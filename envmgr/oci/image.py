@@ -66,8 +66,32 @@ class Layer:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
 
 
+class _Manifested:
+    """What an image and an image index share: a manifest (canonical JSON of ``media_type`` and
+    ``_fields()``, with the ``annotations``), its digest, and the descriptor naming it."""
+
+    media_type = OCI_MANIFEST
+    annotations: tuple[tuple[str, str], ...]
+
+    def manifest(self) -> bytes:
+        m = {"schemaVersion": 2, "mediaType": self.media_type, **self._fields()}  # type: ignore[attr-defined]
+        if self.annotations:
+            m["annotations"] = dict(self.annotations)
+        return canonical_json(m)
+
+    def digest(self) -> str:
+        return sha256_digest(self.manifest())
+
+    def manifest_descriptor(self, annotations: dict | None = None) -> dict:
+        d = {"mediaType": self.media_type, "digest": self.digest(), "size": len(self.manifest()),
+             **self._platform()}  # type: ignore[attr-defined]
+        if annotations:
+            d["annotations"] = dict(sorted(annotations.items()))
+        return d
+
+
 @dataclass(frozen=True)
-class Image:
+class Image(_Manifested):
     config: bytes  # canonical JSON
     layers: tuple[Layer, ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
@@ -84,30 +108,17 @@ class Image:
     def config_descriptor(self) -> dict:
         return {"mediaType": OCI_CONFIG, "digest": self.config_digest, "size": len(self.config)}
 
-    def manifest(self) -> bytes:
-        m = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": self.config_descriptor(),
-            "layers": [layer.descriptor() for layer in self.layers],
-        }
-        if self.annotations:
-            m["annotations"] = dict(self.annotations)
-        return canonical_json(m)
+    def _fields(self) -> dict:
+        return {"config": self.config_descriptor(), "layers": [layer.descriptor() for layer in self.layers]}
 
-    def digest(self) -> str:
-        return sha256_digest(self.manifest())
-
-    def manifest_descriptor(self, annotations: dict | None = None) -> dict:
-        d = {"mediaType": OCI_MANIFEST, "digest": self.digest(), "size": len(self.manifest())}
+    def _platform(self) -> dict:
         cfg = self.config_json
-        if cfg.get("architecture") and cfg.get("os"):
-            d["platform"] = {"architecture": cfg["architecture"], "os": cfg["os"]}
-            if cfg.get("variant"):
-                d["platform"]["variant"] = cfg["variant"]
-        if annotations:
-            d["annotations"] = dict(sorted(annotations.items()))
-        return d
+        if not (cfg.get("architecture") and cfg.get("os")):
+            return {}
+        p = {"architecture": cfg["architecture"], "os": cfg["os"]}
+        if cfg.get("variant"):
+            p["variant"] = cfg["variant"]
+        return {"platform": p}
 
     @property
     def platform(self) -> str:
@@ -119,6 +130,44 @@ class Image:
         out: list[tuple[str, int, Path | bytes]] = [(layer.digest, layer.size, layer.path) for layer in self.layers]
         out.append((self.config_digest, len(self.config), self.config))
         return out
+
+
+@dataclass(frozen=True)
+class ImageIndex(_Manifested):
+    """An OCI image index: one image a platform (their order is the index's), one reference.
+
+    Its manifest lists each image's manifest descriptor with ``platform: {os, architecture}``;
+    canonical JSON, so the same images give the same index digest."""
+
+    images: tuple[Image, ...]
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    media_type = OCI_INDEX
+
+    def _fields(self) -> dict:
+        return {"manifests": [i.manifest_descriptor() for i in self.images]}
+
+    def _platform(self) -> dict:
+        return {}
+
+    def blobs(self) -> list[tuple[str, int, Path | bytes]]:
+        """Every blob below the index, once: each image's layers and config, then its manifest."""
+        out: dict[str, tuple[str, int, Path | bytes]] = {}
+        for i in self.images:
+            for digest, size, src in (*i.blobs(), (i.digest(), len(i.manifest()), i.manifest())):
+                out.setdefault(digest, (digest, size, src))
+        return list(out.values())
+
+    def image_for(self, platform: str) -> Image | None:
+        """The image for ``linux/amd64`` (an OCI platform name), None if the index has none."""
+        return next((i for i in self.images if i.platform == platform), None)
+
+    def shared_layers(self) -> int:
+        """How many layer digests more than one of the images carries (stored once by a registry)."""
+        from collections import Counter
+
+        counts = Counter(d for i in self.images for d in {layer.digest for layer in i.layers})
+        return sum(1 for n in counts.values() if n > 1)
 
 
 # -- constructors and transforms ---------------------------------------------------------------

@@ -52,13 +52,31 @@ def names_of(name: Names) -> list[str]:
     return [name] if isinstance(name, str) else [n for n in name or () if n]
 
 
-def index_json(image: im.Image, name: Names) -> bytes:
-    """One descriptor a name (the same manifest under each tag); one without a name if none."""
+Artifact = im.Image | im.ImageIndex  # what a layout or tar holds: one image, or an index of them
+
+
+def index_json(image: Artifact, name: Names) -> bytes:
+    """One descriptor a name (the same manifest or image index under each tag); one without a
+    name if none."""
     descs = []
     for n in names_of(name) or [None]:
         ann = {"io.containerd.image.name": n, "org.opencontainers.image.ref.name": split_name(n)[1] or n} if n else {}
         descs.append(image.manifest_descriptor(ann))
     return im.canonical_json({"schemaVersion": 2, "mediaType": im.OCI_INDEX, "manifests": descs})
+
+
+def host_platform() -> str:
+    """This machine's platform in OCI words (``linux/amd64``): the image of an index that an
+    engine here loads."""
+    from ..model.platforms import host, oci_platform
+
+    return oci_platform(host())
+
+
+def docker_image(image: Artifact) -> im.Image | None:
+    """The image Docker's ``manifest.json`` names: the image itself, or an index's image for this
+    machine (``docker load`` takes one platform); None when the index has none for it."""
+    return image if isinstance(image, im.Image) else image.image_for(host_platform())
 
 
 def docker_manifest(image: im.Image, name: Names) -> bytes:
@@ -132,7 +150,7 @@ def _place_blob(src: Path | bytes, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def write_dir(image: im.Image, dest: Path, *, name: Names = None) -> Path:
+def write_dir(image: Artifact, dest: Path, *, name: Names = None) -> Path:
     with _atomic(dest, directory=True) as tmp:
         blobs = tmp / "blobs" / "sha256"
         blobs.mkdir(parents=True)
@@ -149,14 +167,16 @@ def write_dir(image: im.Image, dest: Path, *, name: Names = None) -> Path:
     return dest
 
 
-def tar_entries(image: im.Image, name: Names) -> list[Entry]:
+def tar_entries(image: Artifact, name: Names) -> list[Entry]:
     entries = {
         "oci-layout": Entry("oci-layout", data=LAYOUT),
         "index.json": Entry("index.json", data=index_json(image, name)),
-        "manifest.json": Entry("manifest.json", data=docker_manifest(image, name)),
-        "repositories": Entry("repositories", data=repositories(image, name)),
         _blob_rel(image.digest()): Entry(_blob_rel(image.digest()), data=image.manifest()),
     }
+    docker = docker_image(image)
+    if docker is not None:
+        entries["manifest.json"] = Entry("manifest.json", data=docker_manifest(docker, name))
+        entries["repositories"] = Entry("repositories", data=repositories(docker, name))
     for digest, _, src in image.blobs():
         rel = _blob_rel(digest)
         entries[rel] = Entry(rel, data=src) if isinstance(src, bytes) else Entry(rel, src=src)
@@ -171,7 +191,7 @@ class _FileSink:
         self.fh.write(b)
 
 
-def write_tar(image: im.Image, dest: Path, *, name: Names = None, mtime: int = 0) -> Path:
+def write_tar(image: Artifact, dest: Path, *, name: Names = None, mtime: int = 0) -> Path:
     with _atomic(dest, directory=False) as tmp, open(tmp, "wb") as fh:
         _write_tar(tar_entries(image, name), _FileSink(fh), mtime=mtime)
     return dest

@@ -10,7 +10,7 @@ key, the staging interpreter, the image's user. A ``Plan`` is a value: the build
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.errors import UserError
@@ -35,13 +35,14 @@ class Options:
     threshold: int = venvlayers.DEFAULT_THRESHOLD
     jobs: int = 0  # 0: one per CPU
     compile: bool = True
+    platforms: tuple[str, ...] = ()  # --platform: linux/arm64 or linux-aarch64 (default: every one of the lock's)
 
 
 # -- what was asked ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Request:
-    lock: lockfile.Lock
+    lock: lockfile.Lock  # what the venv holds: the lock, or one platform's view of it (``for_platform``)
     conf: dict  # the profile's [image] table ({} without a profile)
     base_ref: str  # as given, ``oci:``/archive paths made relative to the project
     venv: str  # absolute, e.g. /opt/venv
@@ -49,6 +50,22 @@ class Request:
     epoch: int  # SOURCE_DATE_EPOCH (0 if unset): every timestamp in the image
     modes: tuple[str, ...] = md.DEFAULT  # [image] modes, checked against the lock
     tags: tuple[str, ...] = ()  # ``tag``, then the human tag (torch2.7.1-cu118-py3.11): never "latest"
+    platforms: tuple[str, ...] = ()  # the platforms to export, the lock's order (``linux-x86_64``)
+    whole: lockfile.Lock | None = None  # the lock file, when ``lock`` is one platform's view of it
+
+    @property
+    def lock_file(self) -> lockfile.Lock:
+        """The lock as its file says (every platform): what the image embeds and its label names."""
+        return self.whole or self.lock
+
+    @property
+    def index(self) -> bool:
+        """An image index (one image a platform) rather than one image: the lock has several platforms."""
+        return len(self.lock_file.platforms) > 1
+
+    def for_platform(self, platform: str) -> Request:
+        """The request for one platform's image: the lock's view of it, the whole lock kept."""
+        return replace(self, lock=self.lock_file.for_platform(platform), whole=self.lock_file)
 
 
 def profile_image(project: Path, name: str) -> dict:
@@ -105,7 +122,27 @@ def request(project: Path, opts: Options) -> Request:
     md.check_lock(modes, lock)
     tag = opts.tag or conf.get("tag") or default_tag(lock)
     return Request(lock=lock, conf=conf, base_ref=base_ref, venv=venv, tag=tag, epoch=ly.source_date_epoch(),
-                   modes=modes, tags=tags_of(lock, tag))
+                   modes=modes, tags=tags_of(lock, tag), platforms=platforms_of(lock, opts.platforms))
+
+
+def platforms_of(lock: lockfile.Lock, asked) -> tuple[str, ...]:
+    """``--platform`` values (``linux/arm64``, ``linux-aarch64``; repeated or comma-separated) ->
+    the lock's platforms they name, in the lock's order; none asked: all of them."""
+    from ..model.platforms import PLATFORMS, from_oci, oci_platform
+
+    have = lock.platforms
+    picked = []
+    for item in asked or ():
+        for name in filter(None, (n.strip() for n in str(item).split(","))):
+            keyword = name if name in PLATFORMS else from_oci(name)
+            if keyword is None:
+                known = ", ".join(oci_platform(p) for p in PLATFORMS)
+                raise UserError(f"--platform {name!r} is not a platform envmgr knows", hint=f"use one of {known} (or {', '.join(PLATFORMS)})")
+            if keyword not in have:
+                raise UserError(f"--platform {name}: the lock of {lock.meta.profile!r} is for {', '.join(oci_platform(p) for p in have)} only",
+                                hint=f"add {keyword!r} to the profile's platform list and run `envmgr lock {lock.meta.profile}`")
+            picked.append(keyword)
+    return tuple(p for p in have if p in picked) if picked else have
 
 
 def load_base(req: Request, *, cache: Path, reporter=None) -> tuple[sources.Base, sources.BaseFacts]:
@@ -129,6 +166,7 @@ class Plan:
     groups: tuple[venvlayers.Group, ...]  # the package layers, base-most first
     keys: tuple[str, ...]  # each group's layer cache key
     staging: str  # this machine's python that stages the venv ("" if none)
+    python_platform: str  # uv's --python-platform for another machine's files ("" for this machine's)
     compile: bool  # byte-compile the venv (if the staging python is the base's)
     user: str  # the config's User, "uid:gid"
     home: str  # the user's home: the default WorkingDir
@@ -195,16 +233,25 @@ def user_files(user: str, facts: sources.BaseFacts) -> tuple[str, list[ly.Entry]
 def plan(req: Request, base: sources.Base, facts: sources.BaseFacts, opts: Options) -> Plan:
     """The layers to build and their cache keys: from the lock (packages for the base's python),
     the options (layer threshold, byte-compilation) and this machine's staging python."""
+    from ..model.platforms import PLATFORMS, host
     from ..venv.install import wanted
     from ..venv.uvtool import uv_version
 
-    packages = wanted(req.lock, markers(req.lock.meta.platform, facts.version))
+    platform = req.lock.meta.platform
+    packages = wanted(req.lock, markers(platform, facts.version))
+    foreign = platform != host()
+    if foreign:  # an sdist would be built for this machine, not for the image's
+        for p in packages:
+            if not p.install_file.is_wheel:
+                raise UserError(f"{p.key} {p.version} has no wheel for {platform} in the lock of {req.lock.meta.profile!r} "
+                                f"(its sdist would be built for this machine)",
+                                hint=f"lock a version with a {platform} wheel, or export {platform} on a {platform} machine")
     host_python, host_version = staging_python(facts.version)
-    groups = venvlayers.plan(packages, threshold=opts.threshold)
+    groups = venvlayers.plan(packages, threshold=opts.threshold, split_pure=req.index)
     common = {"venv": req.venv, "python": facts.version, "interpreter": facts.python, "epoch": req.epoch,
               "compile": opts.compile, "installer": f"uv {uv_version()}", "host-python": host_version}
     keys = [ly.LayerCache.key({**common, "title": g.title, "packages": g.key_parts()}) for g in groups]
     user, entries, home = user_files(req.conf.get("user", DEFAULT_USER), facts)
     return Plan(req=req, base=base, facts=facts, groups=tuple(groups), keys=tuple(keys), staging=host_python,
-                compile=opts.compile, user=user, home=home, user_entries=tuple(entries),
+                python_platform=PLATFORMS[platform][0] if foreign else "", compile=opts.compile, user=user, home=home, user_entries=tuple(entries),
                 mode_entries=tuple(md.entries(req.modes, req.venv, user)))

@@ -299,12 +299,30 @@ def push(image: im.Image, ref: Ref, *, mount_from: Ref | None = None, reporter=N
             list(pool.map(one, blobs))
     finally:
         reporter.finish()
-    manifest = image.manifest()
-    resp = reg.request("PUT", f"/v2/{ref.repo}/manifests/{ref.tag or ref.digest}", scope=scope, body=manifest,
-                       headers={"Content-Type": im.OCI_MANIFEST}, ok=(201, 200), what=f"manifest {ref}")
+    _put_manifest(reg, ref, image, scope)
+    return result
+
+
+def _put_manifest(reg: Registry, ref: Ref, image, scope: str) -> None:
+    """PUT ``image``'s manifest (an image's or an index's) under ``ref``'s tag, else its digest;
+    the registry must echo the digest."""
+    resp = reg.request("PUT", f"/v2/{ref.repo}/manifests/{ref.tag or ref.digest}", scope=scope, body=image.manifest(),
+                       headers={"Content-Type": image.media_type}, ok=(201, 200), what=f"manifest {ref}")
     echoed = resp.headers.get("Docker-Content-Digest")
-    if echoed and echoed != result.digest:
-        raise NetworkError(f"registry {reg.host} stored the manifest as {echoed}, expected {result.digest}")
+    if echoed and echoed != image.digest():
+        raise NetworkError(f"registry {reg.host} stored the manifest as {echoed}, expected {image.digest()}")
+
+
+def push_index(index: im.ImageIndex, ref: Ref, *, mount_from: Ref | None = None, reporter=None) -> PushResult:
+    """Each image of ``index`` by its digest (a blob two images share goes up once: the second
+    finds it there), then the index under ``ref``."""
+    result = PushResult(digest=index.digest(), ref=str(ref))
+    for image in index.images:
+        one = push(image, Ref(host=ref.host, repo=ref.repo, digest=image.digest()), mount_from=mount_from, reporter=reporter)
+        result.uploaded += one.uploaded
+        result.skipped += one.skipped
+        result.mounted += one.mounted
+    _put_manifest(Registry.for_host(ref.host), ref, index, f"repository:{ref.repo}:pull,push")
     return result
 
 

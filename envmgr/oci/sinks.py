@@ -17,8 +17,16 @@ from . import layout, sources
 from .plan import Options
 
 
-def check(opts: Options) -> None:
-    """A one-line error now for an output that cannot be written, a bad ref, no engine."""
+def check(opts: Options, *, platforms=()) -> None:
+    """A one-line error now for an output that cannot be written, a bad ref, no engine.
+    ``platforms``: those of an image index (``linux-x86_64``), of which ``--load`` takes this machine's."""
+    if opts.load and platforms:
+        from ..model.platforms import oci_platform
+
+        here = layout.host_platform()
+        if here not in (names := [oci_platform(p) for p in platforms]):
+            raise UserError(f"--load: the engine here runs {here} images, and the index has {', '.join(names)} only",
+                            hint=f"add --platform {here}, or write the index with --output or --push")
     if not (opts.output or opts.push or opts.load):
         raise UserError("nothing to do: pass --output DIR|FILE.tar, --push REF or --load")
     if opts.output:
@@ -42,8 +50,9 @@ def check(opts: Options) -> None:
         engine.client()  # connect now: a missing engine fails before any work
 
 
-def push(image: im.Image, ref: str, *, base_ref: str, reporter=None) -> dict:
-    """Push to ``ref``; the base's blobs are mounted from its repository when it is in the same registry."""
+def push(image: layout.Artifact, ref: str, *, base_ref: str, reporter=None) -> dict:
+    """Push to ``ref`` (an index: each image by digest, then the index under ``ref``); the
+    base's blobs are mounted from its repository when it is in the same registry."""
     from . import remote
 
     target = remote.parse_ref(ref)
@@ -53,17 +62,19 @@ def push(image: im.Image, ref: str, *, base_ref: str, reporter=None) -> dict:
             mount = remote.parse_ref(base_ref.removeprefix("docker://"))
         except UserError:
             mount = None
-    pushed = remote.push(image, target, mount_from=mount, reporter=reporter)
+    pushing = remote.push_index if isinstance(image, im.ImageIndex) else remote.push
+    pushed = pushing(image, target, mount_from=mount, reporter=reporter)
     return {"ref": pushed.ref, "uploaded": len(pushed.uploaded), "skipped": len(pushed.skipped),
             "mounted": len(pushed.mounted)}
 
 
-def write(image: im.Image, opts: Options, *, tags, epoch: int, base_ref: str, cache: Path, reporter,
+def write(image: layout.Artifact, opts: Options, *, tags, epoch: int, base_ref: str, cache: Path, reporter,
           mark) -> dict:
     """Each sink ``opts`` names, in order output, push, load, the image named by every one of
     ``tags`` (the layout, the tar, the engine); what each did, by name ("output",
     "push", "load"). ``cache`` is the oci cache (the tar ``--load`` streams); ``mark(step)`` is
-    called as each ends ("write", "push", "load")."""
+    called as each ends ("write", "push", "load"). An index goes to the engine as its image
+    for this machine (``check`` made sure it has one)."""
     outputs: dict = {}
     if opts.output:
         out = opts.output
@@ -79,6 +90,7 @@ def write(image: im.Image, opts: Options, *, tags, epoch: int, base_ref: str, ca
     if opts.load:
         from . import engine
 
-        outputs["load"] = engine.load(image, tags, cache=cache, epoch=epoch, reporter=reporter)
+        one = layout.docker_image(image)
+        outputs["load"] = engine.load(one, tags, cache=cache, epoch=epoch, reporter=reporter)
         mark("load")
     return outputs

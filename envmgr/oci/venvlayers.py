@@ -57,18 +57,31 @@ def _order(p: LockedPackage) -> tuple:
     return (3, p.key)
 
 
-def plan(packages, *, threshold: int = DEFAULT_THRESHOLD, max_layers: int = MAX_ENV_LAYERS) -> list[Group]:
-    """Packages -> layer groups, base-most first. Pure: the same lock gives the same plan."""
+def is_pure(p: LockedPackage) -> bool:
+    """A pure-python wheel (``-none-any``): the same bytes installed on every platform."""
+    return p.install_file.filename.endswith("-none-any.whl")
+
+
+def plan(packages, *, threshold: int = DEFAULT_THRESHOLD, max_layers: int = MAX_ENV_LAYERS,
+         split_pure: bool = False) -> list[Group]:
+    """Packages -> layer groups, base-most first. Pure: the same lock gives the same plan.
+
+    ``split_pure`` (an image a platform): the small packages' layer becomes two, the pure-python
+    wheels' (the same bytes on every platform: one blob in the registry for all of them) and
+    the binary ones'."""
     own = [p for p in packages if _FAMILY.match(p.key) or p.size >= threshold]
     rest = [p for p in packages if p not in own]
-    budget = max(1, max_layers - 2)  # the shared layer and the top layer
+    budget = max(1, max_layers - 2 - split_pure)  # the shared layer(s) and the top layer
     if len(own) > budget:
         own.sort(key=lambda p: (-p.size, p.key))
         rest += own[budget:]
         own = own[:budget]
     groups = [Group(p.key, (p,)) for p in sorted(own, key=_order)]
-    if rest:
-        groups.append(Group("small packages", tuple(sorted(rest, key=lambda p: p.key))))
+    shared = [("small packages", rest)]
+    if split_pure:
+        shared = [("small packages", [p for p in rest if is_pure(p)]),
+                  ("small binary packages", [p for p in rest if not is_pure(p)])]
+    groups += [Group(title, tuple(sorted(ps, key=lambda p: p.key))) for title, ps in shared if ps]
     return groups
 
 

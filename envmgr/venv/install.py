@@ -273,7 +273,7 @@ class InstallResult:
 def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: dict[str, Path],
             reporter=None, reinstall: Iterable[str] = (), relocatable: bool = False,
             link_mode: str | None = None, prompt: str | None = None, verbose: bool = False,
-            keep_fds: tuple[int, ...] = ()) -> InstallResult:
+            keep_fds: tuple[int, ...] = (), python_platform: str | None = None) -> InstallResult:
     """Make ``venv`` hold exactly the lock's packages, from the verified ``files`` (sha256 -> path).
 
     ``python``: the interpreter for a venv that does not exist yet (it must then match the
@@ -281,7 +281,9 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
     is told the number of packages uv installs, not bytes. ``files`` must hold every file the
     plan installs (what :func:`envmgr.net.fetch.fetch` returned). ``reinstall``: names installed
     but damaged. ``keep_fds``: descriptors uv inherits (sync passes its file lock, so a uv
-    that outlives a killed envmgr finishes before the next sync starts). Raises before
+    that outlives a killed envmgr finishes before the next sync starts). ``python_platform``:
+    uv's ``--python-platform`` (``pip_sync``), for a staged venv of another machine's files.
+    Raises before
     touching the venv when a file is missing; after uv ran, checks the venv really is the lock.
     """
     started = time.monotonic()
@@ -312,7 +314,7 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                         remove_dist(site, dist_info)
             pylock = local_lock(lock, wanted(lock, info.markers), files)
             output = pip_sync(venv, pylock, reinstall=sorted(redo & {q.key for q in p.install}), link_mode=link_mode,
-                              verbose=verbose, keep_fds=keep_fds)
+                              verbose=verbose, keep_fds=keep_fds, python_platform=python_platform)
         finally:
             if reporter is not None:
                 reporter.advance(len(p.install))

@@ -161,15 +161,17 @@ def _uv_pip(args: list[str], venv, pylock: str, *, where: str, verbose: bool = F
 
 
 def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, verbose: bool = False,
-             keep_fds: tuple[int, ...] = ()) -> str:
+             keep_fds: tuple[int, ...] = (), python_platform: str | None = None) -> str:
     """``uv pip sync`` of the PEP 751 lock text ``pylock`` into ``venv``: installed as it stands (no
     resolution), every size and hash checked, nothing fetched (``--offline``: its ``path``
     entries name files already verified). Returns uv's messages (shown instead, ``verbose``).
 
     The lock is written beside the venv (uv knows the format by the name ``pylock.toml``), in
-    a folder of this process's own, removed afterwards.
+    a folder of this process's own, removed afterwards. ``python_platform`` (uv's
+    ``--python-platform``, e.g. ``aarch64-manylinux_2_28``): install another platform's files
+    with this machine's interpreter (an image's venv laid out without running its code).
     """
-    args = ["sync"]
+    args = ["sync", *(["--python-platform", python_platform] if python_platform else [])]
     for name in reinstall:
         args += ["--reinstall-package", name]
     if link_mode:
