@@ -213,3 +213,47 @@ class PodmanService:
 
     def stop(self) -> None:
         end(self.proc)
+
+
+# -- small bases for each platform ------------------------------------------------------------------
+
+def tiny_base(dest: Path, cache: Path, *, arch: str = "amd64") -> Path:
+    """A one-layer base for ``linux/ARCH`` as an OCI layout, in a second: ``/usr/bin/python3.11``
+    (a stand-in that is never run: an export only reads the base's files), ``python3`` linking
+    to it, root in ``/etc/passwd``, and ``/etc/arch`` naming ``arch`` (so each arch's layer differs)."""
+    import io
+    import tarfile
+
+    from envmgr.oci.debian import import_rootfs
+
+    rootfs = dest.parent / f".{dest.name}-rootfs.tar"
+    with tarfile.open(rootfs, "w") as tf:
+        def add(name: str, data: bytes = b"", *, link: str = "", mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+        add("etc/arch", arch.encode() + b"\n")
+        add("etc/group", b"root:x:0:\n")
+        add("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        add("usr/bin/python3", link="python3.11")
+        add("usr/bin/python3.11", b"#!/bin/false\n", mode=0o755)
+    try:
+        return import_rootfs(rootfs, dest, cache=cache, name=f"tiny-base:{arch}", arch=arch)
+    finally:
+        rootfs.unlink()
+
+
+def base_index(dest: Path, layouts: dict[str, Path], name: str = "base:multi") -> Path:
+    """One OCI layout whose ``index.json`` names an image index of the images of ``layouts``
+    (arch -> a single-image layout for it): a multi-platform base."""
+    from envmgr.oci import image as im
+    from envmgr.oci import layout
+
+    images = tuple(layout.read_dir(src, None, os_="linux", arch=arch)[0] for arch, src in layouts.items())
+    return layout.write_dir(im.ImageIndex(images=images), dest, name=name)
