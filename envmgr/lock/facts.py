@@ -28,10 +28,10 @@ from ..core import settings
 from ..core.errors import EnvmgrError, ProfileError
 from ..core.files import write_atomic
 from ..core.urls import redact
-from ..model import facts as F
 from ..model.variants import kb, parse_torch_spec
 
 if TYPE_CHECKING:
+    from ..model import facts as F
     from ..model.lockfile import Lock, LockedFile, LockedPackage
     from ..model.profiles import Profile
 
@@ -60,6 +60,8 @@ def any_cached() -> bool:
 
 def build_facts(name: str, f: LockedFile, *, auth=None) -> F.BuildFacts:
     """The torch file ``f``'s own facts (cached by sha256). One-line error if it is unreadable."""
+    from ..model import facts as F
+
     hit = _cached(f.sha256, "build")
     if hit is not None:
         return F.BuildFacts.from_json(hit)
@@ -101,6 +103,8 @@ def read_ahead(profile: Profile, index: str, auth=None) -> None:
     those of the torch-family files this build requires (its triton: the newest wheel for the
     target within what the build asks) are asked now too. A wrong guess costs a request made
     while the resolver works."""
+    from ..model import facts as F
+
     spec = parse_torch_spec(profile.torch)
     pins = [s.version for s in spec if s.operator in ("==", "===") and "*" not in s.version]
     if len(pins) != 1:
@@ -173,6 +177,8 @@ def check_variant(profile: Profile, facts: F.BuildFacts, torch_version: str, ind
 
 def family_required(facts: F.BuildFacts, profile: Profile) -> set[str]:
     """The torch-family packages this build requires on the profile's target (triton, ...)."""
+    from ..model import facts as F
+
     env = F.target_env(profile.python, profile.platform)
     return {n for n, _ in facts.requirements(env) if kb().is_torch_family(n)}
 
@@ -184,6 +190,8 @@ def lock_facts(variant: str, torch_version: str, build: F.BuildFacts | None, bin
     """(facts, sources) a lock records: ``cuda``, ``min-driver``, ``toolkit-driver``,
     ``arch-list``, ``ptx``, the build's ``cudnn``/``nccl``/``triton`` pins and its version
     (``build``), and the source of each of the first five."""
+    from ..model import facts as F
+
     k = kb()
     if build is not None:
         cuda, cuda_source = build.cuda, F.WHEEL_METADATA
@@ -212,6 +220,8 @@ def lock_facts(variant: str, torch_version: str, build: F.BuildFacts | None, bin
 def binary_archs(wheel: Path, sha256: str) -> dict | None:
     """``{"arch-list": [...], "ptx": [...]}`` compiled into the wheel's ``libtorch_cuda.so``
     (None for a build without one), cached by the wheel's sha256."""
+    from ..model import facts as F
+
     hit = _cached(sha256, "binary")
     if hit is not None:
         return hit or None
@@ -289,6 +299,8 @@ def warn_after_sync(lock_path: Path) -> str:
 def drift(lock: Lock) -> list[str]:
     """Facts the lock records that the knowledge base (plus overlays) or its torch binary
     (when read before) no longer agree with: one line each, naming the fact."""
+    from ..model import facts as F
+
     m = lock.meta
     torch = lock.package("torch")
     if torch is None:
