@@ -181,6 +181,15 @@ def test_a_plain_http_proxy_from_the_environment(serve, monkeypatch):
     assert http.small("GET", direct.url + "/simple/").text == "direct" and len(proxy.seen) == 1
 
 
+def test_through_a_proxy_the_standard_client_cannot_use_it_is_requests_answer(serve, monkeypatch):
+    srv = serve((200, {"Content-Type": "text/html; charset=utf-8"}, b"page"), (200, {}, b"x" * 5000))
+    monkeypatch.setattr(http, "_proxy_for", lambda url: "socks5://127.0.0.1:1")  # requests itself sees none
+    answer = http.small("GET", srv.url + "/simple/")
+    assert isinstance(answer, http.Answer) and answer.text == "page" and answer.url == srv.url + "/simple/"
+    assert http.small("GET", srv.url + "/f", limit=100).content is None
+    assert http.small("HEAD", srv.url + "/f").headers["Content-Length"] == "5000"
+
+
 def test_pages_ranges_and_sizes_need_no_requests(tmp_path, monkeypatch):
     """The index client, the wheel reader's ranges and the size of a file answer on the
     standard library alone: a lock never imports requests for them."""

@@ -200,7 +200,9 @@ class Answer:
 
     @property
     def text(self) -> str:
-        charset = self.headers.get_content_charset() or "utf-8"  # PEP 503 pages are UTF-8
+        params = self.headers.get("Content-Type", "").split(";")[1:]
+        charset = next((p.split("=", 1)[1].strip().strip('"') for p in params if p.strip().lower().startswith("charset=")),
+                       "utf-8")  # PEP 503 pages are UTF-8
         try:
             return (self.content or b"").decode(charset, errors="replace")
         except LookupError:
@@ -249,9 +251,7 @@ def small(method: str, url: str, *, auth: Auth | tuple[str, str] | None = None, 
         auth = (auth if auth is not None else Auth.from_urls([url])).for_url(clean)
     proxy = _proxy_for(clean)
     if proxy and not proxy.startswith("http://"):
-        resp = request(method, url, auth=auth, headers=headers, ok=ok, server=server, what=what, timeout=timeout)
-        resp.content  # noqa: B018 - read in full, as small's answers are
-        return resp
+        return _through_requests(method, url, auth, headers, ok, server, what, timeout, limit)
     method = method.upper()
     tries = Tries(None if method in RETRY_METHODS else 0)
     while True:
@@ -265,6 +265,27 @@ def small(method: str, url: str, *, auth: Auth | tuple[str, str] | None = None, 
             if answer.status_code not in RETRY_STATUSES or not tries.failed():
                 return check(answer, ok, server=server, what=what, url=url)
             tries.pause(retry_after(answer))
+
+
+def _through_requests(method, url, auth, headers, ok, server, what, timeout, limit) -> Answer:
+    """:func:`small`'s answer through :func:`request` (a proxy the standard client cannot use)."""
+    with request(method, url, auth=auth, headers=headers, ok=ok, server=server, what=what, timeout=timeout,
+                 stream=True) as resp:
+        declared = resp.headers.get("Content-Length", "")
+        content: bytes | None = b""
+        if method.upper() == "HEAD":
+            pass
+        elif limit is not None and declared.isdigit() and int(declared) > limit:
+            content = None
+        else:
+            pieces, size = [], 0
+            for piece in body(resp, server=server, what=what):
+                pieces.append(piece)
+                size += len(piece)
+                if limit is not None and size > limit:
+                    break
+            content = None if limit is not None and size > limit else b"".join(pieces)
+        return Answer(resp.status_code, resp.headers, resp.url, content)
 
 
 def _exchange(method: str, url: str, auth: tuple[str, str] | None, headers: dict, timeout: tuple[float, float],
@@ -281,7 +302,8 @@ def _exchange(method: str, url: str, auth: tuple[str, str] | None, headers: dict
         target = strip_credentials(urljoin(url, location))
         if answer.status_code == 303 and method != "HEAD":
             method = "GET"
-        if urlsplit(target).hostname != urlsplit(url).hostname:
+        before, after = urlsplit(url), urlsplit(target)
+        if after.hostname != before.hostname or (before.scheme, after.scheme) == ("https", "http"):
             auth = None
         url = target
     raise _Failed("TooManyRedirects", retry=False)
