@@ -7,7 +7,12 @@ On a real venv (the default profile's torch stack, several GB), in one run:
   4. the same podman build after the same one-package change (its cache allowed)
 Prints seconds, MB/s of installed bytes, the ratios and the image sizes.
 
-    python bench/image.py [--profile default] [--base oci:DIR] [--work DIR]
+With ``--platforms``, instead: the profile's two-platform twin (linux-x86_64 and
+linux-aarch64, locked once, not timed) exported as one image index, against two single-platform
+exports of it (``--platform``), each from an empty layer cache; prints the ratio and the layers
+the two images share.
+
+    python bench/image.py [--profile default] [--base oci:DIR] [--work DIR] [--platforms]
 
 Needs: podman (+ runc), mmdebstrap when no --base is given (the bookworm base is built once
 and cached), the lock's files (fetched once into ENVMGR_CACHE_DIR or ~/.cache/envmgr-bench).
@@ -51,6 +56,17 @@ def bookworm_base(cache: Path) -> str:
             print("building the bookworm base with mmdebstrap (once) ...", flush=True)
             mmdebstrap("bookworm", tar)
         import_rootfs(tar, layout, cache=cache, name="envmgr-base:bookworm-python")
+    return f"oci:{layout}"
+
+
+def bookworm_index(cache: Path) -> str:
+    """The bookworm base for linux/amd64 and linux/arm64 (``envmgr base --platform``), built once."""
+    from envmgr.oci.debian import build_base
+
+    layout = cache / "bookworm-index"
+    if not (layout / "index.json").is_file():
+        print("building the two-platform bookworm base with mmdebstrap (once) ...", flush=True)
+        build_base("bookworm", layout, cache=cache, platforms=["linux/amd64", "linux/arm64"], log=print)
     return f"oci:{layout}"
 
 
@@ -111,12 +127,13 @@ def main() -> None:
     ap.add_argument("--change", default="filelock", help="the small package to change")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--skip-podman", action="store_true")
+    ap.add_argument("--platforms", action="store_true", help="the two-platform export against two single ones")
     args = ap.parse_args()
 
     cache = Path(os.environ.get("ENVMGR_CACHE_DIR") or Path.home() / ".cache" / "envmgr-bench")
     work = args.work or Path(tempfile.mkdtemp(prefix="envmgr-bench-image-"))
     work.mkdir(parents=True, exist_ok=True)
-    base = args.base or bookworm_base(cache)
+    base = args.base or (bookworm_index(cache) if args.platforms else bookworm_base(cache))
 
     # A private project: the repo's profiles and the profile's lock, then the changed lock.
     proj = work / "project"
@@ -124,12 +141,14 @@ def main() -> None:
     shutil.copytree(REPO / "profiles", proj / "profiles")
     lock = lockfile.read(lockfile.lock_path(REPO, args.profile))
     write_atomic(lockfile.lock_path(proj, args.profile), lock.dumps())
+    env = {"ENVMGR_CACHE_DIR": str(cache), "ENVMGR_NO_PROGRESS": "1"}
+    os.environ["ENVMGR_CACHE_DIR"] = str(cache)
+    if args.platforms:
+        return platforms(proj, args.profile, base, cache, work, env)
     changed = changed_lock(lock, args.change)
 
     from envmgr.net import fetch
 
-    env = {"ENVMGR_CACHE_DIR": str(cache), "ENVMGR_NO_PROGRESS": "1"}
-    os.environ["ENVMGR_CACHE_DIR"] = str(cache)
     fetch.fetch([(p.key, p.install_file) for p in (*lock.packages, *changed.packages)])  # not timed: both need the files
 
     shutil.rmtree(cache / "oci" / "layers", ignore_errors=True)
@@ -184,6 +203,48 @@ def main() -> None:
         r_one = podman_one["seconds"]["total"] / one["seconds"]["total"]
         print(f"ratio full export  (podman / native): {r_full:5.1f}x  (target >= 3x)")
         print(f"ratio one change   (podman / native): {r_one:5.1f}x  (target >= 20x)")
+
+
+def platforms(proj: Path, profile: str, base: str, cache: Path, work: Path, env: dict) -> None:
+    """The two-platform export (one index) against one export a platform, layer cache emptied
+    before each; the files fetched first, not timed. ``base`` must hold both platforms."""
+    from envmgr.model.platforms import PLATFORMS, oci_platform
+    from envmgr.net import fetch
+
+    path = proj / "profiles" / f"{profile}.toml"
+    path.write_text(path.read_text() + f"platform = {json.dumps(list(PLATFORMS))}\n")
+    print(f"locking {profile} for {', '.join(PLATFORMS)} (not timed) ...", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "envmgr", "lock", profile], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=proj)
+    if proc.returncode != 0:
+        sys.exit(f"envmgr lock failed:\n{proc.stderr}")
+    lock = lockfile.read(lockfile.lock_path(proj, profile))
+    fetch.fetch([(p.key, f) for p in lock.packages for f in p.files if f.is_wheel])  # not timed: every run needs them
+    uv_cache = work / "uv-cache"
+    native_env = {**env, "UV_CACHE_DIR": str(uv_cache)}
+
+    def cold(label: str, *more: str) -> dict:
+        shutil.rmtree(cache / "oci" / "layers", ignore_errors=True)
+        shutil.rmtree(uv_cache, ignore_errors=True)
+        print(f"{label} ...", flush=True)
+        out = work / label.replace(" ", "-").replace("/", "_")
+        shutil.rmtree(out, ignore_errors=True)
+        return envmgr(["export-image", profile, "--base", base, "--output", str(out), *more], native_env, proj)
+
+    both = cold("two-platform index")
+    singles = [cold(f"single {oci_platform(p)}", "--platform", p) for p in PLATFORMS]
+    one_total = sum(s["seconds"]["total"] for s in singles)
+    print()
+    print(f"venvs: {both['installed_bytes'] / 1e9:.2f} GB installed in all; machine: {os.cpu_count()} CPUs; base {base}")
+    print(f"{'two-platform export (one index)':<36} {both['seconds']['total']:8.1f} s")
+    for p, s in zip(PLATFORMS, singles):
+        print(f"{'single export ' + oci_platform(p):<36} {s['seconds']['total']:8.1f} s")
+    print(f"{'two single exports':<36} {one_total:8.1f} s")
+    print(f"ratio two-platform / two singles: {both['seconds']['total'] / one_total:5.2f}x")
+    layers = {m["platform"]: sum(1 for layer in both["layers"] if layer["platform"] == m["platform"]) for m in both["manifests"]}
+    print(f"layer digests the two images share: {both['shared_layers']} "
+          f"(envmgr's layers: {', '.join(f'{n} in {p}' for p, n in layers.items())}; the bases' are their own)")
+    print(f"index digest: {both['digest']}")
 
 
 if __name__ == "__main__":
