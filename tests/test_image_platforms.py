@@ -258,10 +258,11 @@ def test_default_profile_for_both_platforms_exports_each_platforms_torch(tmp_pat
     shutil.copytree(REPO / "profiles", project / "profiles")
     (project / "profiles" / "default.toml").write_text((REPO / "profiles" / "default.toml").read_text() + BOTH)
     shutil.copytree(REPO / "locks", project / "locks")
-    ok(envmgr(project, "lock", "default", timeout=600))
+    cache = {"ENVMGR_CACHE_DIR": str(fx.TEST_CACHE / "envmgr-cache")}  # the GBs of wheels kept between runs
+    ok(envmgr(project, "lock", "default", timeout=600, **cache))
     out = tmp_path / "img"
     proc = envmgr(project, "export-image", "default", "--base", f"oci:{bases['both']}", "--output", str(out), "--json",
-                  timeout=3000)
+                  timeout=3000, **cache)
     summary = json.loads(ok(proc).stdout)
     images = manifests(out)
     assert sorted(images) == sorted(ELF_MACHINE)
