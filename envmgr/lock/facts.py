@@ -286,7 +286,7 @@ def warn_after_sync(lock_path: Path) -> str:
     from ..net.fetch import cached_path
 
     try:
-        lock = lockfile.read(lock_path)
+        lock = lockfile.read(lock_path).for_host()  # the torch file synced here
     except EnvmgrError:
         return ""
     torch = lock.package("torch")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,9 +31,6 @@ def member(f: LockedFile) -> str:
     return f"files/sha256/{f.sha256}/{f.filename}"
 
 
-def host_platform() -> str:
-    """This machine in a lock's words: ``linux-x86_64``, ``linux-aarch64``."""
-    return f"{platform.system().lower()}-{platform.machine().lower()}"
 
 
 class Bundle:

@@ -58,11 +58,13 @@ _bundles: dict = {}
 
 def check_bundle(lock, options: SyncOptions):
     """``--bundle``: the bundle, if it is for the lock's python and platform, and this machine's."""
-    from ..net import bundlefiles
+    from ..model.platforms import host
 
     bundle = opened(options.bundle)
+    if bundle.platform in lock.platforms:  # a lock for several platforms: the bundle's one
+        lock = lock.for_platform(bundle.platform)
     bundle.check_target(lock.meta.python, lock.meta.platform, f"the lock {lock.meta.profile}")
-    bundle.check_target(bundle.python, bundlefiles.host_platform(), "this machine")
+    bundle.check_target(bundle.python, host(), "this machine")
     return bundle
 
 
