@@ -185,14 +185,8 @@ class UvBackend:
     def _run(self, req: Request, idx: Indexes, extra_family: list[str]) -> list[Pinned]:
         if not idx.torch:
             return self._compile(req, idx, extra_family, None)
-        import threading
-
         from ..net.fetch import cached_url_digest
         from .indexproxy import RoutingIndex
-
-        # The routing index answers uv's first page with requests, whose import (~0.15 s:
-        # urllib3, charset_normalizer) would otherwise sit between uv's question and its answer.
-        threading.Thread(target=__import__, args=("requests",), daemon=True).start()
 
         def known(url: str) -> str | None:
             hit = cached_url_digest(url)
@@ -200,8 +194,10 @@ class UvBackend:
 
         # The torch index goes through a local view that fills hashes envmgr has already
         # computed (so uv downloads nothing it hashed before) and serves the unhashed files
-        # itself, so that uv's downloads of one reach the upstream index once.
-        with RoutingIndex(idx.torch, known_hash=known, serve_unhashed=True) as proxy:
+        # itself, so that uv's downloads of one reach the upstream index once. The pages uv asks
+        # of it first (the torch family's) are read while uv starts.
+        with RoutingIndex(idx.torch, known_hash=known, serve_unhashed=True,
+                          prefetch=_sourced(req.profile, extra_family)) as proxy:
             return self._compile(req, idx, extra_family, proxy)
 
     def _compile(self, req: Request, idx: Indexes, extra_family: list[str], proxy) -> list[Pinned]:
@@ -211,7 +207,7 @@ class UvBackend:
         lines = ["[project]", f"name = {toml_str('envmgr-lock-' + canonical(p.name))}", 'version = "0"',
                  f"dependencies = [{', '.join(toml_str(r) for r in (*p.requirements, *extra_family))}]"]
         if idx.torch:
-            names = sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)} | set(extra_family))
+            names = _sourced(p, extra_family)
             lines += ["", "[tool.uv.sources]", *(f'{n} = {{ index = "envmgr-torch" }}' for n in names),
                       "", "[[tool.uv.index]]", 'name = "envmgr-torch"', f"url = {toml_str(torch_url or idx.torch)}",
                       "explicit = true"]
@@ -259,6 +255,12 @@ class UvBackend:
             first = (wheels[0] if wheels else sdist).url
             pinned.append(Pinned(name, str(pkg["version"]), idx.recorded(name, first), wheels, sdist, pkg.get("marker")))
         return pinned
+
+
+def _sourced(p: Profile, extra_family: list[str]) -> list[str]:
+    """The torch-family projects uv takes from the torch index (``[tool.uv.sources]``)."""
+    return sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)}
+                  | set(extra_family))
 
 
 def _wait(proc: subprocess.Popen, req: Request) -> str:
