@@ -158,6 +158,18 @@ def print_rows(tools: list[Tool]) -> None:
 def torch_index_route(profile, scratch: Path, python: str, envmgr_bin: list[str], reps: int,
                       in_place: bool) -> bool:
     """The torch-index route: envmgr against uv given the same explicit index (see the doc)."""
+    tools, stop = route_tools(profile, scratch, python, envmgr_bin, in_place)
+    print("\ntorch-index route: the torch family from a separate explicit index", flush=True)
+    try:
+        measure(tools, reps, scratch)
+    finally:
+        stop()
+    print_rows(tools)
+    return report_paired(tools[0], tools[1], tools[2])
+
+
+def route_tools(profile, scratch: Path, python: str, envmgr_bin: list[str], in_place: bool):
+    """The torch-index route's rows (envmgr, uv, floor) and the function that stops its index."""
     import html
     import json
     import threading
@@ -227,13 +239,7 @@ def torch_index_route(profile, scratch: Path, python: str, envmgr_bin: list[str]
              floor, [floor / "pylock.toml"], 600),
     ]
     tools[0].env = {**tools[0].env, "ENVMGR_PROJECT": str(project)}
-    print("\ntorch-index route: the torch family from a separate explicit index", flush=True)
-    try:
-        measure(tools, reps, scratch)
-    finally:
-        server.shutdown()
-    print_rows(tools)
-    return report_paired(tools[0], tools[1], tools[2])
+    return tools, server.shutdown
 
 
 def report_paired(envmgr: Tool, uv: Tool, floor: Tool | None) -> bool:

@@ -285,6 +285,68 @@ def test_unpublished_hash_with_pip_tools_is_computed_once(fresh_index: FixtureIn
     assert wheel_names(idx) == []
 
 
+def _routing_indexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The upstream index of every routing index started in this process from now on."""
+    from envmgr.lock import indexproxy
+
+    started: list[str] = []
+    enter = indexproxy.RoutingIndex.__enter__
+
+    def spy(self):
+        started.append(self.default)
+        return enter(self)
+
+    monkeypatch.setattr(indexproxy.RoutingIndex, "__enter__", spy)
+    return started
+
+
+def test_a_fully_hashed_torch_index_is_read_directly_from_the_second_lock(
+        fixture_index: FixtureIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from envmgr.lock import locker, resolve
+
+    idx = fixture_index
+    project = make_project(tmp_path, {"cu118": profile_text(idx, "cu118"), "cu126": profile_text(idx, "cu126")})
+    monkeypatch.setenv("ENVMGR_PROJECT", str(project))
+    started = _routing_indexes(monkeypatch)
+    # cu118 publishes a hash for every file (one of them wrong, but published): the first lock
+    # reads it through the routing index and remembers that; the second gives uv the index itself
+    locker.lock_profiles(project, ["cu118"])
+    assert started == [idx.torch_url("cu118")]
+    assert {"torch", "triton"} <= resolve.hashed_projects(idx.torch_url("cu118"))
+    first = lock_file(project, "cu118").read_bytes()
+    lock_file(project, "cu118").unlink()
+    started.clear()
+    locker.lock_profiles(project, ["cu118"])
+    assert started == []
+    assert lock_file(project, "cu118").read_bytes() == first
+    # cu126 lists its torch file without a hash: every lock goes through the routing index
+    for _ in range(2):
+        started.clear()
+        locker.lock_profiles(project, ["cu126"], upgrade=True)
+        assert started == [idx.torch_url("cu126")]
+        assert "torch" not in resolve.hashed_projects(idx.torch_url("cu126"))
+
+
+def test_a_torch_file_that_lost_its_hash_since_is_still_locked_with_its_own(
+        fresh_index: FixtureIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from envmgr.lock import locker, resolve
+
+    idx = fresh_index
+    project = make_project(tmp_path, {"cu126": profile_text(idx)})
+    monkeypatch.setenv("ENVMGR_PROJECT", str(project))
+    locker.lock_profiles(project, ["cu126"])  # through the routing index (the torch file is unhashed)
+    through = lock_file(project, "cu126").read_bytes()
+    # a stale memory (the index hashed every torch file when last read): uv reads the index
+    # directly, meets the unhashed file, and the lock still records the file's real hash
+    resolve.remember_hashed(idx.torch_url("cu126"), {"torch", "triton"}, set())
+    started = _routing_indexes(monkeypatch)
+    lock_file(project, "cu126").unlink()
+    locker.lock_profiles(project, ["cu126"], upgrade=True)
+    assert started == []
+    assert packages(read_lock(project, "cu126"))["torch"]["wheels"][0]["hashes"]["sha256"] == real(idx, MISSING_HASH_FILE)[0]
+    assert lock_file(project, "cu126").read_bytes() == through
+
+
 def test_verify_rejects_wrong_published_hash(fixture_index: FixtureIndex, tmp_path: Path) -> None:
     project = make_project(tmp_path, {"cu118": profile_text(fixture_index, "cu118", packages=("torchvision==0.22.1",))})
     proc = envmgr(project, "lock", "cu118", "--verify")

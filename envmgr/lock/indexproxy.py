@@ -44,7 +44,9 @@ class RoutingIndex:
     caller can cache the hash the resolver computes for them (download once, by URL).
     ``prefetch``: projects whose pages the resolver will ask first (the torch family): they
     are read and rendered as soon as the index starts, while the resolver starts, and the
-    first request for each is answered with that page.
+    first request for each is answered with that page. ``hashed`` and ``partly_hashed``: the
+    projects whose pages were read, split by whether the index published a hash for every
+    file listed (the caller remembers this per index: see ``resolve``).
     """
 
     def __init__(self, default: str, extra: tuple[str, ...] = (), torch: str | None = None,
@@ -57,6 +59,8 @@ class RoutingIndex:
         self.known_hash = known_hash or (lambda url: None)
         self.serve_unhashed = serve_unhashed
         self.unhashed: set[str] = set()
+        self.hashed: set[str] = set()
+        self.partly_hashed: set[str] = set()
         self.errors: list[str] = []  # unexpected failures while serving (shown with the resolver's)
         self._files: dict[str, str] = {}  # token -> upstream URL (with credentials) of a served file
         self._file_locks: dict[str, threading.Lock] = {}
@@ -100,6 +104,9 @@ class RoutingIndex:
         for url in self.sources(project):
             files = indexclient.project_page(url, project)
             if files:
+                name = canonicalize_name(project)
+                with self._lock:
+                    (self.hashed if all(f.sha256 for f in files) else self.partly_hashed).add(name)
                 return indexclient.render_html(project, [self._local(_with_credentials(self._fill(f), url)) for f in files])
         return None
 

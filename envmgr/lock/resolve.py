@@ -185,6 +185,12 @@ class UvBackend:
     def _run(self, req: Request, idx: Indexes, extra_family: list[str]) -> list[Pinned]:
         if not idx.torch:
             return self._compile(req, idx, extra_family, None)
+        sourced = _sourced(req.profile, extra_family)
+        if idx.torch.startswith(("http://", "https://")) and set(sourced) <= hashed_projects(idx.torch):
+            # The torch index published a hash for every file of these projects when last read
+            # through the routing index: uv reads it directly. (Should one lose its hash since,
+            # uv hashes the bytes it downloads, and the lock records that.)
+            return self._compile(req, idx, extra_family, None)
         from ..net.fetch import cached_url_digest
         from .indexproxy import RoutingIndex
 
@@ -196,9 +202,10 @@ class UvBackend:
         # computed (so uv downloads nothing it hashed before) and serves the unhashed files
         # itself, so that uv's downloads of one reach the upstream index once. The pages uv asks
         # of it first (the torch family's) are read while uv starts.
-        with RoutingIndex(idx.torch, known_hash=known, serve_unhashed=True,
-                          prefetch=_sourced(req.profile, extra_family)) as proxy:
-            return self._compile(req, idx, extra_family, proxy)
+        with RoutingIndex(idx.torch, known_hash=known, serve_unhashed=True, prefetch=sourced) as proxy:
+            pinned = self._compile(req, idx, extra_family, proxy)
+        remember_hashed(idx.torch, proxy.hashed - proxy.partly_hashed, proxy.partly_hashed)
+        return pinned
 
     def _compile(self, req: Request, idx: Indexes, extra_family: list[str], proxy) -> list[Pinned]:
         torch_url = proxy.url if proxy else None
@@ -261,6 +268,42 @@ def _sourced(p: Profile, extra_family: list[str]) -> list[str]:
     """The torch-family projects uv takes from the torch index (``[tool.uv.sources]``)."""
     return sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)}
                   | set(extra_family))
+
+
+def _hashed_record(index: str) -> Path:
+    import hashlib
+
+    from ..core.settings import cache_dir
+
+    return cache_dir() / "index-hashes" / f"{hashlib.sha256(strip_credentials(index).encode()).hexdigest()[:32]}.json"
+
+
+def hashed_projects(index: str) -> set[str]:
+    """The projects whose pages on ``index`` published a hash for every file, when last read
+    through the routing index (remembered in envmgr's cache; none when not known)."""
+    import json
+
+    try:
+        return set(json.loads(_hashed_record(index).read_text())["hashed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def remember_hashed(index: str, hashed: set[str], unhashed: set[str]) -> None:
+    """Record which projects' pages on ``index`` hash every file (``hashed``) or not (``unhashed``)."""
+    known = hashed_projects(index)
+    now = (known | hashed) - unhashed
+    if now == known:
+        return
+    import json
+
+    from ..core.files import write_atomic
+
+    record = {"index": strip_credentials(index), "hashed": sorted(now)}
+    try:
+        write_atomic(_hashed_record(index), json.dumps(record, sort_keys=True), fsync=False)
+    except OSError:
+        pass  # a cache that cannot be written: the next lock reads through the routing index again
 
 
 def _wait(proc: subprocess.Popen, req: Request) -> str:
