@@ -224,7 +224,7 @@ def base_image(
     from .oci import debian
 
     output = output or find_project() / ".envmgr" / "bases" / suite
-    more = {"platforms": [platform]} if platform else {}  # build_base reads comma-separated names
+    more = {"platforms": [platform]} if platform is not None else {}  # build_base reads comma-separated names
     dest = debian.build_base(suite, output, cache=settings.cache_dir(), mirror=mirror, include=include,
                              log=line_log(True), **more)
     out.print(f"oci:{dest}", markup=False, highlight=False)

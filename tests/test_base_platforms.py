@@ -126,6 +126,7 @@ def test_bad_platform_lists_are_errors(platforms, words):
     ("linux/s390x", "linux/s390x"),
     ("linux/amd64,linux/amd64", "names linux/amd64 twice"),
     (",", "names no platform"),
+    ("", "names no platform"),
 ])
 def test_cli_bad_platform_is_exit_2_and_writes_nothing(tmp_path, fakebin, flag, words):
     base = old_base(tmp_path)
