@@ -347,6 +347,20 @@ def test_a_torch_file_that_lost_its_hash_since_is_still_locked_with_its_own(
     assert lock_file(project, "cu126").read_bytes() == through
 
 
+def test_a_bad_requirement_found_while_the_resolver_starts_stops_it_and_writes_no_lock(
+        fixture_index: FixtureIndex, tmp_path: Path) -> None:
+    # torch from the default index and no lock yet: the requirements are parsed while uv starts
+    idx = fixture_index
+    text = profile_text(idx, "cu126", packages=("numpy", "num py!"), torch_index_url=idx.pypi_url)
+    project = make_project(tmp_path, {"p": text})
+    for args in (["lock", "p"], ["lock", "p", "--quiet"]):
+        proc = envmgr(project, *args)
+        line = failed(proc)
+        assert "p.toml:4: bad requirement 'num py!'" in line, line
+        assert ("resolving with uv" in proc.stderr) == ("--quiet" not in args)  # found once uv was started
+        assert not lock_file(project, "p").exists() and not (project / "locks").exists()
+
+
 def test_verify_rejects_wrong_published_hash(fixture_index: FixtureIndex, tmp_path: Path) -> None:
     project = make_project(tmp_path, {"cu118": profile_text(fixture_index, "cu118", packages=("torchvision==0.22.1",))})
     proc = envmgr(project, "lock", "cu118", "--verify")

@@ -17,21 +17,25 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-from packaging.version import Version
+from typing import TYPE_CHECKING, Callable
 
 from ..core.errors import EnvmgrError, LockFileError, ResolutionError
 from ..core.files import write_atomic
+from ..core.settings import lock_path
 from ..core.urls import redact
-from ..model import lockfile, profiles
-from ..model.lockfile import Lock, LockMeta
+from ..model import profiles
 from ..model.names import canonical
 from ..model.profiles import Profile
 from ..model.variants import kb
 from ..net.credentials import Auth
 from . import facts as wheelfacts
 from . import resolve
+
+if TYPE_CHECKING:
+    from ..model.lockfile import Lock
+
+# The lock model (``model.lockfile``) is imported where it is used: a lock from scratch needs
+# it only once the resolver is working.
 
 Log = Callable[[str], None] | None
 
@@ -90,8 +94,10 @@ def default_resolver(previous: Lock | None) -> str:
 
 def check_one(project: Path, name: str) -> CheckResult:
     """Is the lock fresh against its profile? No network: compares recorded inputs."""
+    from ..model import lockfile
+
     profile = profiles.load(project, name)
-    path = lockfile.lock_path(project, name)
+    path = lock_path(project, name)
     if not path.exists():
         return CheckResult(name, path, False, ["no lock yet"])
     try:
@@ -128,6 +134,8 @@ def _profile_lock(project: Path, name: str):
 
 
 def _verify(profile: Profile, idx: resolve.Indexes, packages) -> None:
+    from packaging.version import Version
+
     torch = next((p for p in packages if p.name == "torch"), None)
     if torch is None:
         raise ResolutionError(f"profile {profile.name}: the resolution has no torch")
@@ -161,6 +169,9 @@ def build_lock(profile: Profile, backend_name: str, backend_version: str, packag
     """The lock of ``packages``; ``build``: the torch file's own facts (``model.facts``),
     ``binary``: the arch list read from its ``libtorch_cuda.so`` (``lock.facts``), both of the
     first platform's torch; ``platform_facts``: where the other platforms' differ."""
+    from ..model import lockfile
+    from ..model.lockfile import Lock, LockMeta
+
     torch = next(p for p in packages if p.name == "torch" and (not p.platforms or profile.platform in p.platforms))
     facts, sources = _facts(profile, torch.version, build, binary)
     inputs = profile.lock_inputs(backend_name, backend_version)
@@ -249,14 +260,24 @@ def merge_platforms(profile: Profile, per_platform: dict[str, list]) -> list:
 
 
 def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, upgrade: bool = False,
-             upgrade_packages: tuple[str, ...] = (), verify: bool = False, log: Log = None) -> LockResult:
+             upgrade_packages: tuple[str, ...] = (), verify: bool = False, log: Log = None,
+             unchecked: bool = False) -> LockResult:
+    """``unchecked``: the profile was loaded without ``profiles.check_requirements``, which runs
+    here while the resolver starts (a bad requirement stops it, and nothing is written)."""
     started = time.monotonic()
     name = profile.name
-    path = lockfile.lock_path(project, name)
+    path = lock_path(project, name)
+    if unchecked and (path.exists() or not profile.torch_from_default):
+        # a re-lock (its family guess) and the torch index's sources read the requirements'
+        # names before the resolver starts: then they are checked first, as by ``load``
+        profiles.check_requirements(profile)
+        unchecked = False
     with _profile_lock(project, name):
         previous_text = path.read_text("utf-8") if path.exists() else None
         previous = None
         if previous_text is not None:
+            from ..model import lockfile
+
             try:
                 previous = lockfile.loads(previous_text, path)
             except LockFileError as exc:
@@ -269,11 +290,17 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
         # The resolver's version, recorded in the lock (a process of its own the first
         # time), is asked while the resolver works, not before.
         version = functools.cache(backend.version)
-        auth = Auth.from_urls(idx.all_urls())
+        auth = Auth.from_urls(idx.configured_urls())
 
         def meanwhile() -> None:
+            if unchecked:
+                profiles.check_requirements(profile)
             version()
             import hashlib  # noqa: F401  (the fingerprint's; loaded here, off the critical path)
+
+            from ..model import facts, lockfile  # noqa: F401  (the lock model and the build's facts: likewise)
+
+            idx.default  # noqa: B018  (the default index's URL, asked of pip: every package's record names it)
 
             # No torch file's facts cached yet (a first lock, a fresh cache): the facts of the
             # file the resolver will pick are read now, while it works, rather than after it.
@@ -283,7 +310,8 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
         if log:
             where = " and ".join(profile.all_platforms)
             log(f"{name}: resolving with {backend.name} for python {profile.python} on {where}")
-        run = functools.partial(_lock_platform, idx=idx, auth=auth, meanwhile=functools.cache(meanwhile),
+        once = functools.cache(meanwhile)
+        run = functools.partial(_lock_platform, idx=idx, auth=auth, meanwhile=once,
                                 upgrade=upgrade, upgrade_packages=tuple(upgrade_packages), verify=verify, log=log)
         if not profile.multi_platform:
             packages, build, binary = run(profile, backend, previous, previous_text)
@@ -291,6 +319,7 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
                               resolve.strip_credentials(idx.torch or idx.default), build, binary)
         else:
             lock = _lock_platforms(profile, backend_name, version, run, previous, previous_text, idx, log)
+        once()  # if no resolver process ran it, the profile is checked now
         changed = write_atomic(path, lock.dumps())
     return LockResult(name, path, changed, lock, time.monotonic() - started, previous.pins if previous else {})
 
@@ -396,7 +425,10 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
                   upgrade_packages: list[str] = (), verify: bool = False, jobs: int = 4,
                   log: Log = None) -> list[LockResult]:
     """Lock several profiles at once; every profile is attempted, then the first error raised."""
-    loaded = {n: profiles.load(project, n) for n in names}  # every profile validates before any resolution
+    # Every profile validates before any resolution; one profile's requirements are parsed
+    # while its resolver starts (packaging's parser is ~12 ms of imports).
+    one = len(names) == 1
+    loaded = {n: profiles.load(project, n, requirements=not one) for n in names}
     if resolver is not None:
         resolve.backend(resolver)
     results: dict[str, LockResult] = {}
@@ -405,7 +437,7 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
     def run(n: str) -> None:
         try:
             results[n] = lock_one(project, loaded[n], resolver=resolver, upgrade=upgrade,
-                                  upgrade_packages=tuple(upgrade_packages), verify=verify, log=log)
+                                  upgrade_packages=tuple(upgrade_packages), verify=verify, log=log, unchecked=one)
         except EnvmgrError as exc:
             errors.append((n, exc))
 

@@ -20,6 +20,7 @@ index pages itself.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -27,9 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 from urllib.parse import urlsplit
-
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from ..core.compat import tomllib
 from ..core.errors import ResolutionError, UserError
@@ -102,14 +100,21 @@ def concrete(url: str) -> str:
 
 @dataclass(frozen=True)
 class Indexes:
-    default: str  # concrete, with credentials
+    given: str  # the default index: ``pypi``, or a concrete URL (with credentials)
     extra: tuple[str, ...]
     torch: str | None  # None: torch family comes from the default indexes
 
     @classmethod
     def of(cls, p: Profile) -> "Indexes":
         torch = None if p.torch_from_default else concrete(p.torch_index)
-        return cls(concrete(p.index_url), tuple(concrete(u) for u in p.extra_index_urls), torch)
+        given = PYPI if p.index_url == PYPI else concrete(p.index_url)
+        return cls(given, tuple(concrete(u) for u in p.extra_index_urls), torch)
+
+    @functools.cached_property
+    def default(self) -> str:
+        """The default index, concrete: for ``pypi``, asked of pip when first needed (uv is
+        not told it: it is uv's default too; pip's modules cost ~3 ms to import)."""
+        return default_index_url() if self.given == PYPI else self.given
 
     def recorded(self, name: str, file_url: str) -> str:
         """The index a package is recorded as coming from (no credentials)."""
@@ -134,8 +139,10 @@ class Indexes:
                 return strip_credentials(best)
         return strip_credentials(self.default)
 
-    def all_urls(self) -> list[str]:
-        return [self.default, *self.extra, *([self.torch] if self.torch else [])]
+    def configured_urls(self) -> list[str]:
+        """The URLs the profile configures, where credentials can be (the ``pypi`` keyword's,
+        pip's, carries none)."""
+        return [*([self.given] if self.given != PYPI else []), *self.extra, *([self.torch] if self.torch else [])]
 
 
 # -- uv -----------------------------------------------------------------------------------
@@ -154,7 +161,7 @@ class UvBackend:
     def resolve(self, req: Request) -> list[Pinned]:
         p = req.profile
         idx = Indexes.of(p)
-        direct = {canonical(Requirement(r).name) for r in p.requirements}
+        direct = _direct(p) if idx.torch else set()
         extra_family: list[str] = []
         if req.family is not None and idx.torch:
             extra_family = [n for n in req.family if n not in direct]
@@ -264,10 +271,17 @@ class UvBackend:
         return pinned
 
 
+def _direct(p: Profile) -> set[str]:
+    """The canonical names of the profile's requirements (packaging's parser: the route with
+    a torch index needs them before the resolver starts; the default route never does)."""
+    from packaging.requirements import Requirement
+
+    return {canonical(Requirement(r).name) for r in p.requirements}
+
+
 def _sourced(p: Profile, extra_family: list[str]) -> list[str]:
     """The torch-family projects uv takes from the torch index (``[tool.uv.sources]``)."""
-    return sorted({canonical(Requirement(r).name) for r in p.requirements if kb().is_torch_family(Requirement(r).name)}
-                  | set(extra_family))
+    return sorted({n for n in _direct(p) if kb().is_torch_family(n)} | set(extra_family))
 
 
 def _hashed_record(index: str) -> Path:
@@ -335,7 +349,7 @@ def _interpreter_args(version: str) -> list[str]:
 
 def _scrub(text: str, idx: Indexes) -> str:
     """Resolver output with credentials removed and noise trimmed."""
-    for url in idx.all_urls():
+    for url in idx.configured_urls():
         if url != strip_credentials(url):
             text = text.replace(url, redact(url))
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
@@ -415,7 +429,7 @@ def _read_pins(text: str) -> dict[str, str]:
             continue
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", line)
         if m:
-            pins[str(canonicalize_name(m.group(1)))] = m.group(3)
+            pins[canonical(m.group(1))] = m.group(3)
     return pins
 
 

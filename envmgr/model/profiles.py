@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from ..core.compat import tomllib
 from ..core.errors import ProfileError
 from .names import canonical
@@ -147,7 +145,10 @@ def list_profiles(project: Path) -> list[str]:
     return sorted(p.stem for p in d.glob("*.toml") if not p.name.startswith("_"))
 
 
-def load(project: Path, name: str) -> Profile:
+def load(project: Path, name: str, *, requirements: bool = True) -> Profile:
+    """The profile ``name``, validated; with ``requirements=False`` its ``packages`` are not
+    parsed yet: the caller runs ``check_requirements`` itself (``lock`` does, while its
+    resolver starts) before it uses them for anything but the resolver's input."""
     path = profile_path(project, name)
     if name.startswith("_") and path.is_file():
         raise ProfileError(f"{path} is a shared base, not a profile (files starting with '_' are for 'extends')",
@@ -157,12 +158,36 @@ def load(project: Path, name: str) -> Profile:
     if not path.is_file():
         known = ", ".join(list_profiles(project)) or "none"
         raise ProfileError(f"no profile {name!r}: {path} does not exist", hint=f"profiles here: {known}")
-    return load_file(path, name)
+    return load_file(path, name, requirements=requirements)
 
 
-def load_file(path: Path, name: str | None = None) -> Profile:
+def load_file(path: Path, name: str | None = None, *, requirements: bool = True) -> Profile:
     data, origin, files = _load_chain(path, ())
-    return _validate(name or path.stem, path, data, origin, files)
+    profile = _validate(name or path.stem, path, data, origin, files)
+    if requirements:
+        check_requirements(profile)
+    return profile
+
+
+def check_requirements(p: Profile) -> None:
+    """``packages``: PEP 508 requirements, none of them torch (that is the ``torch`` key's).
+
+    Apart from the rest of the validation because it needs packaging's requirement parser
+    (~12 ms of imports), which ``lock`` loads while its resolver starts, not before.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for req in p.packages:
+        try:
+            parsed = Requirement(req)
+        except InvalidRequirement as exc:
+            # packaging's message spans lines (a caret under the column); keep the first
+            reason = str(exc).splitlines()[0] if str(exc) else "not PEP 508"
+            raise ProfileError(f"{p.where('packages')}: bad requirement {req!r}: {reason}",
+                               hint="write NAME, NAME==VERSION or NAME>=X,<Y")
+        if canonical(parsed.name) == "torch":
+            raise ProfileError(f"{p.where('packages')}: torch is set by the 'torch' key, not in packages",
+                               hint="remove it from packages")
 
 
 def _line_of(path: Path, key: str) -> int:
@@ -284,16 +309,6 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
         raise ProfileError(f"{where('python')}: python must be MAJOR.MINOR like \"3.11\", not {python!r}")
     platforms = _platforms(data.get("platform", DEFAULT_PLATFORM), where("platform"))
     packages = tuple(data.get("packages", ()))
-    for req in packages:
-        try:
-            parsed = Requirement(req)
-        except InvalidRequirement as exc:
-            # packaging's message spans lines (a caret under the column); keep the first
-            reason = str(exc).splitlines()[0] if str(exc) else "not PEP 508"
-            raise ProfileError(f"{where('packages')}: bad requirement {req!r}: {reason}",
-                               hint="write NAME, NAME==VERSION or NAME>=X,<Y")
-        if canonical(parsed.name) == "torch":
-            raise ProfileError(f"{where('packages')}: torch is set by the 'torch' key, not in packages", hint="remove it from packages")
     index_url = data.get("index-url", PYPI)
     torch_index_url = data.get("torch-index-url", "")
     for key in ("index-url", "torch-index-url"):
