@@ -347,16 +347,23 @@ def test_a_torch_file_that_lost_its_hash_since_is_still_locked_with_its_own(
     assert lock_file(project, "cu126").read_bytes() == through
 
 
-def test_a_bad_requirement_found_while_the_resolver_starts_stops_it_and_writes_no_lock(
-        fixture_index: FixtureIndex, tmp_path: Path) -> None:
-    # torch from the default index and no lock yet: the requirements are parsed while uv starts
+@pytest.mark.parametrize("variant,packages,error", [
+    ("cu126", ("numpy", "num py!"), "p.toml:4: bad requirement 'num py!'"),
+    ("cu126", ("numpy", "Torch>=2"), "p.toml:4: torch is set by the 'torch' key"),
+    ("cu999", ("numpy",), "p.toml:1: unknown variant 'cu999'"),
+    ("cu118", ("numpy",), "p.toml:5: torch 2.7 on PyPI is a cu126 build, not cu118"),
+])
+def test_a_profile_error_found_while_the_resolver_starts_stops_it_and_writes_no_lock(
+        fixture_index: FixtureIndex, tmp_path: Path, variant: str, packages: tuple[str, ...], error: str) -> None:
+    # torch from the default index and no lock yet: the requirements and the variant are
+    # checked (packaging's parser, the knowledge base) while uv starts
     idx = fixture_index
-    text = profile_text(idx, "cu126", packages=("numpy", "num py!"), torch_index_url=idx.pypi_url)
+    text = profile_text(idx, variant, packages=packages, torch_index_url=idx.pypi_url)
     project = make_project(tmp_path, {"p": text})
     for args in (["lock", "p"], ["lock", "p", "--quiet"]):
         proc = envmgr(project, *args)
         line = failed(proc)
-        assert "p.toml:4: bad requirement 'num py!'" in line, line
+        assert error in line, line
         assert ("resolving with uv" in proc.stderr) == ("--quiet" not in args)  # found once uv was started
         assert not lock_file(project, "p").exists() and not (project / "locks").exists()
 

@@ -28,7 +28,7 @@ from ..core import settings
 from ..core.errors import EnvmgrError, ProfileError
 from ..core.files import write_atomic
 from ..core.urls import redact
-from ..model.variants import kb, parse_torch_spec
+from ..model.torchspec import parse_torch_spec
 
 if TYPE_CHECKING:
     from ..model import facts as F
@@ -178,6 +178,7 @@ def check_variant(profile: Profile, facts: F.BuildFacts, torch_version: str, ind
 def family_required(facts: F.BuildFacts, profile: Profile) -> set[str]:
     """The torch-family packages this build requires on the profile's target (triton, ...)."""
     from ..model import facts as F
+    from ..model.variants import kb
 
     env = F.target_env(profile.python, profile.platform)
     return {n for n, _ in facts.requirements(env) if kb().is_torch_family(n)}
@@ -191,6 +192,7 @@ def lock_facts(variant: str, torch_version: str, build: F.BuildFacts | None, bin
     ``arch-list``, ``ptx``, the build's ``cudnn``/``nccl``/``triton`` pins and its version
     (``build``), and the source of each of the first five."""
     from ..model import facts as F
+    from ..model.variants import kb
 
     k = kb()
     if build is not None:
@@ -300,6 +302,7 @@ def drift(lock: Lock) -> list[str]:
     """Facts the lock records that the knowledge base (plus overlays) or its torch binary
     (when read before) no longer agree with: one line each, naming the fact."""
     from ..model import facts as F
+    from ..model.variants import kb
 
     m = lock.meta
     torch = lock.package("torch")

@@ -26,7 +26,6 @@ from ..core.urls import redact
 from ..model import profiles
 from ..model.names import canonical
 from ..model.profiles import Profile
-from ..model.variants import kb
 from ..net.credentials import Auth
 from . import facts as wheelfacts
 from . import resolve
@@ -136,6 +135,8 @@ def _profile_lock(project: Path, name: str):
 def _verify(profile: Profile, idx: resolve.Indexes, packages) -> None:
     from packaging.version import Version
 
+    from ..model.variants import kb
+
     torch = next((p for p in packages if p.name == "torch"), None)
     if torch is None:
         raise ResolutionError(f"profile {profile.name}: the resolution has no torch")
@@ -158,6 +159,8 @@ def _family_guess(profile: Profile, previous: Lock | None) -> tuple[str, ...] | 
     if previous is None or previous.meta.variant != profile.variant:
         return None
     from packaging.requirements import Requirement
+
+    from ..model.variants import kb
 
     direct = {canonical(Requirement(r).name) for r in profile.requirements}
     return tuple(sorted(p.key for p in previous.packages
@@ -262,15 +265,16 @@ def merge_platforms(profile: Profile, per_platform: dict[str, list]) -> list:
 def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, upgrade: bool = False,
              upgrade_packages: tuple[str, ...] = (), verify: bool = False, log: Log = None,
              unchecked: bool = False) -> LockResult:
-    """``unchecked``: the profile was loaded without ``profiles.check_requirements``, which runs
-    here while the resolver starts (a bad requirement stops it, and nothing is written)."""
+    """``unchecked``: the profile was loaded without ``profiles.check_late``, which runs here
+    while the resolver starts (a failed check stops it, and nothing is written)."""
     started = time.monotonic()
     name = profile.name
     path = lock_path(project, name)
-    if unchecked and (path.exists() or not profile.torch_from_default):
-        # a re-lock (its family guess) and the torch index's sources read the requirements'
-        # names before the resolver starts: then they are checked first, as by ``load``
-        profiles.check_requirements(profile)
+    if unchecked and (path.exists() or profile.torch_index_url != profile.index_url):
+        # a re-lock (its family guess), a torch index (its sources, the variant's URL) read
+        # the requirements' names or the knowledge base before the resolver starts: then the
+        # profile is checked in full first, as ``load`` does
+        profiles.check_late(profile)
         unchecked = False
     with _profile_lock(project, name):
         previous_text = path.read_text("utf-8") if path.exists() else None
@@ -294,13 +298,17 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
 
         def meanwhile() -> None:
             if unchecked:
-                profiles.check_requirements(profile)
+                profiles.check_late(profile)
             version()
             import hashlib  # noqa: F401  (the fingerprint's; loaded here, off the critical path)
 
             from ..model import facts, lockfile  # noqa: F401  (the lock model and the build's facts: likewise)
 
             idx.default  # noqa: B018  (the default index's URL, asked of pip: every package's record names it)
+            if idx.torch:  # a torch index publishes no sizes: resolve.finish reads them (cached by URL)
+                from concurrent.futures import ThreadPoolExecutor  # noqa: F401
+
+                from ..net import fetch  # noqa: F401
 
             # No torch file's facts cached yet (a first lock, a fresh cache): the facts of the
             # file the resolver will pick are read now, while it works, rather than after it.
@@ -425,10 +433,10 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
                   upgrade_packages: list[str] = (), verify: bool = False, jobs: int = 4,
                   log: Log = None) -> list[LockResult]:
     """Lock several profiles at once; every profile is attempted, then the first error raised."""
-    # Every profile validates before any resolution; one profile's requirements are parsed
-    # while its resolver starts (packaging's parser is ~12 ms of imports).
+    # Every profile validates before any resolution; one profile's late checks (packaging's
+    # requirement parser, the knowledge base) run while its resolver starts.
     one = len(names) == 1
-    loaded = {n: profiles.load(project, n, requirements=not one) for n in names}
+    loaded = {n: profiles.load(project, n, late=one) for n in names}
     if resolver is not None:
         resolve.backend(resolver)
     results: dict[str, LockResult] = {}

@@ -26,17 +26,19 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 from urllib.parse import urlsplit
 
 from ..core.compat import tomllib
 from ..core.errors import ResolutionError, UserError
 from ..core.urls import expand_env, redact, strip_credentials
-from ..model.lockfile import LockedFile, LockedPackage, toml_str
 from ..model.names import canonical
 from ..model.profiles import PYPI, Profile
-from ..model.variants import kb
+from ..model.tomltext import toml_str
 from ..venv.uvtool import clean_env, running_python, uv_bin, uv_version
+
+if TYPE_CHECKING:
+    from ..model.lockfile import LockedPackage
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class Indexes:
 
     def recorded(self, name: str, file_url: str) -> str:
         """The index a package is recorded as coming from (no credentials)."""
+        from ..model.variants import kb
+
         if self.torch and kb().is_torch_family(name):
             return strip_credentials(self.torch)
         if self.extra:
@@ -159,6 +163,9 @@ class UvBackend:
         return uv_version()
 
     def resolve(self, req: Request) -> list[Pinned]:
+        # the knowledge base: read here before uv starts on a torch index's route only
+        from ..model.variants import kb
+
         p = req.profile
         idx = Indexes.of(p)
         direct = _direct(p) if idx.torch else set()
@@ -281,31 +288,39 @@ def _direct(p: Profile) -> set[str]:
 
 def _sourced(p: Profile, extra_family: list[str]) -> list[str]:
     """The torch-family projects uv takes from the torch index (``[tool.uv.sources]``)."""
+    from ..model.variants import kb
+
     return sorted({n for n in _direct(p) if kb().is_torch_family(n)} | set(extra_family))
 
 
-def _hashed_record(index: str) -> Path:
-    import hashlib
-
+def _hashed_record() -> Path:
     from ..core.settings import cache_dir
 
-    return cache_dir() / "index-hashes" / f"{hashlib.sha256(strip_credentials(index).encode()).hexdigest()[:32]}.json"
+    return cache_dir() / "index-hashes.json"
+
+
+def _hashed_all() -> dict:
+    import json
+
+    try:
+        data = json.loads(_hashed_record().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def hashed_projects(index: str) -> set[str]:
     """The projects whose pages on ``index`` published a hash for every file, when last read
     through the routing index (remembered in envmgr's cache; none when not known)."""
-    import json
-
-    try:
-        return set(json.loads(_hashed_record(index).read_text())["hashed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+    known = _hashed_all().get(strip_credentials(index))
+    return set(known) if isinstance(known, list) else set()
 
 
 def remember_hashed(index: str, hashed: set[str], unhashed: set[str]) -> None:
     """Record which projects' pages on ``index`` hash every file (``hashed``) or not (``unhashed``)."""
-    known = hashed_projects(index)
+    every = _hashed_all()
+    key = strip_credentials(index)
+    known = set(every.get(key) or ())
     now = (known | hashed) - unhashed
     if now == known:
         return
@@ -313,9 +328,9 @@ def remember_hashed(index: str, hashed: set[str], unhashed: set[str]) -> None:
 
     from ..core.files import write_atomic
 
-    record = {"index": strip_credentials(index), "hashed": sorted(now)}
-    try:
-        write_atomic(_hashed_record(index), json.dumps(record, sort_keys=True), fsync=False)
+    every[key] = sorted(now)
+    try:  # a hint: a lost or torn one is read as none (the routing index is used), so no fsync
+        write_atomic(_hashed_record(), json.dumps(every, sort_keys=True, indent=1), fsync=False)
     except OSError:
         pass  # a cache that cannot be written: the next lock reads through the routing index again
 
@@ -367,6 +382,7 @@ class PipToolsBackend:
         return version("pip-tools")
 
     def resolve(self, req: Request) -> list[Pinned]:
+        from ..model.variants import kb
         from ..net import indexclient
         from .indexproxy import RoutingIndex
 
@@ -445,6 +461,8 @@ def backend(name: str) -> Backend:
 
 def finish(pinned: list[Pinned], *, auth, cache: Path | None = None) -> list[LockedPackage]:
     """Fill in unpublished hashes (download once, cached by URL) and sizes (HEAD, cached)."""
+    from ..model.lockfile import LockedFile, LockedPackage
+
     files = [f for p in pinned for f in (*p.wheels, *((p.sdist,) if p.sdist else ()))]
     # Files with a published hash and size need nothing (no thread, no request); the rest in parallel.
     finished = {f: LockedFile(f.url, f.sha256, f.size) for f in files

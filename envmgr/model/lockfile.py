@@ -21,6 +21,7 @@ from ..core.settings import lock_path  # noqa: F401 - part of the lock model's A
 from .names import canonical
 from .platforms import PLATFORMS, host, wheel_fits
 from .sourced import Sourced
+from .tomltext import toml_str
 
 LOCK_VERSION = "1.0"
 FORMAT = 1  # [tool.envmgr] format; bump when the table's meaning changes
@@ -212,11 +213,6 @@ def changed_inputs(old: dict, new: dict) -> list[str]:
 
 # -- serialisation ------------------------------------------------------------------------
 
-def toml_str(text: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's (\\" \\\\ \\n \\uXXXX); DEL must be escaped too."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
 def _value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -406,9 +402,13 @@ def check_consistency(lock: Lock, where: str | Path = "<lock>") -> None:
     diff show an upgrade that installs nothing new, or an export pin a version whose hash
     can never match. LockFileError names the package and the file.
     """
-    # packaging's filename parsers (~7 ms with packaging.tags) load here, where they are used:
-    # ``lock`` imports this module before its resolver starts
-    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+    # packaging's filename parsers (~7 ms with packaging.tags) load here, where they are used
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
     from packaging.version import InvalidVersion, Version
 
     for pkg in lock.packages:

@@ -16,7 +16,7 @@ from ..core.compat import tomllib
 from ..core.errors import ProfileError
 from .names import canonical
 from .platforms import DEFAULT_PLATFORM, PLATFORMS
-from .variants import is_variant_name, kb, parse_torch_spec
+from .torchspec import is_variant_name, parse_torch_spec
 
 PYPI = "pypi"  # keyword: the resolver's default index (PyPI), resolved at run time
 
@@ -70,7 +70,11 @@ class Profile:
     @property
     def torch_index(self) -> str:
         """The torch-family index: a URL or ``pypi``."""
-        return self.torch_index_url or kb().index_url(self.variant)
+        if self.torch_index_url:
+            return self.torch_index_url
+        from .variants import kb
+
+        return kb().index_url(self.variant)
 
     @property
     def torch_from_default(self) -> bool:
@@ -145,10 +149,11 @@ def list_profiles(project: Path) -> list[str]:
     return sorted(p.stem for p in d.glob("*.toml") if not p.name.startswith("_"))
 
 
-def load(project: Path, name: str, *, requirements: bool = True) -> Profile:
-    """The profile ``name``, validated; with ``requirements=False`` its ``packages`` are not
-    parsed yet: the caller runs ``check_requirements`` itself (``lock`` does, while its
-    resolver starts) before it uses them for anything but the resolver's input."""
+def load(project: Path, name: str, *, late: bool = False) -> Profile:
+    """The profile ``name``, validated. With ``late``, the checks that need packaging's
+    requirement parser or the knowledge base (``check_late``, ~15 ms of imports) are left to
+    the caller, which runs them before it uses the profile for anything but the resolver's
+    input (``lock`` runs them while its resolver starts)."""
     path = profile_path(project, name)
     if name.startswith("_") and path.is_file():
         raise ProfileError(f"{path} is a shared base, not a profile (files starting with '_' are for 'extends')",
@@ -158,25 +163,26 @@ def load(project: Path, name: str, *, requirements: bool = True) -> Profile:
     if not path.is_file():
         known = ", ".join(list_profiles(project)) or "none"
         raise ProfileError(f"no profile {name!r}: {path} does not exist", hint=f"profiles here: {known}")
-    return load_file(path, name, requirements=requirements)
+    return load_file(path, name, late=late)
 
 
-def load_file(path: Path, name: str | None = None, *, requirements: bool = True) -> Profile:
+def load_file(path: Path, name: str | None = None, *, late: bool = False) -> Profile:
     data, origin, files = _load_chain(path, ())
     profile = _validate(name or path.stem, path, data, origin, files)
-    if requirements:
-        check_requirements(profile)
+    if not late:
+        check_late(profile)
     return profile
 
 
-def check_requirements(p: Profile) -> None:
-    """``packages``: PEP 508 requirements, none of them torch (that is the ``torch`` key's).
-
-    Apart from the rest of the validation because it needs packaging's requirement parser
-    (~12 ms of imports), which ``lock`` loads while its resolver starts, not before.
-    """
+def check_late(p: Profile) -> None:
+    """The variant against the knowledge base, and ``packages``: PEP 508 requirements, none of
+    them torch (that is the ``torch`` key's). See ``load``."""
     from packaging.requirements import InvalidRequirement, Requirement
 
+    from .variants import kb
+
+    if not kb().is_known_variant(p.variant):
+        raise _unknown_variant(p.where("variant"), p.variant)
     for req in p.packages:
         try:
             parsed = Requirement(req)
@@ -188,6 +194,13 @@ def check_requirements(p: Profile) -> None:
         if canonical(parsed.name) == "torch":
             raise ProfileError(f"{p.where('packages')}: torch is set by the 'torch' key, not in packages",
                                hint="remove it from packages")
+    _check_variant_facts(p, p.where)
+
+
+def _unknown_variant(where: str, variant: str) -> ProfileError:
+    from .variants import kb
+
+    return ProfileError(f"{where}: unknown variant {variant!r}", hint=f"known variants: {', '.join(kb().known_variants())}")
 
 
 def _line_of(path: Path, key: str) -> int:
@@ -293,13 +306,9 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
     for required in ("variant", "torch", "python"):
         if required not in data:
             raise ProfileError(f"{path}: missing required key {required!r}", hint=KEYS[required][1])
-    k = kb()
     variant = data["variant"]
-    if not is_variant_name(variant) or not k.is_known_variant(variant):
-        raise ProfileError(
-            f"{where('variant')}: unknown variant {variant!r}",
-            hint=f"known variants: {', '.join(k.known_variants())}",
-        )
+    if not is_variant_name(variant):
+        raise _unknown_variant(where("variant"), variant)
     try:
         parse_torch_spec(data["torch"])
     except ValueError as exc:
@@ -334,7 +343,6 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
         description=data.get("description", ""),
         files=files,
     )
-    _check_variant_facts(profile, where)
     return profile
 
 
@@ -354,6 +362,8 @@ def _platforms(value, where: str) -> tuple[str, ...]:
 
 def _check_variant_facts(p: Profile, where) -> None:
     """Cross-check variant, torch, python and index against the knowledge base."""
+    from .variants import kb
+
     k = kb()
     releases = k.releases_admitted(p.torch)
     if not releases:

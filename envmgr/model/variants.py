@@ -15,7 +15,6 @@ driver minimum of the newest known CUDA of the same major.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from ..core.errors import UserError
 from .gpucompat import driver_at_least, version_tuple
 from .names import canonical
 from .sourced import Sourced
-
-_VARIANT_RE = re.compile(r"^(cpu|cu\d{3}|rocm\d+\.\d+(\.\d+)?|xpu)$")
+from .torchspec import is_variant_name, parse_torch_spec  # noqa: F401 - part of this module's API
 
 
 @dataclass(frozen=True)
@@ -244,21 +242,6 @@ class KnowledgeBase:
 
     def is_torch_family(self, name: str) -> bool:
         return canonical(name) in self.torch_family
-
-
-def parse_torch_spec(spec: str) -> SpecifierSet:
-    """``"2.7.1"`` means ``==2.7.1``; anything else must be a PEP 440 specifier."""
-    text = spec.strip()
-    if text and text[0].isdigit():
-        text = "==" + text
-    try:
-        return SpecifierSet(text)
-    except InvalidSpecifier as exc:
-        raise ValueError(f"not a version or specifier: {spec!r}") from exc
-
-
-def is_variant_name(variant: str) -> bool:
-    return bool(_VARIANT_RE.match(variant))
 
 
 def _is_inferred(source: str) -> bool:
