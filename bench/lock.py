@@ -3,6 +3,7 @@
 
     python bench/lock.py [--profile default] [--reps 5] [--pip-timeout 60] [--no-pip-compile]
                          [--no-pip-tools] [--no-floor] [--compare-src DIR] [--keep]
+                         [--torch-index-route | --only-torch-index-route] [--two-platform]
 
 Locks the profile (the shipped ``default`` resolves from PyPI alone) in a scratch copy of
 the project, so the repository's own lock is never touched, and times, in one run:
@@ -28,7 +29,9 @@ the project, so the repository's own lock is never touched, and times, in one ru
   a separate, explicit index (the cu118 path; here a local PEP 503 index listing the default
   index's torch and triton files, as the PyTorch index lists its own), against ``uv pip
   compile`` of a pyproject giving uv the same explicit index (``[tool.uv.sources]``), and the
-  floor for it.
+  floor for it;
+* with ``--two-platform``, the profile locked for linux-x86_64 and linux-aarch64 at once
+  (``platform = [...]``) against ``uv pip compile`` run once per platform, one after the other.
 
 Paired ratios: the median of each rep's ratio (the tools run seconds apart, alternating).
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -242,6 +246,46 @@ def route_tools(profile, scratch: Path, python: str, envmgr_bin: list[str], in_p
     return tools, server.shutdown
 
 
+def two_platform(profile, scratch: Path, envmgr_bin: list[str], reps: int, in_place: bool) -> None:
+    """The profile locked for two platforms at once (``platform = [...]``: one resolution per
+    platform, concurrently, then merged) against ``uv pip compile`` run once per platform, one
+    run after the other (what a user without envmgr runs for the same two answers)."""
+    platforms = ("linux-x86_64", "linux-aarch64")
+    project = scratch / "two-platform"
+    (project / "profiles").mkdir(parents=True)
+    for f in profile.files:
+        shutil.copy2(f, project / "profiles" / f.name)
+    text = (project / "profiles" / f"{profile.name}.toml").read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("platform"))
+    listed = ", ".join(f'"{p}"' for p in platforms)
+    (project / "profiles" / "two.toml").write_text(text + f"\nplatform = [{listed}]\n")
+    work = scratch / "two-platform-uv"
+    work.mkdir()
+    (work / "requirements.in").write_text("".join(f"{r}\n" for r in profile.requirements))
+    runs = []
+    for platform in platforms:
+        tag = profiles.PLATFORMS[platform][0]
+        runs.append(" ".join([shlex.quote(uv_bin()), "pip", "compile", "requirements.in", "--format", "pylock.toml",
+                              "-o", f"pylock.{platform.split('-')[1]}.toml", "--python-version", profile.python,
+                              "--python-platform", tag, "--quiet"]))
+    tools = [
+        Tool("envmgr lock (2 platforms)", [*envmgr_bin[:-2], "two", "--quiet"], project,
+             [project / "locks" / "pylock.two.toml"], 600,
+             env={"ENVMGR_PROJECT": str(project), **({"PYTHONPATH": str(REPO)} if in_place else {})}),
+        Tool("uv pip compile x86_64; aarch64", ["sh", "-c", " && ".join(runs)], work,
+             [work / f"pylock.{p.split('-')[1]}.toml" for p in platforms], 600),
+    ]
+    print(f"\ntwo platforms: {' and '.join(platforms)} in one lock, against one uv pip compile a platform", flush=True)
+    measure(tools, reps, scratch)
+    print_rows(tools)
+    for mode in ("cold", "warm"):
+        a, b, pair = tools[0].median(mode), tools[1].median(mode), paired(tools[0], tools[1], mode)
+        if a is None or b is None or pair is None:
+            print(f"ratio {tools[0].label} / {tools[1].label} ({mode}): n/a")
+            continue
+        print(f"ratio {tools[0].label} / {tools[1].label} ({mode}): {a / b:.2f}x (paired {pair:.2f}x)")
+
+
 def report_paired(envmgr: Tool, uv: Tool, floor: Tool | None) -> bool:
     """Paired ratios to uv; envmgr's within 0.10 of the floor's warm and 0.25 cold (issue 12)."""
     ok = True
@@ -278,6 +322,9 @@ def main() -> int:
     ap.add_argument("--torch-index-route", action="store_true",
                     help="also time the route with the torch family from a separate explicit index")
     ap.add_argument("--only-torch-index-route", action="store_true", help="time only that route")
+    ap.add_argument("--two-platform", action="store_true",
+                    help="also time the profile locked for linux-x86_64 and linux-aarch64 at once against "
+                         "uv pip compile run once a platform")
     args = ap.parse_args()
 
     profile = profiles.load(REPO, args.profile)
@@ -416,6 +463,8 @@ def main() -> int:
         print(line)
     if args.torch_index_route:
         ok &= torch_index_route(profile, scratch, python, envmgr_cmd, args.reps, args.in_place)
+    if args.two_platform:
+        two_platform(profile, scratch, envmgr_cmd, args.reps, args.in_place)
     if args.keep:
         print(f"scratch kept: {scratch}")
     else:
