@@ -8,7 +8,8 @@ Sections (append new shared fixtures under a section of their own):
 * hermetic environment (autouse) -- no ``PIP_*``/``UV_*``/``ENVMGR_*``
   from the caller's shell, no pip/uv config files, per-test envmgr cache;
 * fixture index -- ``fixture_index`` (session, read-only) and
-  ``fresh_index`` (per test, mutable).
+  ``fresh_index`` (per test, mutable);
+* scripted HTTP servers -- ``scripted`` (tests/loopback.py's ``Scripted``).
 """
 
 from __future__ import annotations
@@ -129,6 +130,28 @@ def fresh_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixtureInd
     index = FixtureIndex(tmp_path_factory.mktemp("fresh-index"))
     yield index
     index.stop()
+
+
+# ---------------------------------------------------------------------------
+# Scripted HTTP servers (see tests/loopback.py)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scripted() -> Iterator:
+    """``scripted(*answers, protocol=..., close=...)`` starts a ``loopback.Scripted`` server on
+    127.0.0.1; every one started is closed after the test."""
+    from loopback import Scripted
+
+    servers = []
+
+    def make(*script, **kw):
+        servers.append(Scripted(*script, **kw))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
 
 
 # ---------------------------------------------------------------------------

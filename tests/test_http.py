@@ -9,50 +9,9 @@ import time
 from email.utils import formatdate
 
 import pytest
-from loopback import LoopbackServer
 
 from envmgr.core.errors import NetworkError, UserError
 from envmgr.net import http
-
-
-class Scripted(LoopbackServer):
-    """Answers each request with the next (status, headers, body) of ``script``; the last
-    one is repeated. ``cut`` answers promise more body than they send."""
-
-    methods = ("GET", "HEAD", "POST", "PUT")
-
-    def __init__(self, *script: tuple[int, dict, bytes]) -> None:
-        self.script = list(script)
-        self.seen: list[tuple[str, str, str | None, float]] = []  # method, path, Authorization, time
-        self.start()
-
-    def answer(self, h) -> None:
-        self.seen.append((h.command, h.path, h.headers.get("Authorization"), time.monotonic()))
-        status, headers, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        headers = dict(headers)
-        h.send_response(status)
-        length = headers.pop("X-Promise", len(body))
-        for k, v in headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(length))
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(body)
-        if length != len(body):
-            h.close_connection = True
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def make(*script):
-        servers.append(Scripted(*script))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -60,23 +19,23 @@ def quick(monkeypatch):
     monkeypatch.setattr(http, "BACKOFF", 0.01)
 
 
-def test_503_with_retry_after_then_200(serve):
-    srv = serve((503, {"Retry-After": "1"}, b"busy"), (200, {}, b"hello"))
+def test_503_with_retry_after_then_200(scripted):
+    srv = scripted((503, {"Retry-After": "1"}, b"busy"), (200, {}, b"hello"))
     resp = http.get(srv.url + "/page")
     assert resp.status_code == 200 and resp.text == "hello"
     assert [m for m, *_ in srv.seen] == ["GET", "GET"]
-    assert srv.seen[1][3] - srv.seen[0][3] >= 0.9  # Retry-After honoured, not the 10 ms back-off
+    assert srv.seen[1].time - srv.seen[0].time >= 0.9  # Retry-After honoured, not the 10 ms back-off
 
 
-def test_retry_after_as_a_date(serve):
-    srv = serve((429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)}, b""), (200, {}, b"ok"))
+def test_retry_after_as_a_date(scripted):
+    srv = scripted((429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)}, b""), (200, {}, b"ok"))
     assert http.get(srv.url + "/x").text == "ok"
     assert len(srv.seen) == 2
-    assert srv.seen[1][3] - srv.seen[0][3] >= 0.9  # whole seconds: 1 to 2 s from now
+    assert srv.seen[1].time - srv.seen[0].time >= 0.9  # whole seconds: 1 to 2 s from now
 
 
-def test_retries_are_bounded_and_configurable(serve, monkeypatch):
-    srv = serve((502, {}, b""))
+def test_retries_are_bounded_and_configurable(scripted, monkeypatch):
+    srv = scripted((502, {}, b""))
     monkeypatch.setenv("ENVMGR_HTTP_RETRIES", "3")
     with pytest.raises(NetworkError, match=r"/x: HTTP 502$"):
         http.get(srv.url + "/x")
@@ -100,15 +59,15 @@ def test_bad_retry_setting_is_a_user_error(value, monkeypatch):
         http.retries()
 
 
-def test_a_request_with_a_body_is_sent_once(serve):
-    srv = serve((503, {}, b""), (200, {}, b""))
+def test_a_request_with_a_body_is_sent_once(scripted):
+    srv = scripted((503, {}, b""), (200, {}, b""))
     with pytest.raises(NetworkError, match="HTTP 503"):
         http.request("POST", srv.url + "/upload", data=b"payload")
     assert len(srv.seen) == 1
 
 
-def test_no_retry_on_a_client_error(serve):
-    srv = serve((404, {}, b""), (200, {}, b""))
+def test_no_retry_on_a_client_error(scripted):
+    srv = scripted((404, {}, b""), (200, {}, b""))
     with pytest.raises(NetworkError, match=r"HTTP 404 \(not found\)"):
         http.get(srv.url + "/gone")
     assert len(srv.seen) == 1
@@ -131,34 +90,34 @@ def test_connection_refused_is_retried_then_one_redacted_line(monkeypatch):
     assert calls == list(range(http.RETRIES))
 
 
-def test_credentials_go_in_a_header_and_refusal_is_redacted(serve):
-    srv = serve((401, {}, b""))
+def test_credentials_go_in_a_header_and_refusal_is_redacted(scripted):
+    srv = scripted((401, {}, b""))
     with pytest.raises(NetworkError) as err:
         http.get(srv.url.replace("http://", "http://bot:hunter2@") + "/simple/")
-    method, path, authorization, _ = srv.seen[0]
+    method, path, _, authorization, *_ = srv.seen[0]
     assert path == "/simple/" and authorization == "Basic " + base64.b64encode(b"bot:hunter2").decode()
     line = str(err.value)
     assert "HTTP 401 (credentials missing or refused)" in line and "bot:****@" in line and "hunter2" not in line
     assert "~/.netrc" in line
 
 
-def test_a_named_server_and_a_json_reason(serve):
-    srv = serve((400, {"Content-Type": "application/json"}, b'{"errors": [{"code": "DIGEST_INVALID"}]}'))
+def test_a_named_server_and_a_json_reason(scripted):
+    srv = scripted((400, {"Content-Type": "application/json"}, b'{"errors": [{"code": "DIGEST_INVALID"}]}'))
     server = http.Server("registry here", reach_hint="is it running?", auth_hint="log in")
     with pytest.raises(NetworkError) as err:
         http.request("PUT", srv.url + "/v2/x", server=server, what="upload of blob b")
     assert str(err.value) == 'registry here: HTTP 400 for upload of blob b: {"errors": [{"code": "DIGEST_INVALID"}]}'
 
 
-def test_a_body_that_breaks_off(serve):
-    srv = serve((200, {"X-Promise": 1000}, b"x" * 100))
+def test_a_body_that_breaks_off(scripted):
+    srv = scripted((200, {"X-Promise": 1000}, b"x" * 100))
     with http.get(srv.url + "/f.whl", stream=True) as resp:
         with pytest.raises(NetworkError, match=r"download of http://127\.0\.0\.1:\d+/f\.whl broke off after 100 bytes"):
             b"".join(http.body(resp, chunk=10))
 
 
-def test_head_follows_redirects(serve):
-    srv = serve((302, {"Location": "/real"}, b""), (200, {"X-Size": "5"}, b""))
+def test_head_follows_redirects(scripted):
+    srv = scripted((302, {"Location": "/real"}, b""), (200, {"X-Size": "5"}, b""))
     resp = http.request("HEAD", srv.url + "/f")
     assert resp.status_code == 200 and [p for _, p, *_ in srv.seen] == ["/f", "/real"]
 

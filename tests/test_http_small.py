@@ -12,53 +12,9 @@ import sys
 import time
 
 import pytest
-from loopback import LoopbackServer
 
 from envmgr.core.errors import NetworkError
 from envmgr.net import http
-
-
-class Scripted(LoopbackServer):
-    """Answers each request with the next (status, headers, body) of ``script`` (the last one
-    repeated); records (method, path, Host, Authorization, client port, time)."""
-
-    methods = ("GET", "HEAD")
-
-    def __init__(self, *script: tuple[int, dict, bytes], protocol: str = "HTTP/1.0", close: bool = False) -> None:
-        self.script = list(script)
-        self.protocol = protocol
-        self.close_after = close  # HTTP/1.1 without saying so: the connection just ends
-        self.seen: list[tuple] = []
-        self.start()
-
-    def answer(self, h) -> None:
-        self.seen.append((h.command, h.path, h.headers.get("Host"), h.headers.get("Authorization"),
-                          h.client_address[1], time.monotonic()))
-        status, headers, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        headers = dict(headers)
-        h.send_response(status)
-        length = headers.pop("X-Promise", len(body))
-        for k, v in headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(length))
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(body)
-        if length != len(body) or self.close_after:
-            h.close_connection = True
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def make(*script, **kw):
-        servers.append(Scripted(*script, **kw))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -69,17 +25,17 @@ def quick(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_a_whole_answer_and_a_kept_connection(serve):
-    srv = serve((200, {"Content-Type": "text/html; charset=utf-8"}, "é".encode()), protocol="HTTP/1.1")
+def test_a_whole_answer_and_a_kept_connection(scripted):
+    srv = scripted((200, {"Content-Type": "text/html; charset=utf-8"}, "é".encode()), protocol="HTTP/1.1")
     first = http.small("GET", srv.url + "/simple/a/")
     second = http.small("GET", srv.url + "/simple/b/")
     assert first.status_code == 200 and first.text == "é" and first.content == "é".encode()
     assert first.url == srv.url + "/simple/a/"
-    assert second.text == "é" and srv.seen[0][4] == srv.seen[1][4]  # one connection, kept
+    assert second.text == "é" and srv.seen[0].port == srv.seen[1].port  # one connection, kept
 
 
-def test_a_kept_connection_the_server_closed_is_replaced_without_a_retry(serve, monkeypatch):
-    srv = serve((200, {}, b"ok"), protocol="HTTP/1.1", close=True)
+def test_a_kept_connection_the_server_closed_is_replaced_without_a_retry(scripted, monkeypatch):
+    srv = scripted((200, {}, b"ok"), protocol="HTTP/1.1", close=True)
     monkeypatch.setenv("ENVMGR_HTTP_RETRIES", "0")
     assert http.small("GET", srv.url + "/a").text == "ok"
     time.sleep(0.05)
@@ -87,14 +43,14 @@ def test_a_kept_connection_the_server_closed_is_replaced_without_a_retry(serve, 
     assert [p for _, p, *_ in srv.seen] == ["/a", "/b"]
 
 
-def test_503_with_retry_after_then_200(serve):
-    srv = serve((503, {"Retry-After": "1"}, b"busy"), (200, {}, b"hello"))
+def test_503_with_retry_after_then_200(scripted):
+    srv = scripted((503, {"Retry-After": "1"}, b"busy"), (200, {}, b"hello"))
     assert http.small("GET", srv.url + "/page").text == "hello"
-    assert srv.seen[1][5] - srv.seen[0][5] >= 0.9
+    assert srv.seen[1].time - srv.seen[0].time >= 0.9
 
 
-def test_retries_are_bounded_and_a_status_outside_ok_is_one_line(serve, monkeypatch):
-    srv = serve((502, {}, b""))
+def test_retries_are_bounded_and_a_status_outside_ok_is_one_line(scripted, monkeypatch):
+    srv = scripted((502, {}, b""))
     monkeypatch.setenv("ENVMGR_HTTP_RETRIES", "3")
     with pytest.raises(NetworkError, match=r"/x: HTTP 502$"):
         http.small("GET", srv.url + "/x")
@@ -120,69 +76,69 @@ def test_connection_refused_is_retried_then_one_redacted_line(monkeypatch):
     assert calls == list(range(http.RETRIES))
 
 
-def test_a_body_that_breaks_off_is_tried_again(serve):
-    srv = serve((200, {"X-Promise": 1000}, b"x" * 100), (200, {}, b"whole"))
+def test_a_body_that_breaks_off_is_tried_again(scripted):
+    srv = scripted((200, {"X-Promise": 1000}, b"x" * 100), (200, {}, b"whole"))
     assert http.small("GET", srv.url + "/p").text == "whole"
     assert len(srv.seen) == 2
 
 
-def test_credentials_go_in_a_header_and_refusal_is_redacted(serve):
-    srv = serve((401, {}, b""))
+def test_credentials_go_in_a_header_and_refusal_is_redacted(scripted):
+    srv = scripted((401, {}, b""))
     with pytest.raises(NetworkError) as err:
         http.small("GET", srv.url.replace("http://", "http://bot:hunter2@") + "/simple/")
-    assert srv.seen[0][3] == "Basic " + base64.b64encode(b"bot:hunter2").decode()
+    assert srv.seen[0].authorization == "Basic " + base64.b64encode(b"bot:hunter2").decode()
     line = str(err.value)
     assert "HTTP 401 (credentials missing or refused)" in line and "bot:****@" in line and "hunter2" not in line
     assert "~/.netrc" in line
 
 
-def test_netrc_gives_credentials_when_the_url_has_none(serve, tmp_path, monkeypatch):
-    srv = serve((200, {}, b"ok"))
+def test_netrc_gives_credentials_when_the_url_has_none(scripted, tmp_path, monkeypatch):
+    srv = scripted((200, {}, b"ok"))
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login bot password s3cret\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     http.small("GET", srv.url + "/simple/")
-    assert srv.seen[0][3] == "Basic " + base64.b64encode(b"bot:s3cret").decode()
+    assert srv.seen[0].authorization == "Basic " + base64.b64encode(b"bot:s3cret").decode()
 
 
-def test_redirects_are_followed_and_credentials_stay_with_their_host(serve):
-    other = serve((200, {}, b"there"))
+def test_redirects_are_followed_and_credentials_stay_with_their_host(scripted):
+    other = scripted((200, {}, b"there"))
     there = other.url.replace("127.0.0.1", "localhost") + "/files/f.whl"
-    srv = serve((302, {"Location": "/real"}, b""), (200, {}, b"here"), (301, {"Location": there}, b""))
+    srv = scripted((302, {"Location": "/real"}, b""), (200, {}, b"here"), (301, {"Location": there}, b""))
     answer = http.small("GET", srv.url.replace("http://", "http://bot:pw@") + "/f")
     assert answer.text == "here" and answer.url == srv.url + "/real"
     assert [(p, a is not None) for _, p, _, a, *_ in srv.seen] == [("/f", True), ("/real", True)]
     moved = http.small("HEAD", srv.url.replace("http://", "http://bot:pw@") + "/g")
     assert moved.status_code == 200 and moved.url == there
-    assert other.seen[0][:2] == ("HEAD", "/files/f.whl") and other.seen[0][3] is None  # not sent to another host
+    assert other.seen[0][:2] == ("HEAD", "/files/f.whl") and other.seen[0].authorization is None  # not sent to another host
 
 
-def test_a_compressed_body_is_decoded(serve):
-    srv = serve((200, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, gzip.compress(b'{"a": 1}')))
+def test_a_compressed_body_is_decoded(scripted):
+    srv = scripted((200, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, gzip.compress(b'{"a": 1}')))
     assert http.small("GET", srv.url + "/j").json() == {"a": 1}
 
 
-def test_a_body_over_the_limit_is_not_read(serve):
-    srv = serve((200, {}, b"x" * 5000), (206, {"Content-Range": "bytes 0-9/5000"}, b"y" * 10))
+def test_a_body_over_the_limit_is_not_read(scripted):
+    srv = scripted((200, {}, b"x" * 5000), (206, {"Content-Range": "bytes 0-9/5000"}, b"y" * 10))
     assert http.small("GET", srv.url + "/f", limit=100).content is None
     got = http.small("GET", srv.url + "/f", limit=100, ok=(206,))
     assert got.content == b"y" * 10 and http.range_of(got) == (0, 10, 5000)
 
 
-def test_a_plain_http_proxy_from_the_environment(serve, monkeypatch):
-    proxy = serve((200, {}, b"via proxy"))
+def test_a_plain_http_proxy_from_the_environment(scripted, monkeypatch):
+    proxy = scripted((200, {}, b"via proxy"))
     monkeypatch.setenv("http_proxy", proxy.url)
     assert http.small("GET", "http://index.invalid/simple/x/").text == "via proxy"
     method, path, host, *_ = proxy.seen[0]
     assert (method, path, host) == ("GET", "http://index.invalid/simple/x/", "index.invalid")
-    direct = serve((200, {}, b"direct"))
+    direct = scripted((200, {}, b"direct"))
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     assert http.small("GET", direct.url + "/simple/").text == "direct" and len(proxy.seen) == 1
 
 
-def test_through_a_proxy_the_standard_client_cannot_use_it_is_requests_answer(serve, monkeypatch):
-    srv = serve((200, {"Content-Type": "text/html; charset=utf-8"}, b"page"), (200, {}, b"x" * 5000))
+def test_through_a_proxy_the_standard_client_cannot_use_it_is_requests_answer(scripted, monkeypatch):
+    srv = scripted((200, {"Content-Type": "text/html; charset=utf-8"}, b"page"), (200, {}, b"x" * 5000))
     monkeypatch.setattr(http, "_proxy_for", lambda url: "socks5://127.0.0.1:1")  # requests itself sees none
     answer = http.small("GET", srv.url + "/simple/")
     assert isinstance(answer, http.Answer) and answer.text == "page" and answer.url == srv.url + "/simple/"
