@@ -172,6 +172,18 @@ def torch_index_route(profile, scratch: Path, python: str, envmgr_bin: list[str]
     return report_paired(tools[0], tools[1], tools[2])
 
 
+def profile_variant(profile, project: Path, name: str, key: str, value: str) -> Path:
+    """A scratch project whose profile ``name`` is ``profile`` (and the files it extends) with
+    ``key = value`` in place of its own ``key`` line, if any."""
+    (project / "profiles").mkdir(parents=True)
+    for f in profile.files:
+        shutil.copy2(f, project / "profiles" / f.name)
+    text = (project / "profiles" / f"{profile.name}.toml").read_text()
+    text = "\n".join(line for line in text.splitlines() if line.split("=", 1)[0].strip() != key)
+    (project / "profiles" / f"{name}.toml").write_text(text + f"\n{key} = {value}\n")
+    return project
+
+
 def route_tools(profile, scratch: Path, python: str, envmgr_bin: list[str], in_place: bool):
     """The torch-index route's rows (envmgr, uv, floor) and the function that stops its index."""
     import html
@@ -216,13 +228,7 @@ def route_tools(profile, scratch: Path, python: str, envmgr_bin: list[str], in_p
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     index = f"http://127.0.0.1:{server.server_address[1]}/whl/bench"
-    project = scratch / "route"
-    (project / "profiles").mkdir(parents=True)
-    for f in profile.files:
-        shutil.copy2(f, project / "profiles" / f.name)
-    text = (project / "profiles" / f"{profile.name}.toml").read_text()
-    text = "\n".join(line for line in text.splitlines() if not line.startswith("torch-index-url"))
-    (project / "profiles" / "route.toml").write_text(text + f"\ntorch-index-url = {toml_str(index)}\n")
+    project = profile_variant(profile, scratch / "route", "route", "torch-index-url", toml_str(index))
     work = scratch / "route-uv"
     work.mkdir()
     reqs = [*profile.requirements, "triton"]
@@ -251,14 +257,8 @@ def two_platform(profile, scratch: Path, envmgr_bin: list[str], reps: int, in_pl
     platform, concurrently, then merged) against ``uv pip compile`` run once per platform, one
     run after the other (what a user without envmgr runs for the same two answers)."""
     platforms = ("linux-x86_64", "linux-aarch64")
-    project = scratch / "two-platform"
-    (project / "profiles").mkdir(parents=True)
-    for f in profile.files:
-        shutil.copy2(f, project / "profiles" / f.name)
-    text = (project / "profiles" / f"{profile.name}.toml").read_text()
-    text = "\n".join(line for line in text.splitlines() if not line.startswith("platform"))
     listed = ", ".join(f'"{p}"' for p in platforms)
-    (project / "profiles" / "two.toml").write_text(text + f"\nplatform = [{listed}]\n")
+    project = profile_variant(profile, scratch / "two-platform", "two", "platform", f"[{listed}]")
     work = scratch / "two-platform-uv"
     work.mkdir()
     (work / "requirements.in").write_text("".join(f"{r}\n" for r in profile.requirements))
