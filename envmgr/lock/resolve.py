@@ -382,16 +382,17 @@ class PipToolsBackend:
         return version("pip-tools")
 
     def resolve(self, req: Request) -> list[Pinned]:
+        from ..model.platforms import host
         from ..model.variants import kb
         from ..net import indexclient
         from .indexproxy import RoutingIndex
 
         p = req.profile
         host_python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        if p.python != host_python or p.platform != indexclient.host_platform():
+        if p.python != host_python or p.platform != host():
             raise UserError(
                 f"profile {p.name}: pip-tools resolves for the interpreter it runs on (python {host_python}, "
-                f"{indexclient.host_platform()}), but the profile targets python {p.python} on {p.platform}",
+                f"{host()}), but the profile targets python {p.python} on {p.platform}",
                 hint="use --resolver uv, which resolves for any target",
             )
         idx = Indexes.of(p)

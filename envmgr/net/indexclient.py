@@ -9,8 +9,6 @@ platform, not the host's.
 from __future__ import annotations
 
 import html.parser
-import platform as _platform
-import sys
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -133,11 +131,6 @@ def project_page(index_url: str, name: str, auth: Auth | None = None) -> list[In
     if resp.headers.get("Content-Type", "").startswith(JSON_TYPE):
         return parse_json(resp.json(), resp.url)
     return parse_html(resp.text, resp.url)
-
-
-def host_platform() -> str:
-    machine = _platform.machine().lower()
-    return f"{sys.platform}-{machine}"
 
 
 def target_tags(python: str, platform: str) -> list[Tag]:
