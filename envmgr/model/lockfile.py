@@ -113,9 +113,8 @@ class LockMeta(Sourced):
         return self.platforms or (self.platform,)
 
 
-# [tool.envmgr] key -> LockMeta field, for the facts a platform may state apart
-FACT_FIELDS = {"cuda": "cuda", "min-driver": "min_driver", "toolkit-driver": "toolkit_driver", "arch-list": "arch_list",
-               "ptx": "ptx", "build": "build", "cudnn": "cudnn", "nccl": "nccl", "triton": "triton", "sources": "sources"}
+# the [tool.envmgr] facts a platform may state apart (its LockMeta field: the key with "_" for "-")
+PLATFORM_FACTS = ("cuda", "min-driver", "toolkit-driver", "arch-list", "ptx", "build", "cudnn", "nccl", "triton", "sources")
 
 
 @dataclass(frozen=True)
@@ -160,8 +159,7 @@ class Lock:
             wheels = tuple(w for w in p.wheels if wheel_fits(w.filename, platform))
             if wheels or p.sdist:
                 packages.append(replace(p, wheels=wheels, platforms=()))
-        facts = dict(dict(self.meta.platform_facts).get(platform, ()))
-        changes = {FACT_FIELDS[k]: (tuple(v) if k in ("arch-list", "sources") else v) for k, v in facts.items()}
+        changes = {k.replace("-", "_"): v for k, v in dict(self.meta.platform_facts).get(platform, ())}
         meta = replace(self.meta, platform=platform, platforms=(), platform_facts=(), **changes)
         return replace(self, packages=tuple(packages), meta=meta, environments=(PLATFORMS[platform][1],))
 
@@ -383,7 +381,7 @@ def _loads(text: str, path: str) -> Lock:
 def _platform_facts(raw, platforms: list[str], path: str) -> tuple:
     """``[tool.envmgr.platform-facts.PLATFORM]`` tables as LockMeta keeps them (pairs, sorted)."""
     if not isinstance(raw, dict) or any(k not in platforms[1:] or not isinstance(v, dict) for k, v in raw.items()) \
-            or any(key not in FACT_FIELDS for v in raw.values() for key in v):
+            or any(key not in PLATFORM_FACTS for v in raw.values() for key in v):
         raise LockFileError(f"{path}: [tool.envmgr.platform-facts] names a platform or fact the lock does not have",
                             hint="regenerate it with `envmgr lock`")
 
