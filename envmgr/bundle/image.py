@@ -21,9 +21,7 @@ def prepare(project: Path, name: str, bundle: Path, base: str | None) -> str | N
 
     lock = lockfile.read(settings.lock_path(project, name))
     opened = open_bundle(bundle)
-    if opened.platform in lock.platforms:  # a lock for several platforms: the bundle carries one's files
-        lock = lock.for_platform(opened.platform)
-    opened.check_target(lock.meta.python, lock.meta.platform, f"the lock {name}")
+    lock = opened.check_lock(lock, f"the lock {name}")
     opened.seed([(p.key, p.install_file) for p in lock.packages])
     carried = (opened.manifest.get("base") or {}).get("file")
     if base is not None or not carried:

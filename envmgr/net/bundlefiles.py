@@ -73,6 +73,14 @@ class Bundle:
                             f"{what} is Python {python} on {platform_}",
                             hint="make the bundle for this machine's python and platform")
 
+    def check_lock(self, lock, what: str):
+        """The lock as this bundle serves it (for several platforms: the bundle's platform's view),
+        after :meth:`check_target` of its python and platform."""
+        if self.platform in lock.platforms:
+            lock = lock.for_platform(self.platform)
+        self.check_target(lock.meta.python, lock.meta.platform, what)
+        return lock
+
     def seed(self, items: Iterable[tuple[str, LockedFile]], cache: Path | None = None) -> dict[str, Path]:
         """Every (package, file) into the cache from the bundle, hash-checked; sha256 -> cached path.
 

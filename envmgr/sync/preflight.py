@@ -61,9 +61,7 @@ def check_bundle(lock, options: SyncOptions):
     from ..model.platforms import host
 
     bundle = opened(options.bundle)
-    if bundle.platform in lock.platforms:  # a lock for several platforms: the bundle's one
-        lock = lock.for_platform(bundle.platform)
-    bundle.check_target(lock.meta.python, lock.meta.platform, f"the lock {lock.meta.profile}")
+    bundle.check_lock(lock, f"the lock {lock.meta.profile}")
     bundle.check_target(bundle.python, host(), "this machine")
     return bundle
 
