@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -237,8 +237,6 @@ def merge_platforms(profile: Profile, per_platform: dict[str, list]) -> list:
     """One package list for several platforms: an entry per (name, version), its files the
     union of each platform's; an entry not on every platform names its platforms (and its
     marker says so to other installers)."""
-    from dataclasses import replace
-
     from ..model.platforms import machine_clause
 
     order = profile.all_platforms

@@ -9,7 +9,7 @@ says how to fix it. Files whose name starts with ``_`` are shared bases, not pro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.compat import tomllib
@@ -99,8 +99,6 @@ class Profile:
 
     def for_platform(self, platform: str) -> "Profile":
         """The same profile targeting one of its platforms (what a resolver run is for)."""
-        from dataclasses import replace
-
         return replace(self, platform=platform, platforms=())
 
     @property
