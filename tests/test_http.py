@@ -131,3 +131,35 @@ def test_timeout_setting(monkeypatch):
         monkeypatch.setenv("ENVMGR_HTTP_TIMEOUT", bad)
         with pytest.raises(UserError, match="ENVMGR_HTTP_TIMEOUT"):
             http.timeouts()
+
+
+class _Raw:
+    """A response body whose ``read1`` gives TLS-record-sized pieces, then breaks."""
+
+    def __init__(self, pieces, error=None):
+        self.pieces, self.error = list(pieces), error
+
+    def read1(self, n, decode_content=True):
+        if not self.pieces:
+            if self.error is not None:
+                raise self.error
+            return b""
+        piece = self.pieces.pop(0)
+        assert len(piece) <= n
+        return piece
+
+
+class _Resp:
+    def __init__(self, raw):
+        self.raw = raw
+
+
+def test_pieces_are_gathered_up_to_the_chunk_and_what_came_before_a_break_is_passed_on():
+    whole = [bytes([i]) * 4 for i in range(10)]  # 40 bytes in records of 4
+    got = list(http._pieces(_Resp(_Raw(whole)), 16))
+    assert [len(p) for p in got] == [16, 16, 8] and b"".join(got) == b"".join(whole)
+    seen = []
+    with pytest.raises(ConnectionResetError):
+        for piece in http._pieces(_Resp(_Raw(whole[:5], ConnectionResetError())), 16):
+            seen.append(piece)
+    assert b"".join(seen) == b"".join(whole[:5])  # 16 bytes, then the 4 that had come

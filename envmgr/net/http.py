@@ -576,8 +576,28 @@ def _pieces(resp: "requests.Response", chunk: int) -> Iterator[bytes]:
     if read1 is None:
         yield from resp.iter_content(chunk)
         return
-    while piece := read1(chunk, decode_content=True):
-        yield piece
+    # read1 answers with what one TLS record held (16 KiB); a piece is gathered from them up to
+    # ``chunk`` bytes, so that a consumer's per-piece work (a write, a hash update, a progress
+    # tick, waking another thread) is paid per MiB, not per record. When the read breaks,
+    # what had come is passed on before the error.
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            piece = read1(chunk - size, decode_content=True)
+        except Exception:
+            if parts:
+                yield b"".join(parts)
+            raise
+        if not piece:
+            break
+        parts.append(piece)
+        size += len(piece)
+        if size >= chunk:
+            yield b"".join(parts) if len(parts) > 1 else piece
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 def _resume(first: "requests.Response", done: int, **kw) -> tuple["requests.Response", int]:
