@@ -1,8 +1,11 @@
 """The build step of ``envmgr export-image``: a ``Plan`` -> the image's new layers.
 
 Each package layer is looked up in the layer cache by its key; only the packages of the
-layers that miss are installed (a relocatable venv staged in a temp folder) and, if asked,
-byte-compiled group by group while finished groups are already compressing, in parallel.
+layers that miss are laid out: straight from their wheels (``wheelfs``: each file streamed
+from the wheel into the layer, nothing installed, only the ``.py`` sources written out to be
+compiled) or, when the lock holds an sdist, installed by uv into a relocatable venv staged in
+a temp folder. If asked, they are byte-compiled group by group while finished groups are
+already compressing, in parallel.
 The top layer holds what no package owns: the venv skeleton, the user, the lock and its SBOM,
 the entrypoint with its modes and ``/workspace`` (``modes``).
 Output: ``Built``, the layers (blobs in the layer cache) as ``image.Layer`` values, in order.
@@ -16,6 +19,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..core.errors import EnvmgrError, UserError
 from ..model import lockfile
@@ -72,23 +76,75 @@ def top_entries(lock: lockfile.Lock, venv: str, facts: sources.BaseFacts, user_e
 
 @dataclass(frozen=True)
 class _Staged:
-    venv: Path
+    """The missing layers' packages, ready to be written as layers: ``entries(i)`` gives group
+    ``i``'s entries (its pycs included once compiled), ``sources(i)`` its ``.py`` files on disk
+    under ``site``, compiled by ``python`` when ``compile``."""
+
+    entries: Callable[[int], list[ly.Entry]]
+    sources: Callable[[int], list[Path]]
     site: Path
     python: Path
-    cache_tag: str
     compile: bool
 
 
+def _compile_ok(plan: Plan, minor: str, notes: list[str]) -> bool:
+    version = plan.facts.version
+    if plan.compile and minor != version:
+        notes.append(f"byte-compilation skipped: staging python {minor} is not the base's {version}")
+    return plan.compile and minor == version
+
+
+def _lay_out(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Staged:
+    """Wheels only: each one's files straight from the wheel (``wheelfs``), nothing installed;
+    the ``.py`` sources alone are written out (under ``tmp``), to be byte-compiled."""
+    from ..net import fetch
+    from ..venv.install import query_python
+    from . import wheelfs
+
+    files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
+    version = plan.facts.version
+    layouts = {p.key: wheelfs.layout(files[p.install_file.sha256], venv=plan.req.venv, version=version)
+               for p in packages}
+    python = Path(plan.staging)
+    compile_ok = _compile_ok(plan, query_python(python).minor, notes)
+    site = tmp / "site"
+    if compile_ok:
+        for lay in layouts.values():
+            for rel, member in lay.sources:
+                dest = site / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(member.read())
+    cache_tag = venvlayers.host_cache_tag(python)
+    image_site = plan.image_site.strip("/")
+
+    def entries(i: int) -> list[ly.Entry]:
+        out = []
+        for p in plan.groups[i].packages:
+            lay = layouts[p.key]
+            out += [ly.Entry(dest, data=c if isinstance(c, bytes) else None, member=None if isinstance(c, bytes) else c,
+                             executable=exe) for dest, c, exe in lay.files]
+            for rel, _ in lay.sources:
+                pyc = venvlayers.pyc_of(rel, cache_tag)
+                if (site / pyc).is_file():
+                    out.append(ly.file_entry(f"{image_site}/{pyc}", site / pyc))
+        return ly.with_parents(out)
+
+    def sources(i: int) -> list[Path]:
+        return [site / rel for p in plan.groups[i].packages for rel, _ in layouts[p.key].sources] if compile_ok else []
+
+    return _Staged(entries, sources, site, python, compile_ok)
+
+
 def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Staged:
-    """Install ``packages`` (only those) into a relocatable venv under ``tmp``. Another
-    platform's files (``plan.python_platform``) are laid out by uv for that platform, with
-    this machine's python and no emulation: their markers were read for it already (``plan``)."""
+    """Install ``packages`` (only those) into a relocatable venv under ``tmp`` with uv: the
+    route of a lock that holds an sdist (built here). Another platform's files
+    (``plan.python_platform``) are laid out by uv for that platform, with this machine's python
+    and no emulation: their markers were read for it already (``plan``)."""
     from dataclasses import replace
 
     from ..net import fetch
     from ..venv import install
 
-    version = plan.facts.version
     files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
     staged = tmp / "venv"
     if plan.python_platform:
@@ -99,25 +155,26 @@ def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Stag
     if site is None:
         raise EnvmgrError(f"the staged venv {staged} has no site-packages")
     python = install.venv_python(staged)
-    compile_ok = plan.compile and result.python.minor == version
-    if plan.compile and not compile_ok:
-        notes.append(f"byte-compilation skipped: staging python {result.python.version} is not the base's {version}")
-    return _Staged(staged, site, python, venvlayers.host_cache_tag(python), compile_ok)
+    compile_ok = _compile_ok(plan, result.python.minor, notes)
+    cache_tag = venvlayers.host_cache_tag(python)
+
+    def entries(i: int) -> list[ly.Entry]:
+        owned = venvlayers.owned_entries(staged, site, plan.groups[i].packages, image_venv=plan.req.venv,
+                                         cache_tag=cache_tag)
+        return ly.with_parents(e for p in plan.groups[i].packages for e in owned[p.key])
+
+    def sources(i: int) -> list[Path]:
+        return [e.src for e in entries(i) if e.src is not None and e.path.endswith(".py")] if compile_ok else []
+
+    return _Staged(entries, sources, site, python, compile_ok)
 
 
 def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCache, *, jobs: int,
                    reporter) -> tuple[dict[int, ly.BuiltLayer], int]:
-    """Build the layers ``misses`` from the staged venv, put them in the cache; (layers, their bytes)."""
-    groups, epoch = plan.groups, plan.req.epoch
-
-    def entries_of(i: int) -> list[ly.Entry]:
-        owned = venvlayers.owned_entries(st.venv, st.site, groups[i].packages, image_venv=plan.req.venv,
-                                         cache_tag=st.cache_tag)
-        return ly.with_parents(e for p in groups[i].packages for e in owned[p.key])
-
+    """Build the layers ``misses``, put them in the cache; (layers, their bytes)."""
     # Compile group by group (fewest .py files first) while finished groups compress:
     # the big nvidia libraries are in layers before torch's sources are compiled.
-    pre = {i: entries_of(i) for i in misses}
+    pre = {i: st.entries(i) for i in misses}
     total = sum(e.size for es in pre.values() for e in es)
     reporter.start(total, f"compiling and compressing {len(misses)} layer(s)")
     futs: dict = {}
@@ -127,12 +184,12 @@ def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCa
         with ThreadPoolExecutor(max_workers=jobs or max(2, os.cpu_count() or 2)) as pool:
             def submit(i: int) -> None:
                 nonlocal installed
-                es = entries_of(i) if st.compile else pre[i]
+                es = st.entries(i) if st.compile else pre[i]
                 installed += sum(e.size for e in es)
-                futs[i] = pool.submit(ly.build_layer, es, cache.store, mtime=epoch, progress=reporter.advance)
+                futs[i] = pool.submit(ly.build_layer, es, cache.store, mtime=plan.req.epoch, progress=reporter.advance)
 
             if st.compile:
-                py = {i: [e.src for e in pre[i] if e.src is not None and e.path.endswith(".py")] for i in misses}
+                py = {i: st.sources(i) for i in misses}
                 order = sorted(misses, key=lambda i: (len(py[i]), -sum(e.size for e in pre[i])))
                 venvlayers.compile_groups(st.python, st.site, plan.image_site, [(i, py[i]) for i in order], submit)
             else:
@@ -175,7 +232,9 @@ def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
             if not plan.staging:
                 raise UserError(f"no Python {version} on this machine to stage the venv with",
                                 hint=f"install python{version} (the base's version), or use a base with this machine's python")
-            st = _stage(plan, [p for i in misses for p in groups[i].packages], reporter, notes, tmp)
+            packages = [p for i in misses for p in groups[i].packages]
+            stage = _lay_out if all(p.install_file.is_wheel for p in packages) else _stage
+            st = stage(plan, packages, reporter, notes, tmp)
             mark("install")
             new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter)
             built.update(new)

@@ -56,7 +56,8 @@ def source_date_epoch() -> int:
 
 @dataclass(frozen=True)
 class Entry:
-    """One path in a layer. ``src`` (a host file), ``data`` (bytes) or ``link`` (symlink)."""
+    """One path in a layer. ``src`` (a host file), ``data`` (bytes), ``member`` (a file of a
+    wheel: ``envmgr.oci.wheelfs.Member``) or ``link`` (symlink)."""
 
     path: str  # absolute-free image path, e.g. "opt/venv/bin/python"
     kind: str = "file"  # file | dir | symlink
@@ -66,6 +67,7 @@ class Entry:
     executable: bool = False
     uid: int = 0
     gid: int = 0
+    member: object | None = None  # has .size and .chunks()
 
     @property
     def size(self) -> int:
@@ -73,6 +75,8 @@ class Entry:
             return 0
         if self.data is not None:
             return len(self.data)
+        if self.member is not None:
+            return self.member.size  # type: ignore[attr-defined]
         return os.stat(self.src).st_size  # type: ignore[arg-type]
 
 
@@ -198,6 +202,11 @@ def write_tar(entries: list[Entry], sink, *, mtime: int, progress: Callable[[int
         if e.data is not None:
             size = len(e.data)
             sink.write(e.data)
+        elif e.member is not None:
+            size = 0
+            for chunk in e.member.chunks():  # type: ignore[attr-defined]
+                sink.write(chunk)
+                size += len(chunk)
         else:
             size = 0
             with open(e.src, "rb") as fh:  # type: ignore[arg-type]

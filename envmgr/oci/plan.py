@@ -17,7 +17,7 @@ from ..core.errors import UserError
 from ..model import lockfile
 from . import layers as ly
 from . import modes as md
-from . import sources, venvlayers
+from . import sources, venvlayers, wheelfs
 
 DEFAULT_VENV = "/opt/venv"
 DEFAULT_USER = "envmgr"
@@ -249,7 +249,8 @@ def plan(req: Request, base: sources.Base, facts: sources.BaseFacts, opts: Optio
     host_python, host_version = staging_python(facts.version)
     groups = venvlayers.plan(packages, threshold=opts.threshold, split_pure=req.index)
     common = {"venv": req.venv, "python": facts.version, "interpreter": facts.python, "epoch": req.epoch,
-              "compile": opts.compile, "installer": f"uv {uv_version()}", "host-python": host_version}
+              "compile": opts.compile, "host-python": host_version,
+              "installer": wheelfs.LAYOUT if all(p.install_file.is_wheel for p in packages) else f"uv {uv_version()}"}
     keys = [ly.LayerCache.key({**common, "title": g.title, "packages": g.key_parts()}) for g in groups]
     user, entries, home = user_files(req.conf.get("user", DEFAULT_USER), facts)
     return Plan(req=req, base=base, facts=facts, groups=tuple(groups), keys=tuple(keys), staging=host_python,

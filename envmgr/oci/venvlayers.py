@@ -176,7 +176,7 @@ def normalize_dist_info(dist: Path) -> None:
         (dist / name).unlink(missing_ok=True)
 
 
-def _pyc_of(rel_py: str, cache_tag: str) -> str:
+def pyc_of(rel_py: str, cache_tag: str) -> str:
     p = PurePosixPath(rel_py)
     return str(p.parent / "__pycache__" / f"{p.stem}.{cache_tag}.pyc")
 
@@ -202,7 +202,7 @@ def owned_entries(venv: Path, site: Path, packages, *, image_venv: str, cache_ta
             except ValueError:
                 continue  # RECORD pointing outside the venv: not ours to ship
             rel_venv = inside.as_posix()
-            for path in (rel_venv, _pyc_of(rel_venv, cache_tag) if rel_venv.endswith(".py") else None):
+            for path in (rel_venv, pyc_of(rel_venv, cache_tag) if rel_venv.endswith(".py") else None):
                 if not path or path in seen:
                     continue
                 full = venv_root / path

@@ -155,6 +155,6 @@ def broken(site: Path | None, dists: Iterable[Installed], *, files: bool = True)
             rel = os.path.relpath(missing[0], site)
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             out[d.name] = f"{rel}{more} missing"
-        elif d.installer not in ("uv", ""):
+        elif d.installer not in ("uv", "envmgr", ""):  # envmgr: an image's venv laid out from the wheels
             out[d.name] = f"installed by {d.installer}"
     return out
