@@ -13,9 +13,11 @@ Output: ``Built``, the layers (blobs in the layer cache) as ``image.Layer`` valu
 
 from __future__ import annotations
 
+import heapq
 import os
 import shutil
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,25 +111,33 @@ def _lay_out(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _St
     compile_ok = _compile_ok(plan, query_python(python).minor, notes)
     site = tmp / "site"
     if compile_ok:
+        made: set[str] = set()
         for lay in layouts.values():
-            for rel, member in lay.sources:
-                dest = site / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(member.read())
+            with wheelfs.Opened() as opened:
+                for rel, member in lay.sources:
+                    dest = os.path.join(site, rel)
+                    folder = os.path.dirname(dest)
+                    if folder not in made:
+                        os.makedirs(folder, exist_ok=True)
+                        made.add(folder)
+                    with open(dest, "wb") as fh:
+                        for chunk in member.chunks(opened):
+                            fh.write(chunk)
     cache_tag = venvlayers.host_cache_tag(python)
     image_site = plan.image_site.strip("/")
+    own: dict[int, list[ly.Entry]] = {}  # each group's files, without pycs
 
     def entries(i: int) -> list[ly.Entry]:
-        out = []
-        for p in plan.groups[i].packages:
-            lay = layouts[p.key]
-            out += [ly.Entry(dest, data=c if isinstance(c, bytes) else None, member=None if isinstance(c, bytes) else c,
-                             executable=exe) for dest, c, exe in lay.files]
-            for rel, _ in lay.sources:
+        if i not in own:
+            own[i] = [ly.Entry(dest, data=c if isinstance(c, bytes) else None, member=None if isinstance(c, bytes) else c,
+                               executable=exe) for p in plan.groups[i].packages for dest, c, exe in layouts[p.key].files]
+        pycs = []
+        for p in plan.groups[i].packages if compile_ok else ():
+            for rel, _ in layouts[p.key].sources:
                 pyc = venvlayers.pyc_of(rel, cache_tag)
-                if (site / pyc).is_file():
-                    out.append(ly.file_entry(f"{image_site}/{pyc}", site / pyc))
-        return ly.with_parents(out)
+                if os.path.isfile(os.path.join(site, pyc)):
+                    pycs.append(ly.file_entry(f"{image_site}/{pyc}", site / pyc))
+        return ly.with_parents(own[i] + pycs)
 
     def sources(i: int) -> list[Path]:
         return [site / rel for p in plan.groups[i].packages for rel, _ in layouts[p.key].sources] if compile_ok else []
@@ -171,33 +181,47 @@ def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Stag
 
 def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCache, *, jobs: int,
                    reporter) -> tuple[dict[int, ly.BuiltLayer], int]:
-    """Build the layers ``misses``, put them in the cache; (layers, their bytes)."""
-    # Compile group by group (fewest .py files first) while finished groups compress:
-    # the big nvidia libraries are in layers before torch's sources are compiled.
+    """Build the layers ``misses``, put them in the cache; (layers, their bytes).
+
+    Groups without sources are ready at once; the others are compiled largest layer first,
+    and the layer threads always take the largest layer ready: the last layer to finish is a
+    small one, not torch's started last."""
     pre = {i: st.entries(i) for i in misses}
-    total = sum(e.size for es in pre.values() for e in es)
-    reporter.start(total, f"compiling and compressing {len(misses)} layer(s)")
-    futs: dict = {}
+    size = {i: sum(e.size for e in pre[i]) for i in misses}
+    reporter.start(sum(size.values()), f"compiling and compressing {len(misses)} layer(s)")
+    ready: list[tuple[int, int, list[ly.Entry]]] = []  # (-bytes, group, entries): a heap
+    lock = threading.Lock()
+    futs = []
     built: dict[int, ly.BuiltLayer] = {}
     installed = 0
+
+    def largest() -> tuple[int, ly.BuiltLayer]:
+        with lock:
+            _, i, es = heapq.heappop(ready)
+        return i, ly.build_layer(es, cache.store, mtime=plan.req.epoch, progress=reporter.advance)
+
     try:
         with ThreadPoolExecutor(max_workers=jobs or max(2, os.cpu_count() or 2)) as pool:
             def submit(i: int) -> None:
                 nonlocal installed
                 es = st.entries(i) if st.compile else pre[i]
-                installed += sum(e.size for e in es)
-                futs[i] = pool.submit(ly.build_layer, es, cache.store, mtime=plan.req.epoch, progress=reporter.advance)
+                n = sum(e.size for e in es)
+                installed += n
+                with lock:
+                    heapq.heappush(ready, (-n, i, es))
+                futs.append(pool.submit(largest))  # one run a layer: it takes the largest waiting
 
             if st.compile:
                 py = {i: st.sources(i) for i in misses}
-                order = sorted(misses, key=lambda i: (len(py[i]), -sum(e.size for e in pre[i])))
+                order = sorted(misses, key=lambda i: (bool(py[i]), -size[i]))
                 venvlayers.compile_groups(st.python, st.site, plan.image_site, [(i, py[i]) for i in order], submit)
             else:
-                for i in sorted(misses, key=lambda i: -sum(e.size for e in pre[i])):
+                for i in misses:
                     submit(i)
-            for i, fut in futs.items():
-                built[i] = fut.result()
-                cache.put(plan.keys[i], built[i])
+            for fut in futs:
+                i, layer = fut.result()
+                built[i] = layer
+                cache.put(plan.keys[i], layer)
     finally:
         reporter.finish()
     return built, installed

@@ -165,36 +165,58 @@ class _Plain:
 
 
 class TarStream:
-    """A write-only sink: hashes the tar (diff_id), cuts it into BLOCKs for the compressor."""
+    """A write-only sink: hashes the tar (diff_id), cuts it into BLOCKs for the compressor.
+
+    The blocks are filled in one reused buffer and whole blocks of a large write go to the
+    compressor as views of it: the bytes are copied at most once on their way."""
 
     def __init__(self, out, *, compress: bool = True, progress: Callable[[int], None] | None = None) -> None:
         self.sha = hashlib.sha256()
         self.size = 0
-        self.buf = bytearray()
+        self.block = bytearray(BLOCK)
+        self.fill = 0  # bytes of ``block`` holding data
         self.codec = _Gzip(out) if compress else _Plain(out)
         self.progress = progress
 
     def write(self, b) -> None:
         self.sha.update(b)
-        self.size += len(b)
-        self.buf += b
-        if len(self.buf) >= BLOCK:
-            n = len(self.buf) - len(self.buf) % BLOCK
-            view = memoryview(self.buf)
-            for i in range(0, n, BLOCK):
-                self.codec.feed(bytes(view[i:i + BLOCK]))
-            view.release()
-            del self.buf[:n]
+        n = len(b)
+        self.size += n
+        view = memoryview(b)
+        pos = 0
+        if self.fill:
+            pos = min(BLOCK - self.fill, n)
+            self.block[self.fill:self.fill + pos] = view[:pos]
+            self.fill += pos
+            if self.fill < BLOCK:
+                return
+            self.codec.feed(self.block)
+            self.fill = 0
+        while n - pos >= BLOCK:
+            self.codec.feed(view[pos:pos + BLOCK])
+            pos += BLOCK
+        if pos < n:
+            self.block[:n - pos] = view[pos:]
+            self.fill = n - pos
 
     def close(self) -> None:
-        if self.buf:
-            self.codec.feed(bytes(self.buf))
-            self.buf.clear()
+        if self.fill:
+            self.codec.feed(memoryview(self.block)[:self.fill])
+            self.fill = 0
         self.codec.close()
 
 
 def write_tar(entries: list[Entry], sink, *, mtime: int, progress: Callable[[int], None] | None = None) -> None:
     """Stream ``entries`` (already sorted, see ``with_parents``) as a tar into ``sink``."""
+    from .wheelfs import Opened
+
+    with Opened() as opened:
+        _write_entries(entries, sink, mtime, progress, opened)
+    end = 2 * tarfile.BLOCKSIZE
+    sink.write(b"\0" * end)
+
+
+def _write_entries(entries: list[Entry], sink, mtime: int, progress, opened) -> None:
     for e in entries:
         sink.write(tar_header(e, mtime))
         if e.kind != "file":
@@ -204,7 +226,7 @@ def write_tar(entries: list[Entry], sink, *, mtime: int, progress: Callable[[int
             sink.write(e.data)
         elif e.member is not None:
             size = 0
-            for chunk in e.member.chunks():  # type: ignore[attr-defined]
+            for chunk in e.member.chunks(opened):  # type: ignore[attr-defined]
                 sink.write(chunk)
                 size += len(chunk)
         else:
@@ -223,8 +245,6 @@ def write_tar(entries: list[Entry], sink, *, mtime: int, progress: Callable[[int
         pad = -size % tarfile.BLOCKSIZE
         if pad:
             sink.write(b"\0" * pad)
-    end = 2 * tarfile.BLOCKSIZE
-    sink.write(b"\0" * end)
 
 
 # -- the blob store and the layer cache -------------------------------------------------------

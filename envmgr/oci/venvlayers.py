@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import csv
 import os
+import posixpath
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..core.errors import UserError
 from ..core.files import write_atomic
@@ -177,8 +178,8 @@ def normalize_dist_info(dist: Path) -> None:
 
 
 def pyc_of(rel_py: str, cache_tag: str) -> str:
-    p = PurePosixPath(rel_py)
-    return str(p.parent / "__pycache__" / f"{p.stem}.{cache_tag}.pyc")
+    head, name = posixpath.split(rel_py)
+    return posixpath.join(head, "__pycache__", f"{name[:-3]}.{cache_tag}.pyc")
 
 
 def owned_entries(venv: Path, site: Path, packages, *, image_venv: str, cache_tag: str) -> dict[str, list[Entry]]:

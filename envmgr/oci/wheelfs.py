@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import contextlib
 import csv
 import hashlib
 import io
@@ -31,7 +32,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from ..core.errors import UserError
 
@@ -74,15 +75,17 @@ class Member:
         return Damaged(f"{Path(self.wheel).name}: {self.name} {why}",
                        hint="the wheel in the cache is damaged: remove it and fetch it again (envmgr sync or lock --verify)")
 
-    def chunks(self) -> Iterator[bytes]:
-        """The member's bytes, inflated as they are read; raises Damaged unless size and CRC match."""
+    def chunks(self, opened: "Opened | None" = None) -> Iterator[bytes]:
+        """The member's bytes, inflated as they are read; raises Damaged unless size and CRC match.
+        ``opened``: the wheels already open (a layer of one wheel opens it once, not once a member)."""
         from isal import isal_zlib
 
         if self.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             yield from self._other()
             return
         crc = out = 0
-        with open(self.wheel, "rb") as fh:
+        with contextlib.nullcontext(opened) if opened is not None else Opened() as files:
+            fh = files.get(self.wheel)
             fh.seek(self.offset)
             head = fh.read(30)
             if len(head) != 30 or head[:4] != b"PK\x03\x04":
@@ -128,6 +131,27 @@ class Member:
 
     def read(self) -> bytes:
         return b"".join(self.chunks())
+
+
+class Opened:
+    """Wheel files kept open while a layer (or a wheel's sources) is read: path -> file."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, BinaryIO] = {}
+
+    def get(self, path: str) -> BinaryIO:
+        fh = self.files.get(path)
+        if fh is None:
+            fh = self.files[path] = open(path, "rb")
+        return fh
+
+    def __enter__(self) -> "Opened":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fh in self.files.values():
+            fh.close()
+        self.files.clear()
 
 
 @dataclass
