@@ -366,3 +366,65 @@ def test_engine_build_from_containerfile_in(project, tmp_path):
             fx.podman("rmi", "-f", summary["outputs"]["id"], check=False)
     finally:
         svc.stop()
+
+
+def image_files(layout: Path) -> dict[str, tuple]:
+    """Every path of the image's layers (the base's too): (type, mode, sha256 or link target)."""
+    import hashlib
+    import tarfile
+
+    _, manifest, _ = read_layout(layout)
+    out = {}
+    for layer in manifest["layers"]:
+        with tarfile.open(layout / "blobs" / "sha256" / layer["digest"].split(":")[1], "r:*") as tf:
+            for m in tf:
+                data = hashlib.sha256(tf.extractfile(m).read()).hexdigest() if m.isfile() else m.linkname
+                out[m.name] = (m.type, m.mode, data)
+    return out
+
+
+def test_wheels_laid_out_give_the_image_uv_installs(project, tmp_path, monkeypatch):
+    """The two routes to a layer, straight from the wheels and (a lock with an sdist) through a
+    venv uv staged, give the same image but for what names the installer and the scripts'
+    interpreter line (uv's relocatable launcher, the image venv's own python)."""
+    from envmgr.oci import buildlayers, export
+    from envmgr.oci.plan import Options
+
+    outs = {}
+    for route in ("wheels", "uv"):
+        monkeypatch.setenv("ENVMGR_CACHE_DIR", str(tmp_path / f"cache-{route}"))
+        if route == "uv":
+            monkeypatch.setattr(buildlayers, "_lay_out", buildlayers._stage)
+        export.export(project, Options(name="imgtest", output=tmp_path / route))
+        outs[route] = image_files(tmp_path / route)
+    ours, uv = outs["wheels"], outs["uv"]
+    assert set(ours) == set(uv)
+    differ = {p for p in ours if ours[p] != uv[p]}
+    assert differ and all(p.endswith(("/INSTALLER", "/RECORD")) or p.startswith("opt/venv/bin/") for p in differ), differ
+    assert any(p.endswith(".pyc") for p in ours)  # compiled on both routes, the same bytes
+
+
+def test_bytes_unlike_the_lock_mid_export_stop_it_and_leave_nothing(fresh_index, base_dir, tmp_path, monkeypatch):
+    """The files download while the layers of those already here are compiled and written: a
+    file whose bytes are not the lock's stops the export with one line naming it, no image is
+    written, the compiling subprocess and the staging folder are gone, no bad byte is cached."""
+    import hashlib
+
+    from fixture_index import PYPI
+
+    lock = fx.make_lock(fresh_index)
+    project = fx.write_project(tmp_path / "proj", lock, image={"base": f"oci:{base_dir}"})
+    swapped = fresh_index.add(PYPI, None, "fixture-app", "1.0.0", console_scripts=["fixture-app"],
+                              files={"fixture_app/evil.py": "EVIL = True\n"})
+    actual = hashlib.sha256(swapped.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    proc = export(project, "--output", str(tmp_path / "img"), env={"ENVMGR_CACHE_DIR": str(cache)})
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = errors[0]
+    assert "hash mismatch for fixture-app" in line and f"got sha256:{actual}" in line
+    assert not (tmp_path / "img").exists()
+    assert not list((cache / "oci" / "staging").iterdir())
+    assert not list((cache / "files" / "sha256").glob(f"{actual}*"))
+    assert (cache / "files" / "sha256" / lock.package("torch").install_file.sha256).is_dir()  # the others came

@@ -78,10 +78,14 @@ def top_entries(lock: lockfile.Lock, venv: str, facts: sources.BaseFacts, user_e
 
 @dataclass(frozen=True)
 class _Staged:
-    """The missing layers' packages, ready to be written as layers: ``entries(i)`` gives group
-    ``i``'s entries (its pycs included once compiled), ``sources(i)`` its ``.py`` files on disk
-    under ``site``, compiled by ``python`` when ``compile``."""
+    """The missing layers' packages, made ready to be written as layers: ``start(ready)`` gets
+    their files (downloading what the cache lacks) and calls ``ready(i)`` for each group once
+    its files are at hand, from any thread, returning when every group was; then
+    ``entries(i)`` gives group ``i``'s entries (its pycs included once compiled) and
+    ``sources(i)`` its ``.py`` files on disk under ``site``, compiled by ``python`` when
+    ``compile``."""
 
+    start: Callable[[Callable[[int], None]], None]
     entries: Callable[[int], list[ly.Entry]]
     sources: Callable[[int], list[Path]]
     site: Path
@@ -89,50 +93,69 @@ class _Staged:
     compile: bool
 
 
-def _compile_ok(plan: Plan, minor: str, notes: list[str]) -> bool:
+def _compile_ok(plan: Plan, notes: list[str]) -> bool:
+    from ..venv.install import query_python
+
     version = plan.facts.version
+    minor = query_python(plan.staging).minor
     if plan.compile and minor != version:
         notes.append(f"byte-compilation skipped: staging python {minor} is not the base's {version}")
     return plan.compile and minor == version
 
 
-def _lay_out(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Staged:
+def _lay_out(plan: Plan, misses: list[int], reporter, notes: list[str], tmp: Path) -> _Staged:
     """Wheels only: each one's files straight from the wheel (``wheelfs``), nothing installed;
-    the ``.py`` sources alone are written out (under ``tmp``), to be byte-compiled."""
+    the ``.py`` sources alone are written out (under ``tmp``), to be byte-compiled. A group is
+    ready as soon as its wheels are: the layers of downloaded packages are compiled and
+    compressed while the others still download."""
     from ..net import fetch
-    from ..venv.install import query_python
     from . import wheelfs
 
-    files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
+    groups = plan.groups
     version = plan.facts.version
-    layouts = {p.key: wheelfs.layout(files[p.install_file.sha256], venv=plan.req.venv, version=version)
-               for p in packages}
-    python = Path(plan.staging)
-    compile_ok = _compile_ok(plan, query_python(python).minor, notes)
+    compile_ok = _compile_ok(plan, notes)
     site = tmp / "site"
-    if compile_ok:
-        made: set[str] = set()
-        for lay in layouts.values():
-            with wheelfs.Opened() as opened:
-                for rel, member in lay.sources:
-                    dest = os.path.join(site, rel)
-                    folder = os.path.dirname(dest)
-                    if folder not in made:
-                        os.makedirs(folder, exist_ok=True)
-                        made.add(folder)
-                    with open(dest, "wb") as fh:
-                        for chunk in member.chunks(opened):
-                            fh.write(chunk)
+    python = Path(plan.staging)
     cache_tag = venvlayers.host_cache_tag(python)
     image_site = plan.image_site.strip("/")
+    layouts: dict[str, wheelfs.Layout] = {}
     own: dict[int, list[ly.Entry]] = {}  # each group's files, without pycs
+
+    def start(ready: Callable[[int], None]) -> None:
+        lock = threading.Lock()
+        waiting = {i: {p.key for p in groups[i].packages} for i in misses}
+        group_of = {p.key: i for i in misses for p in groups[i].packages}
+        by_sha = {p.install_file.sha256: p for i in misses for p in groups[i].packages}
+
+        def arrived(_name: str, f, path: Path) -> None:
+            key = by_sha[f.sha256].key
+            lay = wheelfs.layout(path, venv=plan.req.venv, version=version)
+            if compile_ok:
+                with wheelfs.Opened() as opened:
+                    for rel, member in lay.sources:
+                        dest = os.path.join(site, rel)
+                        os.makedirs(os.path.dirname(dest), exist_ok=True)
+                        with open(dest, "wb") as fh:
+                            for chunk in member.chunks(opened):
+                                fh.write(chunk)
+            i = group_of[key]
+            with lock:
+                layouts[key] = lay
+                waiting[i].discard(key)
+                whole = not waiting[i]
+            if whole:
+                ready(i)
+
+        # Largest first: from a warm cache the groups are ready (and compiled) in this order.
+        packages = sorted(by_sha.values(), key=lambda p: (-p.size, p.key))
+        fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter, on_ready=arrived)
 
     def entries(i: int) -> list[ly.Entry]:
         if i not in own:
             own[i] = [ly.Entry(dest, data=c if isinstance(c, bytes) else None, member=None if isinstance(c, bytes) else c,
-                               executable=exe) for p in plan.groups[i].packages for dest, c, exe in layouts[p.key].files]
+                               executable=exe) for p in groups[i].packages for dest, c, exe in layouts[p.key].files]
         pycs = []
-        for p in plan.groups[i].packages if compile_ok else ():
+        for p in groups[i].packages if compile_ok else ():
             for rel, _ in layouts[p.key].sources:
                 pyc = venvlayers.pyc_of(rel, cache_tag)
                 if os.path.isfile(os.path.join(site, pyc)):
@@ -140,14 +163,14 @@ def _lay_out(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _St
         return ly.with_parents(own[i] + pycs)
 
     def sources(i: int) -> list[Path]:
-        return [site / rel for p in plan.groups[i].packages for rel, _ in layouts[p.key].sources] if compile_ok else []
+        return [site / rel for p in groups[i].packages for rel, _ in layouts[p.key].sources] if compile_ok else []
 
-    return _Staged(entries, sources, site, python, compile_ok)
+    return _Staged(start, entries, sources, site, python, compile_ok)
 
 
-def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Staged:
-    """Install ``packages`` (only those) into a relocatable venv under ``tmp`` with uv: the
-    route of a lock that holds an sdist (built here). Another platform's files
+def _stage(plan: Plan, misses: list[int], reporter, notes: list[str], tmp: Path) -> _Staged:
+    """Install the missing groups' packages (only those) into a relocatable venv under ``tmp``
+    with uv: the route of a lock that holds an sdist (built here). Another platform's files
     (``plan.python_platform``) are laid out by uv for that platform, with this machine's python
     and no emulation: their markers were read for it already (``plan``)."""
     from dataclasses import replace
@@ -155,18 +178,23 @@ def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Stag
     from ..net import fetch
     from ..venv import install
 
-    files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
     staged = tmp / "venv"
-    if plan.python_platform:
-        packages = [replace(p, marker=None) for p in packages]
-    result = install.install(plan.req.lock.with_packages(packages), staged, python=plan.staging, files=files,
-                             reporter=reporter, relocatable=True, python_platform=plan.python_platform or None)
-    site = install.site_packages(staged)
-    if site is None:
-        raise EnvmgrError(f"the staged venv {staged} has no site-packages")
-    python = install.venv_python(staged)
-    compile_ok = _compile_ok(plan, result.python.minor, notes)
+    site = staged / "lib" / f"python{plan.facts.version}" / "site-packages"
+    compile_ok = _compile_ok(plan, notes)
+    python = Path(plan.staging)  # the staged venv's interpreter: the same pycs
     cache_tag = venvlayers.host_cache_tag(python)
+
+    def start(ready: Callable[[int], None]) -> None:
+        packages = [p for i in misses for p in plan.groups[i].packages]
+        files = fetch.fetch([(p.key, p.install_file) for p in packages], reporter=reporter)
+        if plan.python_platform:
+            packages = [replace(p, marker=None) for p in packages]
+        install.install(plan.req.lock.with_packages(packages), staged, python=plan.staging, files=files,
+                        reporter=reporter, relocatable=True, python_platform=plan.python_platform or None)
+        if install.site_packages(staged) != site:
+            raise EnvmgrError(f"the staged venv {staged} has no site-packages at {site}")
+        for i in misses:
+            ready(i)
 
     def entries(i: int) -> list[ly.Entry]:
         owned = venvlayers.owned_entries(staged, site, plan.groups[i].packages, image_venv=plan.req.venv,
@@ -176,20 +204,19 @@ def _stage(plan: Plan, packages, reporter, notes: list[str], tmp: Path) -> _Stag
     def sources(i: int) -> list[Path]:
         return [e.src for e in entries(i) if e.src is not None and e.path.endswith(".py")] if compile_ok else []
 
-    return _Staged(entries, sources, site, python, compile_ok)
+    return _Staged(start, entries, sources, site, python, compile_ok)
 
 
 def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCache, *, jobs: int,
-                   reporter) -> tuple[dict[int, ly.BuiltLayer], int]:
+                   reporter, mark) -> tuple[dict[int, ly.BuiltLayer], int]:
     """Build the layers ``misses``, put them in the cache; (layers, their bytes).
 
-    Groups without sources are ready at once; the others are compiled largest layer first,
-    and the layer threads always take the largest layer ready: the last layer to finish is a
-    small one, not torch's started last."""
-    pre = {i: st.entries(i) for i in misses}
-    size = {i: sum(e.size for e in pre[i]) for i in misses}
-    reporter.start(sum(size.values()), f"compiling and compressing {len(misses)} layer(s)")
-    ready: list[tuple[int, int, list[ly.Entry]]] = []  # (-bytes, group, entries): a heap
+    Each group goes on as soon as it is ready: compiled (if asked; one group at a time, in the
+    order they come: from a warm cache, largest first), then written by the layer threads,
+    which always take the largest layer waiting, so the last layer to finish is a small one.
+    ``mark("install")`` when every group's files were at hand."""
+    counter = reporter.count(len(misses), f"building {len(misses)} layer(s)") if hasattr(reporter, "count") else None
+    waiting: list[tuple[int, int, list[ly.Entry]]] = []  # (-bytes, group, entries): a heap
     lock = threading.Lock()
     futs = []
     built: dict[int, ly.BuiltLayer] = {}
@@ -197,33 +224,40 @@ def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCa
 
     def largest() -> tuple[int, ly.BuiltLayer]:
         with lock:
-            _, i, es = heapq.heappop(ready)
-        return i, ly.build_layer(es, cache.store, mtime=plan.req.epoch, progress=reporter.advance)
+            _, i, es = heapq.heappop(waiting)
+        layer = ly.build_layer(es, cache.store, mtime=plan.req.epoch)
+        if counter is not None:
+            counter.advance(1)
+        return i, layer
 
     try:
         with ThreadPoolExecutor(max_workers=jobs or max(2, os.cpu_count() or 2)) as pool:
             def submit(i: int) -> None:
                 nonlocal installed
-                es = st.entries(i) if st.compile else pre[i]
+                es = st.entries(i)
                 n = sum(e.size for e in es)
-                installed += n
                 with lock:
-                    heapq.heappush(ready, (-n, i, es))
-                futs.append(pool.submit(largest))  # one run a layer: it takes the largest waiting
+                    installed += n
+                    heapq.heappush(waiting, (-n, i, es))
+                    futs.append(pool.submit(largest))  # one run a layer: it takes the largest waiting
 
-            if st.compile:
-                py = {i: st.sources(i) for i in misses}
-                order = sorted(misses, key=lambda i: (bool(py[i]), -size[i]))
-                venvlayers.compile_groups(st.python, st.site, plan.image_site, [(i, py[i]) for i in order], submit)
-            else:
-                for i in misses:
-                    submit(i)
+            compiler = venvlayers.Compiler(st.python, st.site, plan.image_site, submit) if st.compile else None
+            try:
+                st.start((lambda i: compiler.add(i, st.sources(i))) if compiler else submit)
+                mark("install")
+                if compiler is not None:
+                    compiler.close()
+            except BaseException:
+                if compiler is not None:
+                    compiler.kill()
+                raise
             for fut in futs:
                 i, layer = fut.result()
                 built[i] = layer
                 cache.put(plan.keys[i], layer)
     finally:
-        reporter.finish()
+        if counter is not None:
+            counter.finish()
     return built, installed
 
 
@@ -256,11 +290,9 @@ def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
             if not plan.staging:
                 raise UserError(f"no Python {version} on this machine to stage the venv with",
                                 hint=f"install python{version} (the base's version), or use a base with this machine's python")
-            packages = [p for i in misses for p in groups[i].packages]
-            stage = _lay_out if all(p.install_file.is_wheel for p in packages) else _stage
-            st = stage(plan, packages, reporter, notes, tmp)
-            mark("install")
-            new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter)
+            wheels = all(p.install_file.is_wheel for i in misses for p in groups[i].packages)
+            st = (_lay_out if wheels else _stage)(plan, misses, reporter, notes, tmp)
+            new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter, mark=mark)
             built.update(new)
         top = ly.build_layer(top_entries(plan.req.lock_file, plan.req.venv, plan.facts, (*plan.user_entries, *plan.mode_entries)),
                              layer_cache.store, mtime=plan.req.epoch)

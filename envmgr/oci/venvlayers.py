@@ -16,8 +16,10 @@ Ownership comes from each ``*.dist-info/RECORD``; a ``.pyc`` belongs to its sour
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import queue
 import posixpath
 import re
 import subprocess
@@ -96,7 +98,7 @@ _COMPILE = r"""
 import importlib.util, json, marshal, os, sys
 from concurrent.futures import ProcessPoolExecutor
 
-job = json.load(sys.stdin)
+job = json.loads(sys.stdin.readline())
 site, image_site = job["site"], job["image_site"]
 tag = sys.implementation.cache_tag
 
@@ -118,38 +120,88 @@ def one(path):
     return 1
 
 with ProcessPoolExecutor(max_workers=job["jobs"]) as pool:
-    for i, paths in job["groups"]:
+    for line in sys.stdin:  # one group a line, as its files are at hand
+        i, paths = json.loads(line)
         n = sum(pool.map(one, sorted(paths), chunksize=32)) if paths else 0
         print(i, n, flush=True)
 """
 
 
-def compile_groups(python: Path, site: Path, image_site: str, groups: list[tuple[int, list[Path]]],
-                   on_done, jobs: int = 0) -> int:
-    """Byte-compile each group's ``.py`` files in order (unchecked-hash pycs naming
-    ``image_site`` paths), calling ``on_done(i)`` as each group finishes; returns the count."""
-    for pyc in site.rglob("*.pyc"):
-        pyc.unlink()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONHASHSEED"] = "0"
-    job = {"site": str(site), "image_site": image_site, "jobs": jobs or os.cpu_count() or 1,
-           "groups": [(i, [str(p) for p in paths]) for i, paths in groups]}
-    proc = subprocess.Popen([str(python), "-I", "-c", _COMPILE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    import json
-    import threading
+class Compiler:
+    """Byte-compiles groups of ``.py`` files under ``site`` with ``python`` (unchecked-hash pycs
+    naming ``image_site`` paths) in one subprocess, fed a group at a time: :meth:`add` queues
+    group ``i`` (from any thread, as its files come), ``on_done(i)`` is called from a reader
+    thread as each is compiled, in the order added. :meth:`close` waits for every group and
+    raises what went wrong (in the subprocess or in ``on_done``); :meth:`kill` stops it."""
 
-    feeder = threading.Thread(target=lambda: (proc.stdin.write(json.dumps(job)), proc.stdin.close()), daemon=True)
-    feeder.start()
-    count = 0
-    for line in proc.stdout:  # type: ignore[union-attr]
-        i, n = line.split()
-        count += int(n)
-        on_done(int(i))
-    err = proc.stderr.read()  # type: ignore[union-attr]
-    if proc.wait() != 0:
-        raise UserError(f"byte-compiling the staged venv failed: {(err.strip().splitlines() or ['?'])[-1]}")
-    return count
+    def __init__(self, python: Path, site: Path, image_site: str, on_done, jobs: int = 0) -> None:
+        import json
+        import threading
+
+        if site.is_dir():
+            for pyc in site.rglob("*.pyc"):
+                pyc.unlink()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["PYTHONHASHSEED"] = "0"
+        # -W ignore: a source's SyntaxWarnings would fill the stderr pipe read at the end.
+        self.proc = subprocess.Popen([str(python), "-I", "-W", "ignore", "-c", _COMPILE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True)  # its own group: kill() stops its workers too
+        self._json = json
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # lines to send; None: no more
+        self.on_done, self.count, self.error = on_done, 0, None
+        self._queue.put({"site": str(site), "image_site": image_site, "jobs": jobs or os.cpu_count() or 1})
+        # A writer thread: the pipe takes only a few groups' paths while the subprocess compiles
+        # one, and whoever adds a group (the downloads) must not wait for that.
+        self._writer = threading.Thread(target=self._write, name="envmgr-compile-in", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="envmgr-compile-out", daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    def _write(self) -> None:
+        stdin = self.proc.stdin
+        try:
+            while (obj := self._queue.get()) is not None:
+                stdin.write(self._json.dumps(obj) + "\n")  # type: ignore[union-attr]
+                stdin.flush()  # type: ignore[union-attr]
+            stdin.close()  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # it died: close() says why
+
+    def add(self, i: int, paths: list[Path]) -> None:
+        self._queue.put([i, [str(p) for p in paths]])
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            i, n = line.split()
+            self.count += int(n)
+            if self.error is None:
+                try:
+                    self.on_done(int(i))
+                except BaseException as exc:  # raised by close()
+                    self.error = exc
+
+    def close(self) -> int:
+        """Wait for every group added; the number of pycs written."""
+        self._queue.put(None)
+        self._writer.join()
+        self._reader.join()
+        err = self.proc.stderr.read()  # type: ignore[union-attr]
+        if self.error is not None:
+            raise self.error
+        if self.proc.wait() != 0:
+            raise UserError(f"byte-compiling the staged venv failed: {(err.strip().splitlines() or ['?'])[-1]}")
+        return self.count
+
+    def kill(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the pool's workers hold its stdout open too
+        self._queue.put(None)
+        self._writer.join()
+        self._reader.join()
+        self.proc.wait()
 
 
 def _record(dist: Path) -> list[str]:
