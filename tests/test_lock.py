@@ -347,18 +347,27 @@ def test_a_torch_file_that_lost_its_hash_since_is_still_locked_with_its_own(
     assert lock_file(project, "cu126").read_bytes() == through
 
 
-@pytest.mark.parametrize("variant,packages,error", [
+_PROFILE_ERRORS = [
     ("cu126", ("numpy", "num py!"), "p.toml:4: bad requirement 'num py!'"),
     ("cu126", ("numpy", "Torch>=2"), "p.toml:4: torch is set by the 'torch' key"),
     ("cu999", ("numpy",), "p.toml:1: unknown variant 'cu999'"),
-    ("cu118", ("numpy",), "p.toml:5: torch 2.7 on PyPI is a cu126 build, not cu118"),
+]
+
+
+@pytest.mark.parametrize("variant,packages,error,route", [
+    *[(*case, "default index") for case in _PROFILE_ERRORS],
+    ("cu118", ("numpy",), "p.toml:5: torch 2.7 on PyPI is a cu126 build, not cu118", "default index"),
+    *[(*case, "torch index") for case in _PROFILE_ERRORS],
 ])
 def test_a_profile_error_found_while_the_resolver_starts_stops_it_and_writes_no_lock(
-        fixture_index: FixtureIndex, tmp_path: Path, variant: str, packages: tuple[str, ...], error: str) -> None:
-    # torch from the default index and no lock yet: the requirements and the variant are
-    # checked (packaging's parser, the knowledge base) while uv starts
+        fixture_index: FixtureIndex, tmp_path: Path, variant: str, packages: tuple[str, ...], error: str,
+        route: str) -> None:
+    # no lock yet: the requirements and the variant are checked (packaging's parser, the
+    # knowledge base) while uv starts, on either route (the torch index's reads only the
+    # requirements' names before)
     idx = fixture_index
-    text = profile_text(idx, variant, packages=packages, torch_index_url=idx.pypi_url)
+    torch_index = {"torch index": idx.torch_url(variant)}.get(route, idx.pypi_url)
+    text = profile_text(idx, variant, packages=packages, torch_index_url=torch_index)
     project = make_project(tmp_path, {"p": text})
     for args in (["lock", "p"], ["lock", "p", "--quiet"]):
         proc = envmgr(project, *args)

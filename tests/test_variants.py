@@ -118,3 +118,25 @@ def test_variants_bad_torch(spec: str, words: str | None) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --torch") and words in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+def test_a_bad_torch_range_in_the_table_is_one_line_when_read():
+    """Arch entries' torch specifiers are parsed when first used (a lock reads the table before
+    its resolver starts without them); a bad one is still the table's one-line error."""
+    import copy
+
+    from envmgr.core.compat import tomllib
+    from envmgr.core.errors import UserError
+    from envmgr.model import variants
+
+    raw = tomllib.loads(variants.BASE.read_text("utf-8"))
+    bad = copy.deepcopy(raw)
+    entry = next(e for e in bad["arch"] if e["variant"] == "cu126")
+    entry["torch"] = ">=2.6,,<"
+    table = variants.build(bad, where="/tmp/overlay.toml")
+    assert table.cuda_of("cu126")  # the rest of the table reads as before
+    with pytest.raises(UserError) as err:
+        table.facts("cu126", "2.7.1")
+    assert "bad entry" in err.value.message and "/tmp/overlay.toml" in err.value.message
+    assert "\n" not in err.value.message
+    assert variants.build(raw).facts("cu126", "2.7.1").arch_list  # the shipped table's ranges parse

@@ -268,10 +268,10 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
     started = time.monotonic()
     name = profile.name
     path = lock_path(project, name)
-    if unchecked and (path.exists() or profile.torch_index_url != profile.index_url):
-        # a re-lock (its family guess), a torch index (its sources, the variant's URL) read
-        # the requirements' names or the knowledge base before the resolver starts: then the
-        # profile is checked in full first, as ``load`` does
+    if unchecked and path.exists():
+        # a re-lock's family guess parses the requirements before the resolver starts: then
+        # the profile is checked in full first, as ``load`` does (a torch index's route reads
+        # only their names, and the knowledge base, which a bad profile cannot break)
         profiles.check_late(profile)
         unchecked = False
     with _profile_lock(project, name):

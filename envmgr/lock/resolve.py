@@ -163,11 +163,10 @@ class UvBackend:
         return uv_version()
 
     def resolve(self, req: Request) -> list[Pinned]:
-        # the knowledge base: read here before uv starts on a torch index's route only
-        from ..model.variants import kb
-
         p = req.profile
         idx = Indexes.of(p)
+        if idx.torch:  # the knowledge base: read before uv starts on a torch index's route only
+            from ..model.variants import kb
         direct = _direct(p) if idx.torch else set()
         extra_family: list[str] = []
         if req.family is not None and idx.torch:
@@ -278,12 +277,15 @@ class UvBackend:
         return pinned
 
 
-def _direct(p: Profile) -> set[str]:
-    """The canonical names of the profile's requirements (packaging's parser: the route with
-    a torch index needs them before the resolver starts; the default route never does)."""
-    from packaging.requirements import Requirement
+_NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")  # a PEP 508 requirement's name
 
-    return {canonical(Requirement(r).name) for r in p.requirements}
+
+def _direct(p: Profile) -> set[str]:
+    """The canonical names of the profile's requirements: the route with a torch index needs
+    them before the resolver starts. A PEP 508 requirement starts with its name, read here
+    without packaging's parser (its tokenizer's imports cost more than uv takes to start);
+    ``profiles.check_late`` parses each one in full while uv works, and a bad one stops it."""
+    return {canonical(m.group(1)) for r in p.requirements if (m := _NAME.match(r))}
 
 
 def _sourced(p: Profile, extra_family: list[str]) -> list[str]:

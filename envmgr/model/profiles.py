@@ -16,7 +16,7 @@ from ..core.compat import tomllib
 from ..core.errors import ProfileError
 from .names import canonical
 from .platforms import DEFAULT_PLATFORM, PLATFORMS
-from .torchspec import is_variant_name, parse_torch_spec
+from .torchspec import is_variant_name, torch_requirement
 
 PYPI = "pypi"  # keyword: the resolver's default index (PyPI), resolved at run time
 
@@ -83,7 +83,7 @@ class Profile:
 
     @property
     def torch_requirement(self) -> str:
-        return "torch" + str(parse_torch_spec(self.torch))
+        return torch_requirement(self.torch)
 
     @property
     def requirements(self) -> tuple[str, ...]:
@@ -308,7 +308,7 @@ def _validate(name: str, path: Path, data: dict, origin: dict, files: tuple[Path
     if not is_variant_name(variant):
         raise _unknown_variant(where("variant"), variant)
     try:
-        parse_torch_spec(data["torch"])
+        torch_requirement(data["torch"])
     except ValueError as exc:
         raise ProfileError(f"{where('torch')}: {exc}", hint="write a version (2.7.1) or a specifier (>=2.7,<2.8)")
     python = data["python"]

@@ -18,7 +18,6 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from ..core.compat import tomllib
@@ -106,6 +105,18 @@ class KnowledgeBase:
     torch: dict[str, TorchRelease]
     arch: tuple[ArchList, ...]
     sources: dict[str, str]
+    where: str = ""  # the overlay files it was read with, for errors
+
+    def _torch_range(self, entry: ArchList):
+        """An arch entry's ``torch`` specifier, parsed when first asked for: packaging's
+        specifiers cost ~20 ms of imports, and a lock reads the table before its resolver
+        starts without needing them. A bad one is the table's one-line error."""
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            return SpecifierSet(entry.torch)
+        except InvalidSpecifier as exc:
+            raise _bad_entry(self.where, exc) from None
 
     # -- variants -------------------------------------------------------------------------
     def is_known_variant(self, variant: str) -> bool:
@@ -162,7 +173,7 @@ class KnowledgeBase:
             return None
         base = Version(v.base_version)
         for entry in self.arch:
-            if entry.variant == variant and SpecifierSet(entry.torch).contains(base):
+            if entry.variant == variant and self._torch_range(entry).contains(base):
                 return entry
         return None
 
@@ -192,7 +203,7 @@ class KnowledgeBase:
             return None, False
 
         def lowest(e: ArchList) -> Version:
-            bounds = [Version(s.version) for s in SpecifierSet(e.torch) if s.operator in (">=", "==", "~=")]
+            bounds = [Version(s.version) for s in self._torch_range(e) if s.operator in (">=", "==", "~=")]
             return min(bounds) if bounds else Version("0")
 
         same = [e for e in self.arch if e.variant == variant]
@@ -305,15 +316,19 @@ def kb() -> KnowledgeBase:
     return build(raw, where=" or ".join(str(p) for p in overlay_paths()))
 
 
+def _bad_entry(where: str, exc: Exception) -> UserError:
+    return UserError(f"the variants knowledge base (with the overlay {where}) has a bad entry: "
+                     f"{type(exc).__name__}: {exc}", hint="fix or delete the overlay")
+
+
 def build(raw: dict, where: str = "") -> KnowledgeBase:
     try:
-        return _build(raw)
-    except (KeyError, TypeError, ValueError, AttributeError, InvalidSpecifier) as exc:
-        raise UserError(f"the variants knowledge base (with the overlay {where}) has a bad entry: "
-                        f"{type(exc).__name__}: {exc}", hint="fix or delete the overlay")
+        return _build(raw, where)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _bad_entry(where, exc)
 
 
-def _build(raw: dict) -> KnowledgeBase:
+def _build(raw: dict, where: str) -> KnowledgeBase:
     idx = raw["index"]
     return KnowledgeBase(
         index_template=idx["url"],
@@ -340,7 +355,8 @@ def _build(raw: dict) -> KnowledgeBase:
         ), key=lambda item: version_tuple(item[0]))),
         arch=tuple(
             ArchList(e["variant"], e["torch"], tuple(e["list"]), e["ptx"], e["source"])
-            for e in raw["arch"] if SpecifierSet(e["torch"]) is not None
+            for e in raw["arch"]
         ),
         sources=dict(raw["sources"]),
+        where=where,
     )
