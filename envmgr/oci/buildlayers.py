@@ -215,7 +215,8 @@ def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCa
     order they come: from a warm cache, largest first), then written by the layer threads,
     which always take the largest layer waiting, so the last layer to finish is a small one.
     ``mark("install")`` when every group's files were at hand."""
-    counter = reporter.count(len(misses), f"building {len(misses)} layer(s)") if hasattr(reporter, "count") else None
+    from ..net.fetch import counter as count_bar
+
     waiting: list[tuple[int, int, list[ly.Entry]]] = []  # (-bytes, group, entries): a heap
     lock = threading.Lock()
     futs = []
@@ -230,7 +231,7 @@ def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCa
             counter.advance(1)
         return i, layer
 
-    try:
+    with count_bar(reporter, len(misses), f"building {len(misses)} layer(s)") as counter:
         with ThreadPoolExecutor(max_workers=jobs or max(2, os.cpu_count() or 2)) as pool:
             def submit(i: int) -> None:
                 nonlocal installed
@@ -255,9 +256,6 @@ def _build_missing(plan: Plan, misses: list[int], st: _Staged, cache: ly.LayerCa
                 i, layer = fut.result()
                 built[i] = layer
                 cache.put(plan.keys[i], layer)
-    finally:
-        if counter is not None:
-            counter.finish()
     return built, installed
 
 
@@ -290,8 +288,7 @@ def build(plan: Plan, *, cache: Path, jobs: int, reporter, log, mark) -> Built:
             if not plan.staging:
                 raise UserError(f"no Python {version} on this machine to stage the venv with",
                                 hint=f"install python{version} (the base's version), or use a base with this machine's python")
-            wheels = all(p.install_file.is_wheel for i in misses for p in groups[i].packages)
-            st = (_lay_out if wheels else _stage)(plan, misses, reporter, notes, tmp)
+            st = (_lay_out if plan.wheels else _stage)(plan, misses, reporter, notes, tmp)
             new, installed = _build_missing(plan, misses, st, layer_cache, jobs=jobs, reporter=reporter, mark=mark)
             built.update(new)
         top = ly.build_layer(top_entries(plan.req.lock_file, plan.req.venv, plan.facts, (*plan.user_entries, *plan.mode_entries)),

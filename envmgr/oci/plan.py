@@ -168,6 +168,7 @@ class Plan:
     staging: str  # this machine's python that stages the venv ("" if none)
     python_platform: str  # uv's --python-platform for another machine's files ("" for this machine's)
     compile: bool  # byte-compile the venv (if the staging python is the base's)
+    wheels: bool  # every package a wheel: laid out from the wheels (wheelfs); else staged by uv
     user: str  # the config's User, "uid:gid"
     home: str  # the user's home: the default WorkingDir
     user_entries: tuple[ly.Entry, ...]  # /etc/passwd, /etc/group and the home, if the base lacks the user
@@ -248,11 +249,12 @@ def plan(req: Request, base: sources.Base, facts: sources.BaseFacts, opts: Optio
                                 hint=f"lock a version with a {platform} wheel, or export {platform} on a {platform} machine")
     host_python, host_version = staging_python(facts.version)
     groups = venvlayers.plan(packages, threshold=opts.threshold, split_pure=req.index)
+    wheels = all(p.install_file.is_wheel for p in packages)  # the route of every layer, named in its key
     common = {"venv": req.venv, "python": facts.version, "interpreter": facts.python, "epoch": req.epoch,
               "compile": opts.compile, "host-python": host_version,
-              "installer": wheelfs.LAYOUT if all(p.install_file.is_wheel for p in packages) else f"uv {uv_version()}"}
+              "installer": wheelfs.LAYOUT if wheels else f"uv {uv_version()}"}
     keys = [ly.LayerCache.key({**common, "title": g.title, "packages": g.key_parts()}) for g in groups]
     user, entries, home = user_files(req.conf.get("user", DEFAULT_USER), facts)
     return Plan(req=req, base=base, facts=facts, groups=tuple(groups), keys=tuple(keys), staging=host_python,
-                python_platform=PLATFORMS[platform][0] if foreign else "", compile=opts.compile, user=user, home=home, user_entries=tuple(entries),
+                python_platform=PLATFORMS[platform][0] if foreign else "", compile=opts.compile, wheels=wheels, user=user, home=home, user_entries=tuple(entries),
                 mode_entries=tuple(md.entries(req.modes, req.venv, user)))
