@@ -5,7 +5,6 @@ knowledge base while it works). ``variants`` offers both with the rest."""
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -57,6 +57,19 @@ class NullReporter:
         pass
 
 
+@contextlib.contextmanager
+def counter(reporter, n: int, label: str):
+    """A bar of ``n`` things (packages installed, layers built) beside the reporter's bar of
+    bytes, when it draws one (``count``: the console's), finished however the work ends; else
+    None."""
+    bar = reporter.count(n, label) if n and hasattr(reporter, "count") else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.finish()
+
+
 # -- the cache ----------------------------------------------------------------------------
 
 def files_dir(cache: Path | None = None) -> Path:

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
-import queue
 import posixpath
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,9 +138,6 @@ class Compiler:
     raises what went wrong (in the subprocess or in ``on_done``); :meth:`kill` stops it."""
 
     def __init__(self, python: Path, site: Path, image_site: str, on_done, jobs: int = 0) -> None:
-        import json
-        import threading
-
         if site.is_dir():
             for pyc in site.rglob("*.pyc"):
                 pyc.unlink()
@@ -147,7 +147,6 @@ class Compiler:
         self.proc = subprocess.Popen([str(python), "-I", "-W", "ignore", "-c", _COMPILE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)  # its own group: kill() stops its workers too
-        self._json = json
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # lines to send; None: no more
         self.on_done, self.count, self.error = on_done, 0, None
         self._queue.put({"site": str(site), "image_site": image_site, "jobs": jobs or os.cpu_count() or 1})
@@ -162,7 +161,7 @@ class Compiler:
         stdin = self.proc.stdin
         try:
             while (obj := self._queue.get()) is not None:
-                stdin.write(self._json.dumps(obj) + "\n")  # type: ignore[union-attr]
+                stdin.write(json.dumps(obj) + "\n")  # type: ignore[union-attr]
                 stdin.flush()  # type: ignore[union-attr]
             stdin.close()  # type: ignore[union-attr]
         except (BrokenPipeError, ValueError, OSError):
@@ -194,8 +193,6 @@ class Compiler:
         return self.count
 
     def kill(self) -> None:
-        import signal
-
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # the pool's workers hold its stdout open too
         self._queue.put(None)

@@ -16,7 +16,6 @@ the network are imported inside the functions: a no-op sync loads this module no
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -93,17 +92,6 @@ def _record(name: str, lock_file: Path, lock_digest: str, lock, state: _State, r
         packages={p.key: p.version for p in result.plan.install}, lines=state.plan.lines(), folders=folders)
 
 
-@contextlib.contextmanager
-def _counter(reporter, n: int):
-    """The packages bar beside the bytes one (a reporter with ``count``), finished however the sync ends."""
-    counter = reporter.count(n, f"installing {n} package(s)") if n and hasattr(reporter, "count") else None
-    try:
-        yield counter
-    finally:
-        if counter is not None:
-            counter.finish()
-
-
 def _fetch(name: str, lock, state: _State, venv: Path, downloads: list, options: SyncOptions, auth, reporter, counter,
            log: Callable[[str], None], keep_fds: tuple[int, ...]) -> tuple[dict, set[str]]:
     """Every file the plan installs, verified into the cache: (sha256 -> path, keys already unpacked
@@ -178,7 +166,7 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
         # dead network fails here, venv untouched.
         downloads = [p.install_file for p in plan.install if not fetch.cached_path(p.install_file).exists()
                      and not any((d / p.install_file.filename).is_file() for d in find_links)]
-        with _counter(reporter, len(plan.install)) as counter:
+        with fetch.counter(reporter, len(plan.install), f"installing {len(plan.install)} package(s)") as counter:
             files, staged = _fetch(name, lock, state, venv, downloads, options,
                                    profile_auth(project, name) if downloads and not offline else None, reporter, counter, log,
                                    (lock_fd,))
