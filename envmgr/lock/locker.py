@@ -24,7 +24,6 @@ from ..core.files import write_atomic
 from ..core.settings import lock_path
 from ..core.urls import redact
 from ..model import profiles
-from ..model.names import canonical
 from ..model.profiles import Profile
 from ..net.credentials import Auth
 from . import facts as wheelfacts
@@ -158,11 +157,9 @@ def _family_guess(profile: Profile, previous: Lock | None) -> tuple[str, ...] | 
     knowledge base's usual ones)."""
     if previous is None or previous.meta.variant != profile.variant:
         return None
-    from packaging.requirements import Requirement
-
     from ..model.variants import kb
 
-    direct = {canonical(Requirement(r).name) for r in profile.requirements}
+    direct = resolve.direct_names(profile)
     return tuple(sorted(p.key for p in previous.packages
                         if kb().is_torch_family(p.key) and p.key != "torch" and p.key not in direct))
 
@@ -269,9 +266,10 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
     name = profile.name
     path = lock_path(project, name)
     if unchecked and path.exists():
-        # a re-lock's family guess parses the requirements before the resolver starts: then
-        # the profile is checked in full first, as ``load`` does (a torch index's route reads
-        # only their names, and the knowledge base, which a bad profile cannot break)
+        # a re-lock (a bot's, or a user's after an edit): the profile is checked in full
+        # first, as ``load`` does, so a bad edit is its one line before any resolving (a torch
+        # index's route reads only the requirements' names and the knowledge base, which a
+        # bad profile cannot break)
         profiles.check_late(profile)
         unchecked = False
     with _profile_lock(project, name):

@@ -167,7 +167,7 @@ class UvBackend:
         idx = Indexes.of(p)
         if idx.torch:  # the knowledge base: read before uv starts on a torch index's route only
             from ..model.variants import kb
-        direct = _direct(p) if idx.torch else set()
+        direct = direct_names(p) if idx.torch else set()
         extra_family: list[str] = []
         if req.family is not None and idx.torch:
             extra_family = [n for n in req.family if n not in direct]
@@ -280,11 +280,12 @@ class UvBackend:
 _NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")  # a PEP 508 requirement's name
 
 
-def _direct(p: Profile) -> set[str]:
-    """The canonical names of the profile's requirements: the route with a torch index needs
-    them before the resolver starts. A PEP 508 requirement starts with its name, read here
-    without packaging's parser (its tokenizer's imports cost more than uv takes to start);
-    ``profiles.check_late`` parses each one in full while uv works, and a bad one stops it."""
+def direct_names(p: Profile) -> set[str]:
+    """The canonical names of the profile's requirements: the route with a torch index and a
+    re-lock's family guess need them before the resolver starts. A PEP 508 requirement starts
+    with its name, read here without packaging's parser (its tokenizer's imports cost more than
+    uv takes to start); ``profiles.check_late`` parses each one in full, and a bad one stops
+    the resolver."""
     return {canonical(m.group(1)) for r in p.requirements if (m := _NAME.match(r))}
 
 
@@ -292,7 +293,7 @@ def _sourced(p: Profile, extra_family: list[str]) -> list[str]:
     """The torch-family projects uv takes from the torch index (``[tool.uv.sources]``)."""
     from ..model.variants import kb
 
-    return sorted({n for n in _direct(p) if kb().is_torch_family(n)} | set(extra_family))
+    return sorted({n for n in direct_names(p) if kb().is_torch_family(n)} | set(extra_family))
 
 
 def _hashed_record() -> Path:
