@@ -1,6 +1,7 @@
 """The cold sync as a pipeline: parallel downloads (big files in ``Range`` parts where the server
 answers them), each verified file unpacked by uv through a staging venv beside the target while
-the others download, and the venv changed only once every file is verified.
+the others download, and the venv changed only once every file is verified; where there was no
+venv, each verified file's package goes straight into the new one (nothing to keep usable).
 
 Each test checks one promise: the bytes are right however they came, a failure in the middle
 leaves the previous venv as it was (and nothing staged beside it), a kill -9 in the middle is
@@ -13,6 +14,7 @@ import hashlib
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,9 @@ from test_sync import (
     ok,
     pins,
     profile_text,
+    site,
     start,
+    sync_json,
     tree,
     venv_of,
     vpy,
@@ -131,6 +135,48 @@ def test_hash_mismatch_mid_pipeline_names_file_and_leaves_venv(fresh_index: Fixt
     assert fetch.cached_path(big, cache).is_file()
 
 
+def test_hash_mismatch_in_a_first_sync_leaves_no_venv(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    """No venv yet: packages go into the new venv as their files verify, and bytes unlike the lock
+    in the middle of it fail naming the file, with no venv left behind (there was none before) and
+    nothing beside it; the good files stay cached, and the next sync, once the index is right, is
+    exact."""
+    fresh_index.add(PYPI, None, "bigpkg", "2.0.0", files=many_files(300, "two"), extra_size=2_000_000)
+    proj = big_project(fresh_index, tmp_path, "bigpkg==2.0.0", "fixture-app==1.1.0")
+    venv = venv_of(proj)
+    pkg = lockfile.read(lockfile.lock_path(proj, "default")).package("fixture-app")
+    good = fresh_index.wheel_path(pkg.install_file.filename).read_bytes()
+    fresh_index.add(PYPI, None, "fixture-app", "1.1.0", requires=["numpy>=2"],
+                    files={"fixture_app/__init__.py": "__version__ = '1.1.0'\nEVIL = True\n"})
+    line = failed(envmgr(proj, "sync"))
+    assert "hash mismatch for fixture-app" in line and pkg.install_file.url in line
+    assert not venv.exists() and workdirs(venv) == []
+    cache = Path(os.environ["ENVMGR_CACHE_DIR"])
+    big = lockfile.read(lockfile.lock_path(proj, "default")).package("bigpkg").install_file
+    assert fetch.cached_path(big, cache).is_file()
+    fresh_index.wheel_path(pkg.install_file.filename).write_bytes(good)  # the index is right again
+    proc = ok(envmgr(proj, "sync"))
+    assert "creating" in proc.stderr
+    assert_exact(proj)
+
+
+def test_first_sync_installs_into_the_new_venv_while_downloading(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    """No venv yet: no staging venv beside it; the packages whose files came first are in the venv
+    before the last file is verified, and the sync's record of the venv (the recipe a later sync of
+    a missing venv replays) names every package, not only those the final step installed."""
+    fresh_index.add(PYPI, None, "bigpkg", "2.0.0", files=many_files(300, "two"), extra_size=2_000_000)
+    proj = big_project(fresh_index, tmp_path, "bigpkg==2.0.0", "fixture-app==1.1.0")
+    cache = str(tmp_path / "cold-cache")  # every file downloads
+    proc = ok(envmgr(proj, "sync", ENVMGR_CACHE_DIR=cache))
+    assert "downloaded" in proc.stderr and "package(s) unpacked meanwhile" in proc.stderr
+    assert workdirs(venv_of(proj)) == []
+    assert_exact(proj)
+    venv = venv_of(proj)
+    shutil.rmtree(venv)
+    again = sync_json(proj, ENVMGR_CACHE_DIR=cache)  # replayed from the recipe the first sync kept
+    assert again["created"] and sorted(again["installed"]) == sorted(f"{k}=={v}" for k, v in pins(proj).items())
+    assert_exact(proj)
+
+
 def test_verbose_sync_says_what_was_unpacked_while_downloading(fresh_index: FixtureIndex, tmp_path: Path) -> None:
     proj = two_states(fresh_index, tmp_path)
     proc = ok(envmgr(proj, "sync"))
@@ -140,21 +186,40 @@ def test_verbose_sync_says_what_was_unpacked_while_downloading(fresh_index: Fixt
     assert workdirs(venv_of(proj)) == []
 
 
-def test_kill_9_while_staging_then_sync_is_exact(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    """Killed (envmgr and its uv together, or envmgr alone) while the staging venv exists: the next
-    sync removes what was left beside the venv and makes it exactly the lock."""
+def _unpacking(venv: Path, direct: bool) -> bool:
+    """Is a cold sync unpacking verified files now: into a staging venv beside ``venv``, or
+    (``direct``: no venv before) into the new venv itself, still marked as being made?"""
+    if not venv.parent.is_dir():
+        return False
+    if not direct:
+        return any((venv.parent / d / "stage").exists() for d in workdirs(venv))
+    sp = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    return (venv / ".envmgr-syncing").exists() and sp.is_dir() and any(n.endswith(".dist-info") for n in os.listdir(sp))
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["staging-venv", "into-new-venv"])
+def test_kill_9_while_staging_then_sync_is_exact(fresh_index: FixtureIndex, tmp_path: Path, direct: bool) -> None:
+    """Killed (envmgr and its uv together, or envmgr alone) while verified files are unpacked, beside
+    the previous venv or into a venv made where there was none: the next sync removes what was left
+    beside the venv and makes it exactly the lock."""
     fresh_index.add(PYPI, None, "bigpkg", "1.0.0", files=many_files(3000, "one"))
     fresh_index.add(PYPI, None, "bigpkg", "2.0.0", files=many_files(3000, "two"), extra_size=2_000_000)
     proj = big_project(fresh_index, tmp_path / "p", "bigpkg==2.0.0", "fixture-app==1.1.0")
     venv = venv_of(proj)
+    if not direct:  # a venv of another python minor would be recreated, so: one whose files are all there
+        ok(envmgr(proj, "sync"))
     hits = 0
     for trial in range(6):
         cache = tmp_path / f"cache-{trial}"  # cold: every file downloads, so staging runs
+        if not direct:
+            shutil.rmtree(site(venv) / "bigpkg")  # damaged: bigpkg is installed again, its file staged first
+            stamp_file = venv / ".envmgr-sync.json"
+            stamp_file.unlink(missing_ok=True)
         proc = start(proj, "sync", ENVMGR_CACHE_DIR=str(cache))
         deadline = time.monotonic() + 60
         staged = False
         while proc.poll() is None and time.monotonic() < deadline:
-            if venv.parent.is_dir() and any((venv.parent / d / "stage").exists() for d in workdirs(venv)):
+            if _unpacking(venv, direct):
                 staged = True
                 time.sleep(0.05 * (trial % 3))
                 break
@@ -172,5 +237,6 @@ def test_kill_9_while_staging_then_sync_is_exact(fresh_index: FixtureIndex, tmp_
         assert workdirs(venv) == [], trial
         imp = vpy(venv, "import bigpkg, fixture_app; print(bigpkg.__version__)")
         assert imp.returncode == 0 and imp.stdout.strip() == "2.0.0", imp.stderr
-        shutil.rmtree(venv)
+        if direct:
+            shutil.rmtree(venv)
     assert hits >= 2, hits  # really killed while staging

@@ -6,7 +6,10 @@ A cold sync is a pipeline (:func:`_fetch`): the files download in parallel, each
 it streams, and every verified file is unpacked by uv into its cache through a staging venv
 beside the target while the others still download (:class:`envmgr.venv.install.Staging`);
 the venv itself is changed only once every file is verified, by one exact ``uv pip sync``
-that then mostly links. Two bars tell the truth: bytes downloaded, packages installed.
+that then mostly links. A first sync (no venv at the path: nothing to keep usable) makes the
+venv at once and unpacks each package straight into it once its own file is verified, so
+nothing is linked twice; if a file fails, the new venv is removed again. Two bars tell the
+truth: bytes downloaded, packages installed.
 
 Read-only first: every input, the interpreter, the driver and (offline) the files are checked
 before anything on disk changes, once before the venv's file lock is taken and again under it
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,14 +92,15 @@ def _record(name: str, lock_file: Path, lock_digest: str, lock, state: _State, r
         recipe.key(profile=name, lock_path=lock_file, lock_digest=lock_digest, requested=requested),
         base=state.base, version=result.python.version, fresh=fresh, variant=lock.meta.variant,
         cuda=lock.meta.cuda, min_driver=lock.meta.min_driver, pylock=result.pylock,
-        files=sorted(str(files[p.install_file.sha256]) for p in result.plan.install),
-        packages={p.key: p.version for p in result.plan.install}, lines=state.plan.lines(), folders=folders)
+        files=sorted(str(files[p.install_file.sha256]) for p in state.plan.install),
+        packages={p.key: p.version for p in state.plan.install}, lines=state.plan.lines(), folders=folders)
 
 
 def _fetch(name: str, lock, state: _State, venv: Path, downloads: list, options: SyncOptions, auth, reporter, counter,
-           log: Callable[[str], None], keep_fds: tuple[int, ...]) -> tuple[dict, set[str]]:
+           log: Callable[[str], None], keep_fds: tuple[int, ...], direct: bool) -> tuple[dict, set[str]]:
     """Every file the plan installs, verified into the cache: (sha256 -> path, keys already unpacked
-    by uv while the others downloaded). Staging runs only when something downloads."""
+    by uv while the others downloaded). Staging runs only when something downloads; ``direct``
+    (a venv made where there was none): into the venv itself, removed again if a file fails."""
     from ..net import fetch
     from ..venv import install
 
@@ -105,13 +110,22 @@ def _fetch(name: str, lock, state: _State, venv: Path, downloads: list, options:
     staging = None
     if downloads and not options.offline:
         by_sha = {p.install_file.sha256: p for p in state.plan.install}
-        staging = install.Staging(lock, venv, state.python.executable, counter=counter, keep_fds=keep_fds)
+        if direct:
+            log(f"{name}: creating {venv} with Python {state.python.version}")
+            stamp.drop(venv)  # the folder and the marker that says it is ours, before uv makes the venv in it
+        staging = install.Staging(lock, venv, state.base if direct else state.python.executable, counter=counter,
+                                  keep_fds=keep_fds, direct=direct, prompt=name)
     t0 = time.monotonic()
     try:
         files = fetch.fetch(items, auth=auth, offline=options.offline, find_links=options.find_links,
                             reporter=reporter, on_ready=staging and (lambda _, f, path: staging.ready(by_sha[f.sha256], path)))
-    finally:
-        staged = staging.close() if staging else set()
+    except BaseException:
+        if staging is not None:
+            staging.close()
+            if direct:  # there was no venv: none is left
+                shutil.rmtree(venv, ignore_errors=True)
+        raise
+    staged = staging.close() if staging else set()
     if downloads:
         took, size = time.monotonic() - t0, sum(f.size for f in downloads)
         log(f"{name}: downloaded {len(downloads)} file(s), {size / 1e6:.0f} MB in {took:.1f} s "
@@ -166,16 +180,19 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
         # dead network fails here, venv untouched.
         downloads = [p.install_file for p in plan.install if not fetch.cached_path(p.install_file).exists()
                      and not any((d / p.install_file.filename).is_file() for d in find_links)]
+        # No venv yet (a first sync): nothing to keep usable, so each package goes into the new
+        # venv once its own file is verified, not through a staging venv beside it.
+        direct = state.recreate and bool(downloads) and not offline and target.state(venv) == "missing"
         with fetch.counter(reporter, len(plan.install), f"installing {len(plan.install)} package(s)") as counter:
             files, staged = _fetch(name, lock, state, venv, downloads, options,
                                    profile_auth(project, name) if downloads and not offline else None, reporter, counter, log,
-                                   (lock_fd,))
+                                   (lock_fd,), direct)
 
             if plan.empty and not state.recreate:
                 log(f"{name}: {venv} already matches the lock")
             else:
                 stamp.drop(venv)
-                if state.recreate:
+                if state.recreate and not (direct and install.is_venv(venv)):  # (unless staging made it)
                     log(f"{name}: creating {venv} with Python {state.python.version}")
                     target.clear(venv)
                     uvtool.create_venv(venv, state.base, prompt=name, allow_existing=True, keep_fds=(lock_fd,))

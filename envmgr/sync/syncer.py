@@ -16,7 +16,9 @@ The hard problems and how they are solved:
   from the recipe an earlier sync of the same inputs left in the cache (:mod:`envmgr.sync.replay`):
   the same uv commands and checks, without the lock model's imports and reading.
 * **A failed sync leaves the previous venv usable.** Every file is fetched and hash-checked
-  into the cache first (:mod:`envmgr.sync.slow`); the venv is touched only after that.
+  into the cache first (:mod:`envmgr.sync.slow`); the venv is touched only after that. (Where
+  there was no venv, each package goes into the new one once its own file is verified, and a
+  failure removes the new venv: the path is as it was.)
 * **kill -9 at any point.** The stamp is removed before the venv is touched and written last
   (atomically), so an interrupted sync is noticed and redone; damaged packages (files listed
   in RECORD but gone) are reinstalled, a half-created venv (marker file inside) recreated.

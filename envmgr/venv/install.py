@@ -330,13 +330,20 @@ class Staging:
     (``advance(n)``) is told each package unpacked. :meth:`close` waits for the batch running,
     drops the rest (the final sync unpacks those itself) and removes the staging venv; it
     returns the keys staged.
+
+    ``direct``: ``venv`` is one this sync creates where nothing was (no previous venv to keep
+    usable), so the batches go straight into it (``prompt``: its prompt): each package lands
+    there once its own file is verified, and the final sync has nothing left to link. The
+    caller removes ``venv`` when the sync fails.
     """
 
-    def __init__(self, lock: Lock, venv: Path, python: str, *, counter=None, keep_fds: tuple[int, ...] = ()):
+    def __init__(self, lock: Lock, venv: Path, python: str, *, counter=None, keep_fds: tuple[int, ...] = (),
+                 direct: bool = False, prompt: str | None = None):
         import threading
 
         self.lock, self.venv, self.python, self.counter, self.keep_fds = lock, Path(venv), python, counter, keep_fds
-        self.stage = Path(workdir(venv)) / "stage"
+        self.direct, self.prompt = direct, prompt
+        self.stage = self.venv if direct else Path(workdir(venv)) / "stage"
         self.staged: set[str] = set()
         self._pending: list[tuple[LockedPackage, Path]] = []
         self._cond = threading.Condition()
@@ -351,7 +358,7 @@ class Staging:
 
     def _run(self) -> None:
         try:
-            create_venv(self.stage, self.python, allow_existing=True, keep_fds=self.keep_fds)
+            create_venv(self.stage, self.python, allow_existing=True, keep_fds=self.keep_fds, prompt=self.prompt)
         except EnvmgrError:
             return  # no staging: the final sync unpacks everything itself
         while True:
@@ -373,6 +380,8 @@ class Staging:
             self._closed = True
             self._cond.notify()
         self._thread.join()
+        if self.direct:
+            return self.staged
         shutil.rmtree(self.stage, ignore_errors=True)
         try:
             os.rmdir(self.stage.parent)

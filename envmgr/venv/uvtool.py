@@ -187,10 +187,11 @@ def pip_sync(venv, pylock: str, *, reinstall=(), link_mode: str | None = None, v
 def pip_install_staged(stage, venv, pylock: str, *, keep_fds: tuple[int, ...] = ()) -> bool:
     """``uv pip install --no-deps`` of the lock text ``pylock`` (verified local files) into the
     staging venv ``stage`` of ``venv``'s sync: uv unpacks them into its cache, so the sync of
-    ``venv`` that follows only links. True when uv succeeded (a failure here is not the
-    sync's: the sync does the work itself and reports what goes wrong)."""
-    return _uv_pip(["install", "--no-deps", "--link-mode", "hardlink"], stage, pylock, where=venv,
-                   keep_fds=keep_fds).returncode == 0
+    ``venv`` that follows only links. ``stage`` may be ``venv`` itself (a venv the sync is
+    creating: linked as the final sync would, uv's own link mode). True when uv succeeded (a
+    failure here is not the sync's: the sync does the work itself and reports what goes wrong)."""
+    link = [] if os.fspath(stage) == os.fspath(venv) else ["--link-mode", "hardlink"]
+    return _uv_pip(["install", "--no-deps", *link], stage, pylock, where=venv, keep_fds=keep_fds).returncode == 0
 
 
 def remove_orphans(venv) -> None:
