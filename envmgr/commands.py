@@ -104,17 +104,17 @@ def lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, q
             print_json([r.to_json() for r in results])
         else:
             for r in results:
-                (out if r.fresh else err).print(r.describe())
+                (out if r.fresh else err).line(r.describe())
         return 1 if any(not r.fresh for r in results) else 0
     results = locker.lock_profiles(
         project, selected, resolver=resolver, upgrade=upgrade, upgrade_packages=upgrade_package or [], verify=verify,
-        jobs=jobs, log=None if quiet or as_json else err.print,
+        jobs=jobs, log=line_log(not (quiet or as_json)),
     )
     if as_json:
         print_json([r.to_json() for r in results])
     elif not quiet:
         for r in results:
-            out.print(r.describe())
+            out.line(r.describe())
     return 0
 
 
