@@ -93,10 +93,22 @@ LOCK = (
 
 
 def lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json) -> int:
+    project = find_project()
+    if not (all_ or check or resolver or upgrade or upgrade_package or verify) and len(names) <= 1:
+        from .lock import early
+
+        early.start(project, names[0] if names else "default")  # uv from the last lock's recipe, if it holds
+        try:
+            return _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json)
+        finally:
+            early.discard()
+    return _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json)
+
+
+def _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json) -> int:
     from .lock import locker
     from .model import profiles
 
-    project = find_project()
     selected = profiles.list_profiles(project) if all_ or (check and not names) else (names or ["default"])
     if check:
         results = locker.check(project, selected)

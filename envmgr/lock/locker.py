@@ -259,9 +259,11 @@ def merge_platforms(profile: Profile, per_platform: dict[str, list]) -> list:
 
 def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, upgrade: bool = False,
              upgrade_packages: tuple[str, ...] = (), verify: bool = False, log: Log = None,
-             unchecked: bool = False) -> LockResult:
+             unchecked: bool = False, remember: bool = False) -> LockResult:
     """``unchecked``: the profile was loaded without ``profiles.check_late``, which runs here
-    while the resolver starts (a failed check stops it, and nothing is written)."""
+    while the resolver starts (a failed check stops it, and nothing is written). ``remember``:
+    keep the resolver's first command as the recipe a later plain lock of the same profile
+    files starts early (``lock.early``)."""
     started = time.monotonic()
     name = profile.name
     path = lock_path(project, name)
@@ -325,6 +327,11 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
             lock = _lock_platforms(profile, backend_name, version, run, previous, previous_text, idx, log)
         once()  # if no resolver process ran it, the profile is checked now
         changed = write_atomic(path, lock.dumps())
+    first = getattr(backend, "first_command", None)
+    if remember and first and not profile.multi_platform:
+        from . import early
+
+        early.remember(project, name, profile.files, *first)
     return LockResult(name, path, changed, lock, time.monotonic() - started, previous.pins if previous else {})
 
 
@@ -441,7 +448,8 @@ def lock_profiles(project: Path, names: list[str], *, resolver: str | None = Non
     def run(n: str) -> None:
         try:
             results[n] = lock_one(project, loaded[n], resolver=resolver, upgrade=upgrade,
-                                  upgrade_packages=tuple(upgrade_packages), verify=verify, log=log, unchecked=one)
+                                  upgrade_packages=tuple(upgrade_packages), verify=verify, log=log, unchecked=one,
+                                  remember=one and resolver is None and not (upgrade or upgrade_packages or verify))
         except EnvmgrError as exc:
             errors.append((n, exc))
 

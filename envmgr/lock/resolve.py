@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..model.names import canonical
 from ..model.profiles import PYPI, Profile
 from ..model.tomltext import toml_str
 from ..venv.uvtool import clean_env, running_python, uv_bin, uv_version
+from . import early
 
 if TYPE_CHECKING:
     from ..model.lockfile import LockedPackage
@@ -158,6 +160,10 @@ class UvBackend:
         # torch-family packages added as direct requirements by the last resolve (the caller
         # resolves again without those the torch build turns out not to require)
         self.added_family: tuple[str, ...] = ()
+        # (command line, pyproject text) of this backend's first uv run, when it named no local
+        # routing index: the recipe a later lock of the same profile files starts early (lock.early)
+        self.first_command: tuple[list[str], str] | None = None
+        self._runs = 0
 
     def version(self) -> str:
         return uv_version()
@@ -231,11 +237,8 @@ class UvBackend:
             lines += ["", "[tool.uv.sources]", *(f'{n} = {{ index = "envmgr-torch" }}' for n in names),
                       "", "[[tool.uv.index]]", 'name = "envmgr-torch"', f"url = {toml_str(torch_url or idx.torch)}",
                       "explicit = true"]
-        (work / "pyproject.toml").write_text("\n".join(lines) + "\n")
-        out = work / "pylock.toml"
-        if req.previous is not None:
-            out.write_text(req.previous)  # uv keeps these pins unless told to upgrade
-        cmd = [uv_bin(), "pip", "compile", "pyproject.toml", "--format", "pylock.toml", "-o", str(out),
+        pyproject = "\n".join(lines) + "\n"
+        cmd = [uv_bin(), "pip", "compile", "pyproject.toml", "--format", "pylock.toml", "-o", early.PYLOCK,
                "--no-config", "--no-header", "--quiet", "--python-version", p.python,
                "--python-platform", p.uv_platform, "--no-build", *_interpreter_args(p.python)]
         if p.index_url != PYPI:
@@ -246,17 +249,33 @@ class UvBackend:
             cmd.append("--upgrade")
         for name in req.upgrade_packages:
             cmd += ["--upgrade-package", name]
-        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
-        stderr = _wait(proc, req)
-        if proc.returncode != 0:
-            errors = "\n".join(proxy.errors) if proxy else ""
-            raise ResolutionError(
-                f"profile {p.name}: uv could not resolve {', '.join(p.requirements)}",
-                hint="see the resolver's explanation below",
-                detail=_scrub("\n".join(x for x in (stderr, errors) if x), idx),
-            )
+        self._runs += 1
+        if self._runs == 1 and proxy is None:
+            self.first_command = (cmd, pyproject)
+        env = clean_env()
+        started = early.take(cmd, env, pyproject, req.previous)  # uv started from the last lock's recipe
+        if started is not None:
+            proc, work = started
+        else:
+            (work / "pyproject.toml").write_text(pyproject)
+            if req.previous is not None:
+                (work / early.PYLOCK).write_text(req.previous)  # uv keeps these pins unless told to upgrade
+            proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            stderr = _wait(proc, req)
+            if proc.returncode != 0:
+                errors = "\n".join(proxy.errors) if proxy else ""
+                raise ResolutionError(
+                    f"profile {p.name}: uv could not resolve {', '.join(p.requirements)}",
+                    hint="see the resolver's explanation below",
+                    detail=_scrub("\n".join(x for x in (stderr, errors) if x), idx),
+                )
+            text = (work / early.PYLOCK).read_text()
+        finally:
+            if started is not None:
+                shutil.rmtree(work, ignore_errors=True)
         unhashed = {strip_credentials(u) for u in proxy.unhashed} if proxy else set()
-        return self._parse(out.read_text(), idx, unhashed, proxy.original if proxy else (lambda u: u))
+        return self._parse(text, idx, unhashed, proxy.original if proxy else (lambda u: u))
 
     @staticmethod
     def _parse(text: str, idx: Indexes, unhashed: set[str], original=lambda u: u) -> list[Pinned]:

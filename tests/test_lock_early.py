@@ -1,0 +1,137 @@
+"""``lock.early``: a plain ``envmgr lock NAME`` starts uv from the last lock's recipe before it has
+read the profile, and uses that uv only when it is exactly the one it would start itself.
+
+Each test checks one promise: a recipe is kept after a plain lock and a lock that starts from it
+writes the same bytes; a recipe that no longer matches (an edited profile, a changed command)
+changes nothing in the result and leaves no uv and no folder behind; a recipe naming another
+program than envmgr's uv is never run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from fixture_index import FixtureIndex
+from test_lock import envmgr, make_project, ok, profile_text
+
+from envmgr.lock import early
+
+
+def recipes(cache: Path) -> list[Path]:
+    return sorted((cache / "lock-recipes").glob("*.json"))
+
+
+def leftovers(tmp: Path) -> list[str]:
+    return [n for n in os.listdir(tmp) if n.startswith("envmgr-lock-")]
+
+
+def text(index: FixtureIndex, packages: tuple[str, ...] = ("numpy",)) -> str:
+    """torch from the default index: one uv run, no local routing index (whose port would differ)."""
+    return profile_text(index, "cu126", torch=">=2.7,<2.8", torch_index_url=index.pypi_url, packages=packages)
+
+
+def project(index: FixtureIndex, root: Path) -> Path:
+    return make_project(root, {"default": text(index)})
+
+
+def test_a_plain_lock_keeps_its_command_and_the_next_starts_from_it(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    proj = project(fresh_index, tmp_path / "p")
+    cache, tmp = tmp_path / "cache", tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"ENVMGR_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
+    ok(envmgr(proj, "lock", **env))
+    lock_file = proj / "locks" / "pylock.default.toml"
+    first = lock_file.read_bytes()
+    [recipe_file] = recipes(cache)
+    recipe = json.loads(recipe_file.read_text())
+    assert recipe["argv"][1:3] == ["pip", "compile"] and "numpy" in recipe["pyproject"]
+    assert [Path(f) for f in recipe["files"]] == [proj / "profiles" / "default.toml"]
+    lock_file.unlink()
+    ok(envmgr(proj, "lock", **env))  # from the recipe
+    assert lock_file.read_bytes() == first
+    ok(envmgr(proj, "lock", **env))  # a re-lock: the previous lock handed to the early uv as well
+    assert lock_file.read_bytes() == first
+    assert leftovers(tmp) == []
+
+
+def test_an_edited_profile_or_a_changed_command_is_not_started_early(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    proj = project(fresh_index, tmp_path / "p")
+    cache, tmp = tmp_path / "cache", tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"ENVMGR_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
+    ok(envmgr(proj, "lock", **env))
+    [recipe_file] = recipes(cache)
+    # the same profile bytes, but a recipe whose pyproject asks for something else: uv starts early
+    # from it, the lock sees its own command differ, stops that uv and resolves the profile's
+    recipe = json.loads(recipe_file.read_text())
+    recipe["pyproject"] = recipe["pyproject"].replace('"numpy"', '"fixture-app"')
+    assert "fixture-app" in recipe["pyproject"]
+    recipe_file.write_text(json.dumps(recipe))
+    lock_file = proj / "locks" / "pylock.default.toml"
+    lock_file.unlink()
+    ok(envmgr(proj, "lock", **env))
+    names = {p["name"] for p in _packages(lock_file)}
+    assert "numpy" in names and "fixture-app" not in names
+    assert leftovers(tmp) == []
+    assert json.loads(recipe_file.read_text())["pyproject"] != recipe["pyproject"]  # the real command kept again
+    # an edited profile: the recipe's files differ, nothing starts early, the lock has the edit
+    (proj / "profiles" / "default.toml").write_text(text(fresh_index, ("numpy", "fixture-app")))
+    ok(envmgr(proj, "lock", **env))
+    assert "fixture-app" in {p["name"] for p in _packages(lock_file)}
+    assert leftovers(tmp) == []
+
+
+def _packages(lock_file: Path) -> list[dict]:
+    import tomllib
+
+    return tomllib.loads(lock_file.read_text())["packages"]
+
+
+def test_take_hands_over_only_the_same_command_and_stops_any_other(tmp_path: Path, monkeypatch) -> None:
+    """In-process: the early uv is the caller's only for exactly its command line, environment,
+    pyproject and previous lock; otherwise it is killed and its folder removed."""
+    monkeypatch.setenv("ENVMGR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("ENVMGR_RESOLVER", raising=False)
+    proj = tmp_path / "p"
+    (proj / "profiles").mkdir(parents=True)
+    profile = proj / "profiles" / "default.toml"
+    profile.write_text('variant = "cpu"\n')
+    from envmgr.venv.uvtool import clean_env, uv_bin
+
+    argv = [uv_bin(), "--version"]
+    early.remember(proj, "default", [profile], argv, "[project]\n")
+    for same in (True, False):
+        early.start(proj, "default")
+        assert leftovers(tmp_path) == [f"envmgr-lock-default-{os.getpid()}"]
+        got = early.take(argv if same else [*argv, "--quiet"], clean_env(), "[project]\n", None)
+        if same:
+            proc, folder = got
+            proc.communicate()
+            assert proc.returncode == 0 and (folder / "pyproject.toml").read_text() == "[project]\n"
+            import shutil
+
+            shutil.rmtree(folder)
+        else:
+            assert got is None
+        assert leftovers(tmp_path) == []
+    profile.write_text('variant = "cu126"\n')  # edited: nothing starts
+    early.start(proj, "default")
+    assert early._early is None and leftovers(tmp_path) == []
+
+
+def test_a_recipe_naming_another_program_is_never_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ENVMGR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    proj = tmp_path / "p"
+    (proj / "profiles").mkdir(parents=True)
+    profile = proj / "profiles" / "default.toml"
+    profile.write_text('variant = "cpu"\n')
+    marker = tmp_path / "ran"
+    early.remember(proj, "default", [profile], [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], "")
+    early.start(proj, "default")
+    early.discard()
+    assert not marker.exists() and leftovers(tmp_path) == []
