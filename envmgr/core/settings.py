@@ -10,7 +10,7 @@ from pathlib import Path
 
 ENV_VARS = {
     "ENVMGR_PROJECT": "project root (holds profiles/ and locks/); default: search upwards from cwd",
-    "ENVMGR_CACHE_DIR": "cache root: downloaded files by sha256, hashes by URL, layers, sync recipes",
+    "ENVMGR_CACHE_DIR": "cache root: downloaded files by sha256, hashes by URL, layers, sync and lock recipes",
     "ENVMGR_RESOLVER": "default resolver for `envmgr lock` (uv or pip-tools)",
     "ENVMGR_VENV_DIR": "where profile venvs live (default: PROJECT/.envmgr/venvs)",
     "ENVMGR_NO_PROGRESS": "set to 1 to disable progress bars",
