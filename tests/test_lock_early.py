@@ -4,7 +4,7 @@ read the profile, and uses that uv only when it is exactly the one it would star
 Each test checks one promise: a recipe is kept after a plain lock and a lock that starts from it
 writes the same bytes; a recipe that no longer matches (an edited profile, a changed command)
 changes nothing in the result and leaves no uv and no folder behind; a recipe naming another
-program than envmgr's uv is never run.
+program than envmgr's uv is never run; no recipe keeps an index's credentials.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from fixture_index import FixtureIndex
 from test_lock import envmgr, make_project, ok, profile_text
@@ -82,6 +83,21 @@ def test_an_edited_profile_or_a_changed_command_is_not_started_early(fresh_index
     ok(envmgr(proj, "lock", **env))
     assert "fixture-app" in {p["name"] for p in _packages(lock_file)}
     assert leftovers(tmp) == []
+
+
+def test_no_recipe_is_kept_for_an_index_with_credentials(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    """A command naming an index with credentials (literal, or from ``${VAR}``) is not written to the cache."""
+    cache = tmp_path / "cache"
+    fresh_index.credentials = ("envmgr-bot", "s3cr3t")  # the index now asks for them
+    url = fresh_index.with_credentials(fresh_index.pypi_url)
+    parts = urlsplit(fresh_index.pypi_url)
+    from_env = urlunsplit(parts._replace(netloc="${ENVMGR_TEST_USER}:${ENVMGR_TEST_TOKEN}@" + parts.netloc))
+    for i, (index_url, env) in enumerate([(url, {}), (from_env, {"ENVMGR_TEST_USER": "envmgr-bot",
+                                                                  "ENVMGR_TEST_TOKEN": "s3cr3t"})]):
+        proj = make_project(tmp_path / f"p{i}", {"default": profile_text(
+            fresh_index, "cu126", torch=">=2.7,<2.8", torch_index_url=index_url, index_url=index_url)})
+        ok(envmgr(proj, "lock", ENVMGR_CACHE_DIR=str(cache), **env))
+        assert recipes(cache) == []
 
 
 def _packages(lock_file: Path) -> list[dict]:

@@ -328,7 +328,10 @@ def lock_one(project: Path, profile: Profile, *, resolver: str | None = None, up
         once()  # if no resolver process ran it, the profile is checked now
         changed = write_atomic(path, lock.dumps())
     first = getattr(backend, "first_command", None)
-    if remember and first and not profile.multi_platform:
+    # never kept where the command carries a secret (credentials in an index URL, or one taken
+    # from the environment): the cache is no place for them
+    secret = auth.by_host or any("${" in u for u in (profile.index_url, profile.torch_index_url, *profile.extra_index_urls))
+    if remember and first and not profile.multi_platform and not secret:
         from . import early
 
         early.remember(project, name, profile.files, *first)
