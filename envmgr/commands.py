@@ -93,16 +93,15 @@ LOCK = (
 
 
 def lock(names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json) -> int:
+    from .lock import early
+
     project = find_project()
     if not (all_ or check or resolver or upgrade or upgrade_package or verify) and len(names) <= 1:
-        from .lock import early
-
         early.start(project, names[0] if names else "default")  # uv from the last lock's recipe, if it holds
-        try:
-            return _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json)
-        finally:
-            early.discard()
-    return _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json)
+    try:
+        return _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json)
+    finally:
+        early.discard()  # an early uv the lock did not take
 
 
 def _lock(project, names, all_, resolver, check, upgrade, upgrade_package, verify, jobs, quiet, as_json) -> int:
