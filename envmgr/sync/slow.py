@@ -85,13 +85,16 @@ def _ensure_fresh(project: Path, name: str, options: SyncOptions, log: Callable[
 
 def _record(name: str, lock_file: Path, lock_digest: str, lock, state: _State, result, fresh: dict | None,
             files: dict, requested: str | None, folders: list[str]) -> None:
-    """Keep how this venv was made from nothing, for the next sync of a missing venv (:mod:`envmgr.sync.recipe`)."""
+    """Keep how this venv was made from nothing, for the next sync of a missing venv (:mod:`envmgr.sync.recipe`):
+    the lock of every package it holds (the final install may have had none left to do, all of
+    them unpacked into the new venv while the files downloaded)."""
+    from ..venv import install
     from . import recipe
 
     recipe.record(
         recipe.key(profile=name, lock_path=lock_file, lock_digest=lock_digest, requested=requested),
         base=state.base, version=result.python.version, fresh=fresh, variant=lock.meta.variant,
-        cuda=lock.meta.cuda, min_driver=lock.meta.min_driver, pylock=result.pylock,
+        cuda=lock.meta.cuda, min_driver=lock.meta.min_driver, pylock=install.local_lock(lock, state.plan.install, files),
         files=sorted(str(files[p.install_file.sha256]) for p in state.plan.install),
         packages={p.key: p.version for p in state.plan.install}, lines=state.plan.lines(), folders=folders)
 
@@ -209,7 +212,7 @@ def sync(project: Path, name: str, venv: Path, options: SyncOptions, *, reporter
         lock_digest = "sha256:" + stamp.sha256_of(lock_bytes)  # = Lock.digest()
         dirs = stamp.write(venv, profile=name, lock_path=lock_file, lock_digest=lock_digest, fresh=fresh,
                            version=result.python.version, requested=options.requested)
-        if state.recreate and not find_links and result.pylock:
+        if state.recreate and not find_links and state.plan.install:
             _record(name, lock_file, lock_digest, lock, state, result, fresh, files, options.requested, sorted(dirs))
     return SyncResult(
         profile=name, venv=venv, lock=lock_file, noop=plan.empty and not state.recreate,
