@@ -163,3 +163,24 @@ def test_pieces_are_gathered_up_to_the_chunk_and_what_came_before_a_break_is_pas
         for piece in http._pieces(_Resp(_Raw(whole[:5], ConnectionResetError())), 16):
             seen.append(piece)
     assert b"".join(seen) == b"".join(whole[:5])  # 16 bytes, then the 4 that had come
+
+
+def test_a_plain_body_cut_short_goes_on_from_where_it_broke(scripted):
+    """A body sent as it is is read below urllib3 (``_plain``); a cut-short answer is still noticed
+    (urllib3 no longer says so) and resumed with a Range request from the byte reached."""
+    whole = bytes(range(256)) * 40
+    srv = scripted((200, {"X-Promise": len(whole), "ETag": '"v1"'}, whole[:3000]),
+                   (206, {"Content-Range": f"bytes 3000-{len(whole) - 1}/{len(whole)}", "ETag": '"v1"'}, whole[3000:]))
+    with http.get(srv.url + "/f.whl", stream=True) as resp:
+        assert http._plain(resp) is not None
+        assert b"".join(http.body(resp, chunk=1000)) == whole
+    assert len(srv.seen) == 2
+
+
+def test_a_content_coded_body_is_not_read_plainly(scripted):
+    import gzip
+
+    srv = scripted((200, {"Content-Encoding": "gzip"}, gzip.compress(b"hello " * 100)))
+    with http.get(srv.url + "/page", stream=True) as resp:
+        assert http._plain(resp) is None
+        assert b"".join(http.body(resp)) == b"hello " * 100

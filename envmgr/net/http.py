@@ -569,11 +569,29 @@ def body(resp: "requests.Response", *, server: Server = INDEX, what: str = "", c
         current, skip = _resume(resp, done, server=server, what=what, timeout=timeout)
 
 
+def _plain(resp: "requests.Response"):
+    """The ``http.client`` response under urllib3's when the body comes as it is (no content
+    coding, not chunked, a Content-Length): its ``read1`` gives the same bytes without
+    urllib3's bookkeeping around every 16 KiB record (user CPU of reading a 539 MB wheel over
+    TLS: 0.4 s instead of 0.6 s). None otherwise."""
+    import http.client
+
+    fp = getattr(resp.raw, "_fp", None)
+    if not isinstance(fp, http.client.HTTPResponse) or fp.chunked or fp.length is None:
+        return None
+    return fp if (resp.headers.get("Content-Encoding") or "identity").lower() == "identity" else None
+
+
 def _pieces(resp: "requests.Response", chunk: int) -> Iterator[bytes]:
     """What has come of the body, ``chunk`` bytes at most a piece: a break then loses nothing
     that had come (``iter_content`` waits for whole chunks, and drops the one it was filling)."""
-    read1 = getattr(resp.raw, "read1", None)  # urllib3 >= 2
-    if read1 is None:
+    plain = _plain(resp)
+    if plain is not None:
+        read1 = plain.read1
+    elif hasattr(resp.raw, "read1"):  # urllib3 >= 2
+        def read1(n: int) -> bytes:
+            return resp.raw.read1(n, decode_content=True)
+    else:
         yield from resp.iter_content(chunk)
         return
     # read1 answers with what one TLS record held (16 KiB); a piece is gathered from them up to
@@ -584,7 +602,9 @@ def _pieces(resp: "requests.Response", chunk: int) -> Iterator[bytes]:
     size = 0
     while True:
         try:
-            piece = read1(chunk - size, decode_content=True)
+            piece = read1(chunk - size)
+            if not piece and plain is not None and plain.length:  # (urllib3 says so itself)
+                raise ConnectionResetError(f"the answer ended {plain.length} bytes before its Content-Length")
         except Exception:
             if parts:
                 yield b"".join(parts)
