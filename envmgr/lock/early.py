@@ -55,8 +55,8 @@ def _digest(files) -> str | None:
 def start(project: Path, name: str) -> None:
     """Start the recipe's uv if the profile's files are as it recorded them; else nothing."""
     global _early
-    if os.environ.get("ENVMGR_RESOLVER", "uv") != "uv":
-        return
+    if os.environ.get("ENVMGR_RESOLVER", "uv") != "uv" or "/" in name or name.startswith("."):
+        return  # (a name that is no profile's: the lock says so itself)
     try:
         with open(_recipe(project, name), encoding="utf-8") as fh:
             recipe = json.load(fh)
