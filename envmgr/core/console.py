@@ -18,7 +18,7 @@ class _Console:
 
     def line(self, text: str) -> None:
         """``text`` as it is (no markup, highlighting or emoji codes) and a newline. While neither
-        console has loaded rich, nothing of its (a progress bar) is live on the terminal, so it
+        console has loaded rich, nothing of rich's (a progress bar) is live on the terminal, so it
         is written directly: ``lock`` says what it resolves before uv starts, not ~20 ms later."""
         if out._console is None and err._console is None:
             (sys.stderr if self._kwargs.get("stderr") else sys.stdout).write(text + "\n")
