@@ -25,6 +25,7 @@ from test_sync import (  # noqa: F401 (locked_template, project: fixtures)
     site,
 )
 
+from envmgr.core.files import keep_newest
 from envmgr.sync import recipe, replay, slow, stamp, target
 from envmgr.sync import syncer as syncing
 from envmgr.sync.options import SyncOptions
@@ -201,5 +202,5 @@ def test_recipes_are_pruned(project: Path, monkeypatch) -> None:
     for i in range(5):
         (d / f"{i:040d}.json").write_text("{}")
         os.utime(d / f"{i:040d}.json", ns=(i * 10**9, i * 10**9))
-    recipe._prune(d)
+    keep_newest(d, recipe.KEEP)  # what recipe.record does after each write
     assert sorted(p.stem[-1] for p in d.glob("*.json")) == ["2", "3", "4"]

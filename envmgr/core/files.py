@@ -54,3 +54,20 @@ def write_atomic(path: Path | str, data: str | bytes, *, mode: int = 0o644, fsyn
         with open(tmp, "wb") as fh:
             fh.write(raw)
     return True
+
+
+def keep_newest(folder: Path | str, keep: int, suffix: str = ".json") -> None:
+    """Remove all but the ``keep`` most recently written ``*suffix`` files of ``folder`` (a cache
+    of recipes: best effort, a file that cannot be read or removed is left)."""
+    entries = []
+    for e in os.scandir(folder):
+        if e.name.endswith(suffix):
+            try:
+                entries.append((e.stat().st_mtime_ns, e.path))
+            except OSError:
+                pass
+    for _, path in sorted(entries)[:-keep]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -26,6 +26,7 @@ import zlib
 from pathlib import Path
 
 FORMAT = 1
+KEEP = 64  # recipes kept in the cache (the oldest go first)
 PYLOCK = "pylock.toml"  # uv's output, relative to its folder (a command line without the folder's path)
 
 _early: dict | None = None  # the running early uv: proc, dir, argv, env, pyproject, previous, recipe
@@ -137,10 +138,11 @@ def remember(project: Path, name: str, files, argv: list[str], pyproject: str) -
     if recipe["digest"] is None or recipe == _taken:  # (the one this lock started from: unchanged)
         return
     path = _recipe(project, name)
-    from ..core.files import write_atomic
+    from ..core.files import keep_newest, write_atomic
 
     try:  # a hint: a lost or torn one is read as none, so no fsync
         write_atomic(path, json.dumps(recipe, sort_keys=True), fsync=False)
+        keep_newest(path.parent, KEEP)
     except OSError:
         pass
 

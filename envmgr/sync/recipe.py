@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..core import settings
 from ..core.errors import EnvmgrError
-from ..core.files import write_atomic
+from ..core.files import keep_newest, write_atomic
 from .stamp import sha256_of
 
 FORMAT = 1
@@ -92,26 +92,11 @@ def record(recipe_key: str, *, base: str, version: str, fresh: dict | None, vari
         }
         d = folder()
         # A cache every read of which is checked: not fsynced; rewritten even when the same, as
-        # its mtime is its age for _prune.
+        # its mtime is its age for keep_newest.
         write_atomic(d / f"{recipe_key}.json", json.dumps(data, sort_keys=True), fsync=False, skip_unchanged=False)
-        _prune(d)
+        keep_newest(d, KEEP)
     except OSError:
         pass
-
-
-def _prune(d: Path) -> None:
-    entries = []
-    for e in os.scandir(d):
-        if e.name.endswith(".json"):
-            try:
-                entries.append((e.stat().st_mtime_ns, e.path))
-            except OSError:
-                pass
-    for _, path in sorted(entries)[:-KEEP]:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def load(recipe_key: str, *, frozen: bool, requested: str | None) -> dict | None:
