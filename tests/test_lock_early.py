@@ -38,12 +38,18 @@ def project(index: FixtureIndex, root: Path) -> Path:
     return make_project(root, {"default": text(index)})
 
 
-def test_a_plain_lock_keeps_its_command_and_the_next_starts_from_it(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    proj = project(fresh_index, tmp_path / "p")
+def locked(index: FixtureIndex, tmp_path: Path) -> tuple[Path, dict[str, str], Path, Path]:
+    """A project locked once with a cache and a TMPDIR of its own: (project, env, cache, tmp)."""
+    proj = project(index, tmp_path / "p")
     cache, tmp = tmp_path / "cache", tmp_path / "tmp"
     tmp.mkdir()
     env = {"ENVMGR_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
     ok(envmgr(proj, "lock", **env))
+    return proj, env, cache, tmp
+
+
+def test_a_plain_lock_keeps_its_command_and_the_next_starts_from_it(fresh_index: FixtureIndex, tmp_path: Path) -> None:
+    proj, env, cache, tmp = locked(fresh_index, tmp_path)
     lock_file = proj / "locks" / "pylock.default.toml"
     first = lock_file.read_bytes()
     [recipe_file] = recipes(cache)
@@ -59,11 +65,7 @@ def test_a_plain_lock_keeps_its_command_and_the_next_starts_from_it(fresh_index:
 
 
 def test_an_edited_profile_or_a_changed_command_is_not_started_early(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    proj = project(fresh_index, tmp_path / "p")
-    cache, tmp = tmp_path / "cache", tmp_path / "tmp"
-    tmp.mkdir()
-    env = {"ENVMGR_CACHE_DIR": str(cache), "TMPDIR": str(tmp)}
-    ok(envmgr(proj, "lock", **env))
+    proj, env, cache, tmp = locked(fresh_index, tmp_path)
     [recipe_file] = recipes(cache)
     # the same profile bytes, but a recipe whose pyproject asks for something else: uv starts early
     # from it, the lock sees its own command differ, stops that uv and resolves the profile's
@@ -151,3 +153,19 @@ def test_a_recipe_naming_another_program_is_never_run(tmp_path: Path, monkeypatc
     early.start(proj, "default")
     early.discard()
     assert not marker.exists() and leftovers(tmp_path) == []
+
+
+def test_lock_recipes_are_pruned(tmp_path: Path, monkeypatch) -> None:
+    """The cache keeps the KEEP most recently written lock recipes, as it does sync's."""
+    monkeypatch.setenv("ENVMGR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(early, "KEEP", 3)
+    for i in range(5):
+        proj = tmp_path / f"p{i}"
+        (proj / "profiles").mkdir(parents=True)
+        profile = proj / "profiles" / "default.toml"
+        profile.write_text(f"# {i}\n")
+        early.remember(proj, "default", [profile], ["uv", "pip", "compile"], "")
+        [newest] = [r for r in recipes(tmp_path / "cache") if json.loads(r.read_text())["files"] == [str(profile)]]
+        os.utime(newest, ns=(i * 10**9, i * 10**9))
+    kept = sorted(json.loads(r.read_text())["files"][0] for r in recipes(tmp_path / "cache"))
+    assert kept == [str(tmp_path / f"p{i}" / "profiles" / "default.toml") for i in (2, 3, 4)]
