@@ -196,32 +196,34 @@ def _download_split(f: LockedFile, tmp: Path, auth: Auth | None, reporter: Repor
                 cond.notify_all()
 
     import hashlib
+    import mmap
 
     h = hashlib.sha256()
     fd = os.open(tmp, os.O_RDWR | os.O_TRUNC)
+    os.ftruncate(fd, f.size)  # sparse until the parts land: mapped whole, hashed in place as they do
     threads = [threading.Thread(target=part, args=(i, first if i == 0 else None), daemon=True)
                for i in range(len(bounds))]
     try:
-        for t in threads:
-            t.start()
-        for i, (a, b) in enumerate(bounds):
-            pos = a
-            while pos < b:
-                with cond:
-                    while not failed and a + landed[i] <= pos:
-                        cond.wait()
-                    if failed:
-                        raise failed[0]
-                    ready = a + landed[i]
-                while pos < ready:
-                    data = os.pread(fd, min(CHUNK, ready - pos), pos)
-                    h.update(data)
-                    pos += len(data)
+        with mmap.mmap(fd, f.size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+            for t in threads:
+                t.start()
+            for i, (a, b) in enumerate(bounds):
+                pos = a
+                while pos < b:
+                    with cond:
+                        while not failed and a + landed[i] <= pos:
+                            cond.wait()
+                        if failed:
+                            raise failed[0]
+                        ready = a + landed[i]
+                    h.update(view[pos:ready])  # the page cache's bytes, not a copy read back
+                    pos = ready
     finally:
         with cond:
             failed.append(_Stop())
         for t in threads:
-            t.join()
+            if t.ident is not None:  # (started)
+                t.join()
         os.close(fd)
     return h.hexdigest()
 
