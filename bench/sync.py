@@ -8,9 +8,11 @@ in the same run on the same machine:
 * cold cache: empty caches (envmgr's file cache and uv's cache) and no venv; both download
   every file and build the venv from nothing (``--cold-repeat`` pairs, caches emptied before
   each run). Beside it: the line rate (the same files fetched raw by 16 parallel connections,
-  to /dev/null) and where envmgr's cold time went (download with unpacking overlapped, the
-  install after the last file, and alone: hashing every file, uv unpacking the local files
-  into an empty cache);
+  to /dev/null), what each cold run cost (CPU seconds, bytes written and read: on this 2-core
+  machine the wall clock follows the CPU), and where envmgr's cold time went (download with
+  unpacking overlapped, the install after the last file, and alone: hashing every file, uv
+  unpacking the local files into an empty cache). Each cold run starts clean: the removed
+  folders written back and the clean caches dropped (see :func:`clean_start`);
 * warm cache: caches kept from the cold run, no venv: what a second checkout costs; uv
   hard-links from its cache (the default on one filesystem), and once more with
   ``UV_LINK_MODE=copy`` for both (a cache on another filesystem: CI volumes, containers);
@@ -38,6 +40,7 @@ same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
@@ -72,6 +75,46 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+class Cost:
+    """What the commands run between two :meth:`take` calls cost in all: CPU seconds (user + sys,
+    from ``getrusage`` of the children waited for) and bytes passed to ``write(2)`` and got from
+    ``read(2)`` (``/proc/self/io``, where Linux adds a child's counts when it is waited for: what a
+    tool wrote into files, a cache, a venv; reads include a socket read through ``read``)."""
+
+    def __init__(self) -> None:
+        self.mark = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, int, int]:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        io = {}
+        with contextlib.suppress(OSError):
+            io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+        return r.ru_utime + r.ru_stime, int(io.get("wchar", 0)), int(io.get("rchar", 0))
+
+    def take(self) -> tuple[float, int, int]:
+        """(CPU s, bytes written, bytes read) since the last call."""
+        now = self._now()
+        took = tuple(b - a for a, b in zip(self.mark, now))
+        self.mark = now
+        return took
+
+
+def clean_start() -> None:
+    """Before a cold run, once its folders are removed: write everything back, then drop the
+    clean caches (root) or wait 35 s. This disk is ext4 without a journal, which, allocating an
+    inode, skips those freed in the last 30 s, scanning the inode table for each (the kernel's
+    ``recently_deleted``): a run started right after a 45k-file cache was removed spent up to a
+    third of its kernel time there (perf), and the second run of a round paid for both removals."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3")
+    except OSError:
+        time.sleep(35)
+
+
 def run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
     """(seconds, stderr) of ``cmd``; a failure ends the benchmark."""
     started = time.perf_counter()
@@ -96,6 +139,7 @@ class Envmgr:
             self.env["PYTHONPATH"] = str(REPO)
         self.cmd = [*envmgr, "sync", name, "--venv", str(self.venv), *(["--frozen"] if frozen else [])]
         self.phases: list[tuple[float, float]] = []  # cold runs: (download s, install after it s), as logged
+        self.costs: list[tuple[float, int, int]] = []  # cold runs: (CPU s, bytes written, bytes read)
 
     def sync(self) -> float:
         return timed([*self.cmd, "-q"], self.env, self.project)
@@ -104,8 +148,10 @@ class Envmgr:
         """A sync from empty caches, its log read for where the time went."""
         for d in (self.venv, *self.caches):
             shutil.rmtree(d, ignore_errors=True)
-        os.sync()
+        clean_start()
+        cost = Cost()
         took, log = run(self.cmd, self.env, self.project)
+        self.costs.append(cost.take())
         down = re.search(r"downloaded \d+ file\(s\), \d+ MB in ([\d.]+) s", log)
         after = re.search(r"installed \d+ package\(s\) in ([\d.]+) s after", log)
         if down and after:
@@ -117,6 +163,7 @@ class Uv:
     def __init__(self, work: Path, lock: Path, python: str):
         self.venv, self.lock, self.python, self.work = work / "venv-uv", lock, python, work
         self.env = clean_env(UV_CACHE_DIR=str(work / "cache-uv"))
+        self.costs: list[tuple[float, int, int]] = []  # cold runs: (CPU s, bytes written, bytes read)
 
     def create_and_sync(self) -> float:
         return sum(timed(cmd, self.env, self.work) for cmd in self.commands(self.venv))
@@ -124,8 +171,11 @@ class Uv:
     def cold(self) -> float:
         for d in (self.venv, self.work / "cache-uv"):
             shutil.rmtree(d, ignore_errors=True)
-        os.sync()
-        return self.create_and_sync()
+        clean_start()
+        cost = Cost()
+        took = self.create_and_sync()
+        self.costs.append(cost.take())
+        return took
 
     def commands(self, venv: Path) -> list[list[str]]:
         return [[uv_bin(), "venv", "-q", "--no-config", "--python", self.python, str(venv)],
@@ -171,6 +221,10 @@ def unpack_alone(work: Path, lock, files: Path, python: str) -> tuple[float, flo
     """(hashing every cached file, uv installing them from envmgr's cache into an empty uv cache):
     the two steps a cold sync overlaps with the downloads, each alone."""
     paths = {p.install_file.sha256: files / p.install_file.sha256 / p.install_file.filename for p in lock.packages}
+    for path in paths.values():  # in the page cache, as a sync finds a file it has just written
+        with open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
     started = time.perf_counter()
     for path in paths.values():
         h = hashlib.sha256()
@@ -299,6 +353,13 @@ def main() -> None:
                 notes.append(f"where envmgr's cold time went: download {down:.2f}s (hashed as it streams, uv unpacking "
                              f"the verified files meanwhile), then install {after:.2f}s after the last file, the rest "
                              f"start-up and planning; byte-compile: none (neither tool compiles at sync)")
+            (ec, ew, er), (uc, uw, ur) = ([statistics.median(c[i] for c in tool.costs) for i in range(3)]
+                                          for tool in (envmgr, uv))
+            notes.append(f"cold cost (medians): CPU user+sys envmgr {ec:.1f}s, uv {uc:.1f}s ({ec / uc:.2f}x; {os.cpu_count()} "
+                         f"cores here); written envmgr {ew / 1e9:.2f} GB (with the verified wheels it keeps "
+                         f"for export, bundles and offline syncs, {lock.download_size / 1e9:.2f} GB), uv {uw / 1e9:.2f} GB; "
+                         f"read from files envmgr {er / 1e9:.2f} GB (uv reads each wheel twice: its hash, then its members), "
+                         f"uv {ur / 1e9:.2f} GB")
             notes.append(f"alone: sha256 of every file {hashed:.2f}s; uv unpacking the local files into an empty cache "
                          f"and linking {unpacked:.2f}s")
         settle()  # the cold runs wrote ~15 GB (downloads, caches, venvs): let the disk catch up
