@@ -267,7 +267,6 @@ class InstallResult:
     seconds: float
     python: PythonInfo
     output: str = ""  # uv's messages
-    pylock: str = ""  # the PEP 751 lock uv installed ("" when there was nothing to do)
 
 
 def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: dict[str, Path],
@@ -303,7 +302,7 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
     missing = [f"{q.key} ({q.install_file.filename})" for q in p.install if q.install_file.sha256 not in files]
     if missing:
         raise UserError(f"{len(missing)} file(s) to install were not fetched: {', '.join(missing)}")
-    output = pylock = ""
+    output = ""
     if not p.empty:
         if reporter is not None:
             reporter.start(len(p.install), f"installing {len(p.install)} package(s)")
@@ -312,15 +311,15 @@ def install(lock: Lock, venv: Path, *, python: str | Path | None = None, files: 
                 if torn(why):  # remove what uv would not see or would half-remove; it reinstalls if wanted
                     for dist_info in now[name].dist_infos:
                         remove_dist(site, dist_info)
-            pylock = local_lock(lock, wanted(lock, info.markers), files)
-            output = pip_sync(venv, pylock, reinstall=sorted(redo & {q.key for q in p.install}), link_mode=link_mode,
+            output = pip_sync(venv, local_lock(lock, wanted(lock, info.markers), files),
+                              reinstall=sorted(redo & {q.key for q in p.install}), link_mode=link_mode,
                               verbose=verbose, keep_fds=keep_fds, python_platform=python_platform)
         finally:
             if reporter is not None:
                 reporter.advance(len(p.install))
                 reporter.finish()
     verify(lock, venv, info)
-    return InstallResult(p, time.monotonic() - started, info, output, pylock)
+    return InstallResult(p, time.monotonic() - started, info, output)
 
 
 class Staging:
