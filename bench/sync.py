@@ -79,7 +79,8 @@ class Cost:
     """What the commands run between two :meth:`take` calls cost in all: CPU seconds (user + sys,
     from ``getrusage`` of the children waited for) and bytes passed to ``write(2)`` and got from
     ``read(2)`` (``/proc/self/io``, where Linux adds a child's counts when it is waited for: what a
-    tool wrote into files, a cache, a venv; reads include a socket read through ``read``)."""
+    tool wrote into files, a cache, a venv; reads count a socket read through ``read(2)``, as
+    Python's TLS does, but not through ``recv(2)``, as uv does)."""
 
     def __init__(self) -> None:
         self.mark = self._now()
@@ -358,8 +359,8 @@ def main() -> None:
             notes.append(f"cold cost (medians): CPU user+sys envmgr {ec:.1f}s, uv {uc:.1f}s ({ec / uc:.2f}x; {os.cpu_count()} "
                          f"cores here); written envmgr {ew / 1e9:.2f} GB (with the verified wheels it keeps "
                          f"for export, bundles and offline syncs, {lock.download_size / 1e9:.2f} GB), uv {uw / 1e9:.2f} GB; "
-                         f"read from files envmgr {er / 1e9:.2f} GB (uv reads each wheel twice: its hash, then its members), "
-                         f"uv {ur / 1e9:.2f} GB")
+                         f"read(2) envmgr {er / 1e9:.2f} GB (its TLS reads the sockets with read(2), then uv reads the "
+                         f"wheels it keeps), uv {ur / 1e9:.2f} GB (its sockets use recv, which Linux does not count here)")
             notes.append(f"alone: sha256 of every file {hashed:.2f}s; uv unpacking the local files into an empty cache "
                          f"and linking {unpacked:.2f}s")
         settle()  # the cold runs wrote ~15 GB (downloads, caches, venvs): let the disk catch up
