@@ -160,9 +160,10 @@ def test_hash_mismatch_in_a_first_sync_leaves_no_venv(fresh_index: FixtureIndex,
 
 
 def test_first_sync_installs_into_the_new_venv_while_downloading(fresh_index: FixtureIndex, tmp_path: Path) -> None:
-    """No venv yet: no staging venv beside it; the packages whose files came first are in the venv
-    before the last file is verified, and the sync's record of the venv (the recipe a later sync of
-    a missing venv replays) names every package, not only those the final step installed."""
+    """No venv yet: the sync takes the route that unpacks into the new venv (it says so), no staging
+    venv is made beside it, the venv is exact, and the sync's record of the venv (the recipe a later
+    sync of a missing venv replays) names every package, not only those the final step installed.
+    (That packages land in the new venv while the sync still runs: the kill -9 test, into-new-venv.)"""
     fresh_index.add(PYPI, None, "bigpkg", "2.0.0", files=many_files(300, "two"), extra_size=2_000_000)
     proj = big_project(fresh_index, tmp_path, "bigpkg==2.0.0", "fixture-app==1.1.0")
     cache = str(tmp_path / "cold-cache")  # every file downloads
